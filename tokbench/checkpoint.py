@@ -1,0 +1,160 @@
+"""Reading released checkpoints safely, and loading them into modules strictly.
+
+Never executes code from a weight file: safetensors, or `torch.load(weights_only=True)`. A pickle
+that needs more than tensors and plain containers is refused with `UnsafeCheckpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from .core import TokbenchError
+
+CONTAINER_KEYS = ("ema", "model", "state_dict")
+
+
+class CheckpointError(TokbenchError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A pickle that would run code or build arbitrary objects when loaded."""
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(
+            f"refused to load {path}: it is a pickle that needs more than tensors to unpickle "
+            f"({str(e).splitlines()[0] if str(e) else 'weights_only load failed'}). Loading it would execute "
+            "code from the file. Use the release's safetensors file, or convert it on a trusted machine."
+        ) from None
+    except RuntimeError as e:
+        if "mmap" in str(e) or "zip" in str(e).lower():  # legacy (non-zip) torch.save format cannot be mmapped
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e2:
+                raise UnsafeCheckpoint(f"refused to load {path}: {str(e2).splitlines()[0]}") from None
+            except Exception as e2:  # noqa: BLE001
+                raise CheckpointError(f"could not read checkpoint {path}: {type(e2).__name__}: {e2}") from None
+        raise CheckpointError(f"could not read checkpoint {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated / non-checkpoint files
+        raise CheckpointError(
+            f"could not read checkpoint {path}: {type(e).__name__}: {e}. Is the download complete?"
+        ) from None
+
+
+def unwrap_container(obj: object, containers: Iterable[str] = CONTAINER_KEYS) -> dict[str, torch.Tensor]:
+    """The state dict inside a training checkpoint ({"ema": sd} / {"model": sd} / {"state_dict": sd})."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+    for key in containers:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
+            return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def shards_for_prefix(index_path: Path, prefix: str | None) -> list[str]:
+    """Shard file names that an `*.index.json` lists for the keys under `prefix` (all if None)."""
+    weight_map = json.loads(Path(index_path).read_text()).get("weight_map", {})
+    names = {f for k, f in weight_map.items() if prefix is None or k.startswith(prefix)}
+    return sorted(names)
+
+
+def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"could not read safetensors file {path}: {type(e).__name__}: {e}") from None
+
+
+def read_state_dict(
+    path: str | Path,
+    *,
+    prefix: str | None = None,
+    containers: Iterable[str] = CONTAINER_KEYS,
+    resolve_shard: Callable[[str], Path] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors (from .safetensors, a torch pickle, or a sharded *.index.json).
+
+    With `prefix`, only keys starting with it are kept, and the prefix is stripped. For an index, only
+    the shards that hold such keys are read; `resolve_shard(name)` may fetch a missing shard.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    keep = (lambda k: k.startswith(prefix)) if prefix else (lambda k: True)
+    if path.name.endswith(".index.json"):
+        out: dict[str, torch.Tensor] = {}
+        for shard in shards_for_prefix(path, prefix):
+            shard_path = path.parent / shard
+            if not shard_path.is_file() and resolve_shard is not None:
+                shard_path = resolve_shard(shard)
+            out.update(read_state_dict(shard_path, prefix=prefix, containers=containers))
+        return out
+    if path.suffix == ".safetensors":
+        sd = _read_safetensors(path, keep)
+    else:
+        sd = {k: v for k, v in unwrap_container(_torch_load(path), containers).items() if keep(k)}
+    if prefix:
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def detect_prefix(keys: Iterable[str], candidates: Iterable[str], probe: str) -> str | None:
+    """The first candidate prefix such that `prefix + probe` is among `keys` ('' = bare keys)."""
+    keys = set(keys)
+    for p in candidates:
+        if p + probe in keys:
+            return p
+    return None
+
+
+def _summarise(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def load_strict(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    ignore_unexpected: Callable[[str], bool] | None = None,
+    ignore_missing: Callable[[str], bool] | None = None,
+) -> None:
+    """Load a state dict into `module`, refusing any missing, unexpected or wrongly-shaped key.
+
+    Tensors are cast to the module's dtypes. `ignore_*` name keys the release is known to carry or lack
+    (training-only buffers); everything else must match exactly, never a silent partial load.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict and not (ignore_missing and ignore_missing(k))]
+    unexpected = [k for k in state_dict if k not in own and not (ignore_unexpected and ignore_unexpected(k))]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{source} does not match the model {type(module).__name__}:"]
+        if missing:
+            parts.append(f"  missing keys: {_summarise(missing)}")
+        if unexpected:
+            parts.append(f"  unexpected keys: {_summarise(unexpected)}")
+        if shapes:
+            parts.append(f"  wrong shapes: {_summarise(shapes, 6)}")
+        parts.append("  Check that the checkpoint is this tokenizer's and that the config matches it.")
+        raise CheckpointError("\n".join(parts))
+    to_load = {k: state_dict[k].to(own[k].dtype) for k in own if k in state_dict}
+    module.load_state_dict(to_load, strict=False)

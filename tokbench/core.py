@@ -1,0 +1,175 @@
+"""The objects every tokenizer adapter speaks: `Tokens`, `TokenizerSpec` and `Tokenizer`.
+
+Images cross module boundaries as float tensors in [0, 1], shape (B, 3, H, W). Each adapter turns
+them into whatever its model expects (e.g. [-1, 1]) inside `encode` and back inside `decode`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+class TokbenchError(Exception):
+    """A user-facing error: the message says what was wrong and what to do next."""
+
+
+def check_images(images: torch.Tensor, *, what: str = "images") -> torch.Tensor:
+    """Validate the (B, 3, H, W) float [0, 1] image convention and return the tensor unchanged."""
+    if not isinstance(images, torch.Tensor):
+        raise TokbenchError(f"{what} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise TokbenchError(f"{what} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TokbenchError(
+            f"{what} must be a float tensor in [0, 1], got dtype {images.dtype}; divide uint8 images by 255"
+        )
+    return images
+
+
+@dataclass
+class Tokens:
+    """What `Tokenizer.encode` returns.
+
+    Exactly one of `ids` (LongTensor (B, N), or (B, N, C) for C parallel codebooks) and
+    `features` (float (B, N, D), continuous tokenizers) is set. `lengths` (B,) is given when images
+    carry different numbers of tokens (codecs: bytes per image; the rest of a row is padding, -1).
+    `bits` (B,) overrides the default size estimate N * sum(log2 K) when the real size is known.
+    """
+
+    ids: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    codebook_size: int | tuple[int, ...] | None = None
+    lengths: torch.Tensor | None = None
+    bits: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.ids is None) == (self.features is None):
+            raise TokbenchError("Tokens needs exactly one of `ids` (discrete) or `features` (continuous)")
+
+    @property
+    def batch_size(self) -> int:
+        return int((self.ids if self.ids is not None else self.features).shape[0])
+
+    @property
+    def tokens_per_image(self) -> torch.Tensor:
+        """Number of token positions per image, (B,) float."""
+        if self.lengths is not None:
+            return self.lengths.to(torch.float64)
+        x = self.ids if self.ids is not None else self.features
+        return torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64)
+
+    @property
+    def bits_per_token(self) -> float | None:
+        """log2 of the codebook size(s), summed over parallel codebooks; None for continuous tokens."""
+        if self.codebook_size is None:
+            return None
+        sizes = self.codebook_size if isinstance(self.codebook_size, tuple) else (self.codebook_size,)
+        if self.ids is not None and self.ids.ndim == 3 and len(sizes) == 1:
+            sizes = sizes * self.ids.shape[2]
+        return float(sum(math.log2(k) for k in sizes))
+
+    @property
+    def bits_per_image(self) -> torch.Tensor | None:
+        """Bits needed to store each image's tokens at a fixed-length code, (B,) float64."""
+        if self.bits is not None:
+            return self.bits.to(torch.float64).cpu()
+        bpt = self.bits_per_token
+        if bpt is None:
+            return None
+        return self.tokens_per_image * bpt
+
+    def to(self, device: torch.device | str) -> Tokens:
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return replace(self, ids=move(self.ids), features=move(self.features), lengths=move(self.lengths))
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a tokenizer is, as recorded next to every number it produces.
+
+    `resolution` is the native input side in pixels (H = W); `tokens_per_image` the count at that
+    resolution (the maximum K for variable-length tokenizers); `normalisation` describes the value range
+    the model sees internally (inputs to `encode` are always [0, 1]).
+    """
+
+    name: str
+    family: str
+    resolution: int | None
+    tokens_per_image: int | None
+    codebook_size: int | tuple[int, ...] | None
+    bits_per_token: float | None
+    supports_decode: bool = True
+    variable_length: bool = False
+    normalisation: str = "[0, 1]"
+    preprocessing: str = "resize-crop"
+    dtype: str = "float32"
+    source: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(d["codebook_size"], tuple):
+            d["codebook_size"] = list(d["codebook_size"])
+        return d
+
+
+def bits_for(codebook_size: int | tuple[int, ...] | None) -> float | None:
+    if codebook_size is None:
+        return None
+    sizes = codebook_size if isinstance(codebook_size, tuple) else (codebook_size,)
+    return float(sum(math.log2(k) for k in sizes))
+
+
+class Tokenizer:
+    """Base class of every adapter.
+
+    Subclasses set `self.spec` and implement `encode`; those with a decoder implement `decode`.
+    `encode_options` names the keyword arguments that `encode` takes (for instance `n_tokens`), so a
+    suite's sweep over them reuses one loaded model instead of reloading it.
+    """
+
+    spec: TokenizerSpec
+    encode_options: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
+        raise NotImplementedError
+
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        raise TokbenchError(
+            f"{self.spec.name} has no decoder (spec.supports_decode is False): it cannot reconstruct images"
+        )
+
+    @torch.inference_mode()
+    def reconstruct(self, images: torch.Tensor, **options: Any) -> tuple[Tokens, torch.Tensor]:
+        tokens = self.encode(images, **options)
+        return tokens, self.decode(tokens)
+
+    def to(self, device: torch.device | str) -> Tokenizer:
+        """Move the model to `device`; adapters with modules override `_move`."""
+        self.device = torch.device(device)
+        self._move(self.device)
+        return self
+
+    def _move(self, device: torch.device) -> None:  # pragma: no cover - trivial default
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name!r})"
+
+
+class ModuleTokenizer(Tokenizer):
+    """A tokenizer backed by an `nn.Module` held in `self.model` (kept in eval mode, no gradients)."""
+
+    model: torch.nn.Module
+
+    def _move(self, device: torch.device) -> None:
+        self.model.to(device)

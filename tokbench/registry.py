@@ -1,0 +1,177 @@
+"""One factory and one registry for every tokenizer family (the timm `create_model` pattern).
+
+Each module in `tokbench.tokenizers` defines a module-level `FAMILY = Family(...)` (or `FAMILIES`); the registry
+discovers them, so adding a family is one new file. Released variants are rows of `Family.variants`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import json
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .core import TokbenchError, Tokenizer
+from .weights import Artifact
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A released checkpoint: which config builds it, where its weights come from, what was published.
+
+    `config` holds the official constructor arguments; `options` adapter settings (dtype, codec format
+    and quality, preprocessing); `published` the numbers the authors report, keyed by metric name, with
+    `published_source` naming where they come from.
+    """
+
+    name: str
+    family: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    weights: Artifact | None = None
+    resolution: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    paper: str = ""
+    published: Mapping[str, float] = field(default_factory=dict)
+    published_source: str = ""
+
+
+Builder = Callable[..., Tokenizer]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A tokenizer family: how to build it and its released variants.
+
+    `build(variant, weights, config, device, **options)` receives the variant row (or None when loaded
+    by family name), an explicit checkpoint path (or None: resolve the variant's artifact), the config
+    dict (variant config updated by the user's), and adapter options.
+    """
+
+    name: str
+    build: Builder
+    variants: tuple[Variant, ...] = ()
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    default_variant: str | None = None
+
+
+_FAMILIES: dict[str, Family] = {}
+_DISCOVERED = False
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
+def register_family(family: Family) -> Family:
+    for key in (family.name, *family.aliases):
+        other = _FAMILIES.get(key)
+        if other is not None and other is not family:
+            raise TokbenchError(f"tokenizer family name {key!r} is registered twice")
+        _FAMILIES[key] = family
+    return family
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    from . import tokenizers
+
+    for mod in sorted(pkgutil.iter_modules(tokenizers.__path__), key=lambda m: m.name):
+        if mod.name.startswith("_"):
+            continue
+        try:
+            module = importlib.import_module(f"{tokenizers.__name__}.{mod.name}")
+        except ImportError as e:  # a family whose optional library is missing stays listed as broken
+            _IMPORT_ERRORS[mod.name] = f"{type(e).__name__}: {e}"
+            continue
+        found = [getattr(module, "FAMILY", None), *getattr(module, "FAMILIES", ())]
+        for family in found:
+            if isinstance(family, Family):
+                register_family(family)
+
+
+def families() -> list[Family]:
+    _discover()
+    seen: dict[str, Family] = {}
+    for f in _FAMILIES.values():
+        seen.setdefault(f.name, f)
+    return sorted(seen.values(), key=lambda f: f.name)
+
+
+def variants(pattern: str = "*") -> list[Variant]:
+    """All released variants whose name matches the glob `pattern`, sorted by family then name."""
+    out = [v for f in families() for v in f.variants if fnmatch.fnmatch(v.name, pattern)]
+    return sorted(out, key=lambda v: (v.family, v.name))
+
+
+def list_tokenizers(pattern: str = "*") -> list[str]:
+    return [v.name for v in variants(pattern)]
+
+
+def find(name: str) -> tuple[Family, Variant | None]:
+    """Look up a variant name or a family name (or alias)."""
+    _discover()
+    key = name.strip().lower()
+    for fam in families():
+        for v in fam.variants:
+            if v.name == key:
+                return fam, v
+    if key in _FAMILIES:
+        return _FAMILIES[key], None
+    close = [n for n in list_tokenizers() + sorted(_FAMILIES) if key.split("-")[0] in n]
+    hint = f" Close names: {', '.join(close[:8])}." if close else ""
+    broken = f" (families that failed to import: {_IMPORT_ERRORS})" if _IMPORT_ERRORS else ""
+    raise TokbenchError(f"unknown tokenizer {name!r}.{hint} Run `tokbench list` for all names.{broken}")
+
+
+def read_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
+    """A config given as a dict, or as a JSON / YAML file path."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    path = Path(config)
+    if not path.is_file():
+        raise TokbenchError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - parse errors of either library become one message
+        raise TokbenchError(f"could not parse config file {str(path)!r}: {e}") from None
+    if not isinstance(data, dict):
+        raise TokbenchError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_tokenizer(
+    name: str,
+    weights: str | Path | None = None,
+    config: Mapping[str, Any] | str | Path | None = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> Tokenizer:
+    """Build a tokenizer by released-variant or family name.
+
+    `weights` is a checkpoint file in a released layout (default: the variant's artifact, resolved by
+    `tokbench.weights`); `config` the official constructor arguments as a dict or JSON/YAML file,
+    merged over the variant's; `options` adapter settings such as `dtype` or `quality`.
+    """
+    family, variant = find(name)
+    cfg = dict(variant.config) if variant is not None else {}
+    cfg.update(read_config(config))
+    opts = dict(variant.options) if variant is not None else {}
+    opts.update(options)
+    tokenizer = family.build(variant=variant, weights=weights, config=cfg, device=device, **opts)
+    return tokenizer.to(device)

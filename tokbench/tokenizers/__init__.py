@@ -1,0 +1,1 @@
+"""Tokenizer families: one module each, discovered by `tokbench.registry` through its `FAMILY`."""

@@ -1,0 +1,197 @@
+"""Where pretrained weights come from, and how they are found on disk or fetched.
+
+Resolution order for an artifact: an explicit path; `$TOKBENCH_WEIGHTS/<artifact name>/<file>`; the
+Hugging Face hub cache (and the torch hub cache for URL artifacts); a download (huggingface_hub, with
+its cache and resume, honouring `HF_HUB_OFFLINE`). When nothing works, `WeightsUnavailable` says which
+artifact, where it comes from, the command that fetches it, and where to put the file by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core import TokbenchError
+
+
+class WeightsUnavailable(TokbenchError):
+    """The weights of an artifact are not on this machine and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A downloadable weight file.
+
+    Either `repo_id` + `filename` (+ pinned `revision`) on the Hugging Face Hub, or `url` (+ `sha256`).
+    `filename` may be a sharded checkpoint's index (`*.index.json`): then only the shards holding the
+    keys under `prefix` are fetched. `size` is in bytes (informational).
+    """
+
+    name: str
+    repo_id: str | None = None
+    filename: str | None = None
+    revision: str = "main"
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    licence: str = ""
+    gated: bool = False
+    prefix: str | None = None
+
+    @property
+    def basename(self) -> str:
+        if self.filename:
+            return Path(self.filename).name
+        return Path(self.url or self.name).name
+
+    @property
+    def source(self) -> str:
+        if self.repo_id:
+            rev = "" if self.revision == "main" else f"@{self.revision}"
+            return f"https://huggingface.co/{self.repo_id}{rev} (file {self.filename})"
+        return self.url or "(no download source)"
+
+
+def weights_dir() -> Path | None:
+    value = os.environ.get("TOKBENCH_WEIGHTS")
+    return Path(value).expanduser() if value else None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def unavailable_message(artifact: Artifact, reason: str) -> str:
+    lines = [f"weights for {artifact.name!r} are not available: {reason}"]
+    lines.append(f"  source: {artifact.source}")
+    if artifact.size:
+        lines.append(f"  size: {artifact.size / 2**20:.0f} MiB")
+    if artifact.gated:
+        lines.append(
+            f"  this repository is gated: accept its licence at https://huggingface.co/{artifact.repo_id}, "
+            "then log in with `hf auth login` (or set HF_TOKEN)"
+        )
+    lines.append(f"  fetch it ahead of time: tokbench fetch {artifact.name} [--to DIR]")
+    target = weights_dir() or Path("$TOKBENCH_WEIGHTS")
+    lines.append(f"  or put the file by hand at {target / artifact.name / artifact.basename}")
+    return "\n".join(lines)
+
+
+def _verify_sha256(path: Path, expected: str | None) -> None:
+    if not expected:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        raise WeightsUnavailable(
+            f"{path} has sha256 {h.hexdigest()}, expected {expected}: the file is corrupt or another "
+            "version; delete it and fetch again"
+        )
+
+
+def local_path(artifact: Artifact, filename: str | None = None) -> Path | None:
+    """The artifact's file (or another file of the same repo) if it is already on this machine."""
+    filename = filename or artifact.filename
+    base = Path(filename).name if filename else artifact.basename
+    root = weights_dir()
+    if root is not None:
+        for candidate in (root / artifact.name / base, root / artifact.name / (filename or base)):
+            if candidate.is_file():
+                return candidate
+    if artifact.repo_id and filename:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(artifact.repo_id, filename, revision=artifact.revision)
+        except Exception:  # noqa: BLE001 - a broken cache is just "not cached"
+            hit = None
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    if artifact.url:
+        import torch.hub
+
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / base
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path:
+    if _offline():
+        raise WeightsUnavailable(unavailable_message(artifact, "not cached and HF_HUB_OFFLINE is set"))
+    try:
+        if artifact.repo_id:
+            from huggingface_hub import hf_hub_download
+
+            kwargs = {"local_dir": to / artifact.name} if to is not None else {}
+            return Path(hf_hub_download(artifact.repo_id, filename, revision=artifact.revision, **kwargs))
+        if artifact.url:
+            import torch.hub
+
+            dest_dir = (to / artifact.name) if to is not None else Path(torch.hub.get_dir()) / "checkpoints"
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            dest = dest_dir / artifact.basename
+            tmp = dest.with_suffix(dest.suffix + ".part")
+            torch.hub.download_url_to_file(artifact.url, str(tmp), progress=True)
+            _verify_sha256(tmp, artifact.sha256)
+            tmp.replace(dest)
+            return dest
+    except WeightsUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - network, auth and 404 errors all become one clear message
+        name = type(e).__name__
+        reason = f"download failed ({name}: {str(e).splitlines()[0] if str(e) else ''})"
+        if "Gated" in name or "401" in str(e) or "403" in str(e):
+            reason = f"access denied ({name}); the repository is gated or needs a token"
+        raise WeightsUnavailable(unavailable_message(artifact, reason)) from None
+    raise WeightsUnavailable(unavailable_message(artifact, "it has no download source"))
+
+
+def resolve(
+    artifact: Artifact,
+    explicit: str | os.PathLike | None = None,
+    *,
+    filename: str | None = None,
+    download: bool = True,
+    to: Path | None = None,
+) -> Path:
+    """Path of the artifact's file (or of `filename` in the same repository), fetching it if allowed."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(unavailable_message(artifact, f"the given path {str(path)!r} is not a file"))
+        return path
+    if to is None:
+        hit = local_path(artifact, filename)
+        if hit is not None:
+            return hit
+    if not download:
+        raise WeightsUnavailable(unavailable_message(artifact, "not found locally"))
+    return _download(artifact, filename or artifact.filename, to)
+
+
+def is_available(artifact: Artifact) -> bool:
+    """Whether the artifact's main file is already on this machine (no network)."""
+    return local_path(artifact) is not None
+
+
+def fetch(artifact: Artifact, to: Path | None = None) -> list[Path]:
+    """Download an artifact (and, for a sharded index with a prefix, the shards it needs)."""
+    from .checkpoint import shards_for_prefix
+
+    # With `to`, files land as <to>/<artifact name>/<filename>, the layout TOKBENCH_WEIGHTS reads.
+    main = resolve(artifact, to=to)
+    paths = [main]
+    if main.name.endswith(".index.json"):
+        for shard in shards_for_prefix(main, artifact.prefix):
+            paths.append(resolve(artifact, filename=_sibling(artifact.filename, shard), to=to))
+    return paths
+
+
+def _sibling(filename: str | None, name: str) -> str:
+    parent = Path(filename).parent if filename else Path()
+    return str(parent / name) if str(parent) != "." else name
