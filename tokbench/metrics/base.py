@@ -1,0 +1,113 @@
+"""The streaming-metric contract: sufficient statistics per batch, reducible across ranks.
+
+Every tokbench metric is a `torchmetrics.Metric` whose `update` takes one `EvalBatch`. It accumulates
+states declared with `add_state(..., dist_reduce_fx=...)` (sums, counts, moments), never a list of
+images, so a run can be split over GPUs and resumed from a saved state. Metrics with per-image values
+put them in `last_rows` during `update`; the runner writes them as the per-image rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchmetrics
+
+from ..core import TokbenchError, Tokenizer, Tokens
+
+
+@dataclass
+class EvalBatch:
+    """One batch as the runner hands it to the metrics.
+
+    `originals` and `reconstructions` are float (B, 3, H, W) in [0, 1] on the same device;
+    `reconstructions` is None for tokenizers without a decoder. `index` gives the images' positions
+    in the data set. `labels` (B,) class ids and `captions` are set where the data set has them.
+    """
+
+    originals: torch.Tensor
+    tokens: Tokens
+    tokenizer: Tokenizer
+    index: torch.Tensor
+    reconstructions: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    captions: list[str] | None = None
+    encode_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BenchMetric(torchmetrics.Metric):
+    """Base class. Subclasses set `name`, declare states, and implement `update` and `compute`.
+
+    `needs_decode` metrics are skipped (with the reason recorded) for tokenizers without a decoder.
+    `compute` returns a flat dict of named floats (several numbers per metric are fine: psnr, psnr_std).
+    `protocol()` says how the numbers were measured (backbone, weights, data range) for the reports.
+    """
+
+    name: str = "metric"
+    needs_decode: bool = True
+    full_state_update = False
+    higher_is_better: bool | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last_rows: dict[str, torch.Tensor] = {}
+
+    def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        raise NotImplementedError
+
+    def protocol(self) -> dict[str, Any]:
+        return {}
+
+
+MetricFactory = Callable[..., BenchMetric]
+_METRICS: dict[str, MetricFactory] = {}
+_DISCOVERED = False
+
+
+def register_metric(name: str) -> Callable[[MetricFactory], MetricFactory]:
+    """Register a metric class or factory under the name that suites use."""
+
+    def deco(factory: MetricFactory) -> MetricFactory:
+        if name in _METRICS and _METRICS[name] is not factory:
+            raise TokbenchError(f"metric name {name!r} is registered twice")
+        _METRICS[name] = factory
+        return factory
+
+    return deco
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    from .. import metrics
+
+    for mod in sorted(pkgutil.iter_modules(metrics.__path__), key=lambda m: m.name):
+        if not mod.name.startswith("_") and mod.name != "base":
+            importlib.import_module(f"{metrics.__name__}.{mod.name}")
+
+
+def metric_names() -> list[str]:
+    _discover()
+    return sorted(_METRICS)
+
+
+def build_metric(name: str, **options: Any) -> BenchMetric:
+    """Instantiate a registered metric; options come from the suite (e.g. `lpips: {net: vgg}`)."""
+    _discover()
+    if name not in _METRICS:
+        raise TokbenchError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(_METRICS))}")
+    try:
+        return _METRICS[name](**options)
+    except TypeError as e:
+        raise TokbenchError(f"bad options for metric {name!r} {options}: {e}") from None
