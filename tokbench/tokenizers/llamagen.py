@@ -10,11 +10,21 @@ families that ship the same pixel CNN (e.g. TokenFlow).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..checkpoint import CheckpointError, detect_prefix, load_strict, read_state_dict
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..registry import Family, Variant
+from ..weights import Artifact, resolve
 
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPS = 1e-6
@@ -26,7 +36,10 @@ def nonlinearity(x: torch.Tensor) -> torch.Tensor:
 
 
 def Normalize(  # noqa: N802 - official factory name, kept for readers comparing with upstream
-    in_channels: int, norm_type: str = "group", num_groups: int = GROUP_NORM_GROUPS, eps: float = GROUP_NORM_EPS
+    in_channels: int,
+    norm_type: str = "group",
+    num_groups: int = GROUP_NORM_GROUPS,
+    eps: float = GROUP_NORM_EPS,
 ) -> nn.Module:
     """GroupNorm(32, eps 1e-6, affine) or, for norm_type="batch", BatchNorm (SyncBatchNorm upstream)."""
     if norm_type == "group":
@@ -287,3 +300,558 @@ class Decoder(nn.Module):
             if i != self.num_resolutions - 1:
                 h = block.upsample(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vector quantizer and VQ model
+# ---------------------------------------------------------------------------------------------------
+
+# Rows of the (N, K) distance matrix computed at once: bounds memory at 16384 codes to ~256 MiB (fp32).
+_DISTANCE_CHUNK = 4096
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-codebook-row quantizer; with `l2_norm`, latents and rows are unit-normalised first.
+
+    Keys: `embedding.weight` (K, D) and, with `show_usage`, the training-only buffer `codebook_used`
+    (65536 floats), which releases carry and the official strict load requires.
+    """
+
+    def __init__(self, n_e: int, e_dim: int, l2_norm: bool = True, show_usage: bool = True) -> None:
+        super().__init__()
+        self.n_e, self.e_dim, self.l2_norm = n_e, e_dim, l2_norm
+        self.embedding = nn.Embedding(n_e, e_dim)
+        if show_usage:
+            self.register_buffer("codebook_used", torch.zeros(65536))
+
+    def codebook(self) -> torch.Tensor:
+        """The (K, D) rows that latents are matched against and decoded from (normalised if `l2_norm`)."""
+        w = self.embedding.weight
+        return F.normalize(w, p=2, dim=-1) if self.l2_norm else w
+
+    @torch.no_grad()
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Code ids (B, h, w) of a latent (B, D, h, w).
+
+        Same distance as the official code, |z|^2 + |e|^2 - 2 z.e, on l2-normalised z and e, so the
+        argmin agrees with it even on near ties. NOTE: transformers' `JanusVQVAE.encode` skips the
+        l2-normalisation and therefore returns different ids than the official LlamaGen/Janus code.
+        The search runs in float32 whatever the model dtype: Janus never encodes (its bf16 only covers
+        decoding), and bf16 distances would turn near ties into arbitrary picks.
+        """
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+        emb = self.embedding.weight.float()
+        if self.l2_norm:
+            flat = F.normalize(flat, p=2, dim=-1)
+            emb = F.normalize(emb, p=2, dim=-1)
+        emb_sq = (emb**2).sum(dim=1)
+        out = []
+        for chunk in flat.split(_DISTANCE_CHUNK):
+            dist = (chunk**2).sum(dim=1, keepdim=True) + emb_sq - 2 * chunk @ emb.t()
+            out.append(dist.argmin(dim=1))
+        return torch.cat(out).view(b, h, w)
+
+    def get_codebook_entry(self, ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Latent (B, D, h, w) for code ids (B, h*w) or (B, h, w) laid out row-major on `grid`."""
+        h, w = grid
+        z = self.codebook()[ids.reshape(ids.shape[0], h * w)]
+        return z.view(ids.shape[0], h, w, self.e_dim).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """The official `ModelArgs` fields plus `ch` and `num_res_blocks`.
+
+    The official `VQModel` ignores the last two and always builds ch=128, num_res_blocks=2; they are
+    fields here so that other sizes (the golden fixtures) can be built. Defaults are `VQ_16()`.
+    `commit_loss_beta` / `entropy_loss_ratio` only matter for training and are accepted and ignored.
+    """
+
+    codebook_size: int = 16384
+    codebook_embed_dim: int = 8
+    codebook_l2_norm: bool = True
+    codebook_show_usage: bool = True
+    commit_loss_beta: float = 0.25
+    entropy_loss_ratio: float = 0.0
+    encoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    z_channels: int = 256
+    dropout_p: float = 0.0
+    ch: int = 128
+    num_res_blocks: int = 2
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per token side: 2^(len(encoder_ch_mult) - 1)."""
+        return 2 ** (len(self.encoder_ch_mult) - 1)
+
+
+# Top-level keys of a config file that describe it rather than the model (golden fixture config.json).
+_INFORMATIONAL_KEYS = frozenset(
+    {"seed", "input", "downsample_factor", "token_grid", "full_size_equivalent", "janus_gen_vision_config"}
+)
+
+
+def vq_config(config: Mapping[str, Any] | None) -> VQConfig:
+    """A `VQConfig` from flat fields, or from {"model_args": {...}, "encoder_decoder_kwargs": {...}}.
+
+    Nested sections override flat fields (the variant table is flat; a user's config file may be nested).
+    """
+    config = dict(config or {})
+    fields_ = {f.name for f in dataclasses.fields(VQConfig)}
+    values: dict[str, Any] = {}
+    unknown = []
+    for key, value in config.items():
+        if key in fields_:
+            values[key] = value
+        elif key not in ("model_args", "encoder_decoder_kwargs") and key not in _INFORMATIONAL_KEYS:
+            unknown.append(key)
+    for section in ("model_args", "encoder_decoder_kwargs"):
+        inner = config.get(section) or {}
+        bad = sorted(set(inner) - fields_)
+        if bad:
+            raise TokbenchError(
+                f"unknown {section} fields {bad} in the llamagen-vq config; known: {sorted(fields_)}"
+            )
+        values.update(inner)
+    if unknown:
+        raise TokbenchError(
+            f"unknown llamagen-vq config fields {sorted(unknown)}; known: {sorted(fields_)} "
+            "(or nested under 'model_args' / 'encoder_decoder_kwargs')"
+        )
+    for key in ("encoder_ch_mult", "decoder_ch_mult"):
+        if key in values:
+            values[key] = tuple(int(m) for m in values[key])
+    return VQConfig(**values)
+
+
+class VQModel(nn.Module):
+    """LlamaGen / Janus `VQModel`: encoder, 1x1 `quant_conv`, quantizer, 1x1 `post_quant_conv`, decoder.
+
+    Works in the model's range: images in [-1, 1], (B, 3, H, W) with H, W multiples of `config.downsample`.
+    """
+
+    def __init__(self, config: VQConfig, upsample_bf16: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(
+            ch=config.ch,
+            ch_mult=config.encoder_ch_mult,
+            num_res_blocks=config.num_res_blocks,
+            z_channels=config.z_channels,
+            dropout=config.dropout_p,
+        )
+        self.decoder = Decoder(
+            ch=config.ch,
+            ch_mult=config.decoder_ch_mult,
+            num_res_blocks=config.num_res_blocks,
+            z_channels=config.z_channels,
+            dropout=config.dropout_p,
+            upsample_bf16=upsample_bf16,
+        )
+        self.quantize = VectorQuantizer(
+            config.codebook_size,
+            config.codebook_embed_dim,
+            config.codebook_l2_norm,
+            config.codebook_show_usage,
+        )
+        self.quant_conv = nn.Conv2d(config.z_channels, config.codebook_embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.codebook_embed_dim, config.z_channels, 1)
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation latent (B, D, h, w) of images in [-1, 1]."""
+        return self.quant_conv(self.encoder(x))
+
+    def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """Code ids (B, h, w) of images in [-1, 1] (the official `encode(x)[2][2]`, reshaped)."""
+        return self.quantize.indices(self.latent(x))
+
+    def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W), nominally [-1, 1] (not clamped), from quantised latents (B, D, h, w)."""
+        return self.decoder(self.post_quant_conv(quant))
+
+    def decode_code(self, ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The official `decode_code`: ids (B, h*w) -> normalised codebook rows -> images in ~[-1, 1]."""
+        return self.decode(self.quantize.get_codebook_entry(ids, grid))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint layouts
+# ---------------------------------------------------------------------------------------------------
+
+# Prefixes of the tokenizer's keys in each released layout: LlamaGen (bare, inside {"model"/"ema"/
+# "state_dict"}), Janus (`gen_vision_model.` among the whole MultiModalityCausalLM), transformers
+# (`model.vqmodel.` in JanusForConditionalGeneration; `vqmodel.` in a bare JanusModel), DDP (`module.`).
+KEY_PREFIXES = ("", "gen_vision_model.", "model.vqmodel.", "vqmodel.", "module.")
+_PROBE_KEY = "quant_conv.weight"
+
+# transformers' converter (convert_janus_weights_to_hf.py) renames; undone here, in this order.
+_TRANSFORMERS_RENAMES = (
+    ("encoder.down.", "encoder.conv_blocks."),
+    ("decoder.up.", "decoder.conv_blocks."),
+    (".block.", ".res."),
+    ("mid.block_1.", "mid.0."),
+    ("mid.attn_1.", "mid.1."),
+    ("mid.block_2.", "mid.2."),
+)
+
+
+def is_transformers_layout(keys: Iterable[str]) -> bool:
+    return any(k.startswith(("encoder.down.", "decoder.up.")) or ".mid.block_1." in f".{k}" for k in keys)
+
+
+def from_transformers_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `JanusVQVAE` names -> official names (the converter keeps indices, no reversal)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in _TRANSFORMERS_RENAMES:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def _key_names(path: Path) -> list[str] | None:
+    """Tensor names of a safetensors file or a sharded index without reading tensors (None: a pickle)."""
+    if path.name.endswith(".index.json"):
+        return list(json.loads(path.read_text()).get("weight_map", {}))
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return list(f.keys())
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"could not read safetensors file {path}: {type(e).__name__}: {e}"
+            ) from None
+    return None
+
+
+def read_vq_state_dict(
+    path: str | Path, resolve_shard: Callable[[str], Path] | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The VQ model's state dict (official key names) from any released layout, and the layout's name.
+
+    Only the tokenizer's tensors are read from safetensors files and sharded indexes (only the shards
+    that hold them); a pickle is opened once with `weights_only=True` and memory-mapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    names = _key_names(path)
+    full = None
+    if names is None:
+        full = read_state_dict(path)
+        names = list(full)
+    prefix = detect_prefix(names, KEY_PREFIXES, _PROBE_KEY)
+    if prefix is None:
+        sample = ", ".join(sorted(names)[:8])
+        raise CheckpointError(
+            f"{path} holds no LlamaGen/Janus VQ tokenizer: no key ends in {_PROBE_KEY!r} under any of the "
+            f"prefixes {list(KEY_PREFIXES)} (first keys: {sample}). Pass the tokenizer checkpoint "
+            "(vq_ds16_c2i.pt, or a Janus model file holding gen_vision_model.*)"
+        )
+    if full is None:
+        sd = read_state_dict(path, prefix=prefix or None, resolve_shard=resolve_shard)
+    else:
+        sd = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+    layout = {"": "llamagen", "gen_vision_model.": "janus", "module.": "ddp"}.get(prefix, "transformers")
+    if is_transformers_layout(sd):
+        sd = from_transformers_keys(sd)
+        layout = "transformers"
+    return sd, layout
+
+
+def load_vq_weights(
+    model: VQModel, path: str | Path, resolve_shard: Callable[[str], Path] | None = None
+) -> str:
+    """Strictly load a released checkpoint into `model`; returns the detected layout name."""
+    sd, layout = read_vq_state_dict(path, resolve_shard)
+    # transformers' converter drops the training-only usage buffer; a model without it ignores it.
+    usage = "quantize.codebook_used"
+    load_strict(
+        model,
+        sd,
+        source=f"{Path(path).name} ({layout} layout)",
+        ignore_missing=lambda k: k == usage,
+        ignore_unexpected=lambda k: k == usage,
+    )
+    return layout
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizer adapter, released variants, family
+# ---------------------------------------------------------------------------------------------------
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LlamaGenVQTokenizer(ModuleTokenizer):
+    """LlamaGen VQ-16/VQ-8 (Janus `gen_vision_model`): images [0, 1] <-> ids (B, h*w), row-major (y, x).
+
+    The model sees [-1, 1] (x * 2 - 1, the official `Normalize(0.5, 0.5)`); decoded images are mapped
+    back with (x + 1) / 2 and clamped to [0, 1]. `dtype` float32 (default, the LlamaGen evaluation) or
+    bfloat16 (how Janus runs it; turns on its bf16 cast in `Upsample`). The nearest-code search always
+    runs in float32.
+    """
+
+    def __init__(self, model: VQModel, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False).to(dtype)
+        self.model.decoder.set_upsample_bf16(dtype != torch.float32)
+        self.dtype = dtype
+        self.spec = spec
+
+    @property
+    def downsample(self) -> int:
+        return self.model.config.downsample
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
+        if options:
+            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+        check_images(images)
+        h, w = images.shape[-2:]
+        f = self.downsample
+        if h % f or w % f:
+            raise TokbenchError(
+                f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
+                f"resize or crop to e.g. {self.spec.resolution}x{self.spec.resolution}"
+            )
+        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
+        ids = self.model.encode_ids(x)
+        return Tokens(
+            ids=ids.reshape(ids.shape[0], -1),
+            grid=(int(ids.shape[1]), int(ids.shape[2])),
+            codebook_size=self.model.config.codebook_size,
+            meta={"dtype": str(self.dtype).replace("torch.", ""), "size": (int(h), int(w))},
+        )
+
+    @torch.inference_mode()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        if tokens.ids is None:
+            raise TokbenchError(f"{self.spec.name} decodes discrete ids; got continuous Tokens.features")
+        ids = tokens.ids.to(self.device).long()
+        grid = tokens.grid
+        if grid is None:  # square grid by default, as Janus generates (24 x 24 at 384)
+            side = int(round(ids.shape[1] ** 0.5))
+            if side * side != ids.shape[1]:
+                raise TokbenchError(f"Tokens.grid is unset and {ids.shape[1]} ids do not form a square grid")
+            grid = (side, side)
+        if grid[0] * grid[1] != ids[0].numel():
+            raise TokbenchError(f"Tokens.grid {grid} does not match {ids[0].numel()} ids per image")
+        k = self.model.config.codebook_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+            raise TokbenchError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
+        x = self.model.decode_code(ids, grid).float()
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+def _artifact(
+    name: str, repo_id: str, filename: str, prefix: str | None = None, licence: str = ""
+) -> Artifact:
+    return Artifact(name=name, repo_id=repo_id, filename=filename, prefix=prefix, licence=licence)
+
+
+_VQ8 = {"encoder_ch_mult": [1, 2, 2, 4], "decoder_ch_mult": [1, 2, 2, 4]}
+_LLAMAGEN_PAPER = (
+    "Sun et al., Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation, arXiv:2406.06525"
+)
+_JANUS_PAPER = "Wu et al., Janus, arXiv:2410.13848"
+_JANUS_PRO_PAPER = "Chen et al., Janus-Pro, arXiv:2501.17811"
+_LLAMAGEN_TABLE = (
+    "LlamaGen paper Table 2 and README (ImageNet val 50k, center_crop_arr, reconstruction_vq_ddp.py: "
+    "SSIM with data_range=2.0, PSNR on uint8-rounded reconstructions)"
+)
+
+VARIANTS = (
+    Variant(
+        name="llamagen-vq16-c2i",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact("llamagen-vq16-c2i", "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", licence="MIT"),
+        resolution=256,
+        description="LlamaGen VQ-16 tokenizer trained on ImageNet (16x16 tokens at 256, codebook 16384 x 8)",
+        paper=_LLAMAGEN_PAPER,
+        published={"rfid": 2.19, "psnr": 20.79, "ssim": 0.675},
+        published_source=_LLAMAGEN_TABLE + ", 16x16 tokens at 256x256",
+    ),
+    Variant(
+        name="llamagen-vq16-c2i-384",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact("llamagen-vq16-c2i", "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", licence="MIT"),
+        resolution=384,
+        description="vq_ds16_c2i run at 384 (24x24 tokens); the official eval resizes to 256 before metrics",
+        paper=_LLAMAGEN_PAPER,
+        published={"rfid": 0.94, "psnr": 21.94, "ssim": 0.726},
+        published_source=_LLAMAGEN_TABLE + ", 24x24 tokens (384 input, bicubic to 256 for evaluation)",
+    ),
+    Variant(
+        name="llamagen-vq16-t2i",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact("llamagen-vq16-t2i", "peizesun/llamagen_t2i", "vq_ds16_t2i.pt", licence="MIT"),
+        resolution=256,
+        description="LlamaGen VQ-16 tokenizer for text-to-image (LAION-COCO 50M + 10M internal images)",
+        paper=_LLAMAGEN_PAPER,
+    ),
+    Variant(
+        name="llamagen-vq8-c2i",
+        family="llamagen-vq",
+        config=_VQ8,
+        weights=_artifact("llamagen-vq8-c2i", "FoundationVision/LlamaGen", "vq_ds8_c2i.pt", licence="MIT"),
+        resolution=256,
+        description="LlamaGen VQ-8 tokenizer trained on ImageNet (32x32 tokens at 256, ch_mult 1,2,2,4)",
+        paper=_LLAMAGEN_PAPER,
+        published={"rfid": 0.59},
+        published_source="LlamaGen README, VQ-VAE models table (vq_ds8_c2i, 32x32 tokens, rFID at 256x256)",
+    ),
+    Variant(
+        name="janus-1.3b-vq",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact(
+            "janus-1.3b", "deepseek-ai/Janus-1.3B", "model.safetensors", "gen_vision_model.", "DeepSeek model"
+        ),
+        resolution=384,
+        description="Janus-1.3B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
+        paper=_JANUS_PAPER,
+    ),
+    Variant(
+        name="janus-pro-1b-vq",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact(
+            "janus-pro-1b",
+            "deepseek-ai/Janus-Pro-1B",
+            "pytorch_model.bin",
+            "gen_vision_model.",
+            "DeepSeek model",
+        ),
+        resolution=384,
+        description="Janus-Pro-1B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
+        paper=_JANUS_PRO_PAPER,
+    ),
+    Variant(
+        name="janus-pro-7b-vq",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact(
+            "janus-pro-7b",
+            "deepseek-ai/Janus-Pro-7B",
+            "pytorch_model.bin.index.json",
+            "gen_vision_model.",
+            "DeepSeek model",
+        ),
+        resolution=384,
+        description="Janus-Pro-7B image-generation tokenizer (only the shard holding gen_vision_model.* is fetched)",
+        paper=_JANUS_PRO_PAPER,
+    ),
+    # transformers-format conversions (JanusForConditionalGeneration, keys model.vqmodel.*, renamed).
+    # File names follow transformers' default sharding (unverified offline: adjust if the hub differs).
+    Variant(
+        name="janus-pro-1b-vq-hf",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact(
+            "janus-pro-1b-hf", "deepseek-community/Janus-Pro-1B", "model.safetensors", "model.vqmodel.", "MIT"
+        ),
+        resolution=384,
+        description="Janus-Pro-1B tokenizer from the transformers-format repo (same weights, renamed keys)",
+        paper=_JANUS_PRO_PAPER,
+    ),
+    Variant(
+        name="janus-pro-7b-vq-hf",
+        family="llamagen-vq",
+        config={},
+        weights=_artifact(
+            "janus-pro-7b-hf",
+            "deepseek-community/Janus-Pro-7B",
+            "model.safetensors.index.json",
+            "model.vqmodel.",
+            "MIT",
+        ),
+        resolution=384,
+        description="Janus-Pro-7B tokenizer from the transformers-format repo (same weights, renamed keys)",
+        paper=_JANUS_PRO_PAPER,
+    ),
+)
+
+
+def _resolve_weights(
+    variant: Variant | None, weights: str | Path | None
+) -> tuple[Path, Callable[[str], Path] | None]:
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise TokbenchError(f"weights file {str(path)!r} does not exist")
+        return path, None
+    if variant is None or variant.weights is None:
+        raise TokbenchError(
+            "llamagen-vq needs weights: pass weights=<vq_ds16_c2i.pt or a Janus model file>, or load a released "
+            f"variant by name ({', '.join(v.name for v in VARIANTS)})"
+        )
+    artifact = variant.weights
+    path = resolve(artifact)
+    parent = Path(artifact.filename).parent if artifact.filename else Path()
+
+    def resolve_shard(name: str) -> Path:
+        return resolve(artifact, filename=str(parent / name) if str(parent) != "." else name)
+
+    return path, resolve_shard
+
+
+def build(
+    variant: Variant | None = None,
+    weights: str | Path | None = None,
+    config: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    resolution: int | None = None,
+    **options: Any,
+) -> LlamaGenVQTokenizer:
+    """Build the VQ model from `config`, load a checkpoint in any released layout, wrap it as a tokenizer."""
+    if options:
+        raise TokbenchError(f"unknown llamagen-vq options {sorted(options)}; known: dtype, resolution")
+    if dtype not in DTYPES:
+        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = vq_config(config)
+    path, resolve_shard = _resolve_weights(variant, weights)
+    model = VQModel(cfg)
+    layout = load_vq_weights(model, path, resolve_shard)
+    resolution = int(resolution or (variant.resolution if variant else None) or 256)
+    side = resolution // cfg.downsample
+    name = variant.name if variant is not None else "llamagen-vq"
+    source = {"checkpoint": str(path), "layout": layout}
+    if variant is not None and variant.weights is not None:
+        source["release"] = variant.weights.source
+    spec = TokenizerSpec(
+        name=name,
+        family="llamagen-vq",
+        resolution=resolution,
+        tokens_per_image=side * side,
+        codebook_size=cfg.codebook_size,
+        bits_per_token=bits_for(cfg.codebook_size),
+        normalisation="[-1, 1]",
+        preprocessing="adm-center-crop",
+        dtype=dtype,
+        source=source,
+        notes=(
+            f"downsample {cfg.downsample}, codebook {cfg.codebook_size} x {cfg.codebook_embed_dim}"
+            f"{', l2-normalised codes' if cfg.codebook_l2_norm else ''}; ids row-major on a "
+            f"{side}x{side} grid at {resolution}"
+        ),
+    )
+    return LlamaGenVQTokenizer(model, spec, DTYPES[dtype])
+
+
+FAMILY = Family(
+    name="llamagen-vq",
+    build=build,
+    variants=VARIANTS,
+    aliases=("janus-vq",),
+    description="LlamaGen VQ-16/VQ-8 image tokenizers, also Janus / Janus-Pro's generation tokenizer (gen_vision_model)",
+    default_variant="llamagen-vq16-c2i",
+)
