@@ -26,21 +26,44 @@ class UnsafeCheckpoint(CheckpointError):
     """A pickle that would run code or build arbitrary objects when loaded."""
 
 
+def _unsafe(path: Path, error: Exception) -> UnsafeCheckpoint:
+    # torch's message advises weights_only=False; keep only the part naming what the pickle wanted.
+    text = str(error)
+    detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln or "global" in ln.lower()), "")
+    detail = detail.replace("WeightsUnpickler error:", "").strip() or "it needs more than tensors"
+    return UnsafeCheckpoint(
+        f"refused to load {path}: it is a pickle that would build arbitrary objects or run code when "
+        f"loaded ({detail}). tokbench never loads such files. Use the release's safetensors file, or "
+        "convert the checkpoint to a plain state dict on a machine you trust."
+    )
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _torch_load(path: Path) -> object:
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive, not a state dict; tokbench reads state dicts only "
+            "(safetensors or torch.save of tensors). Is this the right file for this model?"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpoint(
-            f"refused to load {path}: it is a pickle that needs more than tensors to unpickle "
-            f"({str(e).splitlines()[0] if str(e) else 'weights_only load failed'}). Loading it would execute "
-            "code from the file. Use the release's safetensors file, or convert it on a trusted machine."
-        ) from None
+        raise _unsafe(path, e) from None
     except RuntimeError as e:
         if "mmap" in str(e) or "zip" in str(e).lower():  # legacy (non-zip) torch.save format cannot be mmapped
             try:
                 return torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e2:
-                raise UnsafeCheckpoint(f"refused to load {path}: {str(e2).splitlines()[0]}") from None
+                raise _unsafe(path, e2) from None
             except Exception as e2:  # noqa: BLE001
                 raise CheckpointError(f"could not read checkpoint {path}: {type(e2).__name__}: {e2}") from None
         raise CheckpointError(f"could not read checkpoint {path}: {e}") from None

@@ -24,9 +24,11 @@ class WeightsUnavailable(TokbenchError):
 class Artifact:
     """A downloadable weight file.
 
-    Either `repo_id` + `filename` (+ pinned `revision`) on the Hugging Face Hub, or `url` (+ `sha256`).
-    `filename` may be a sharded checkpoint's index (`*.index.json`): then only the shards holding the
-    keys under `prefix` are fetched. `size` is in bytes (informational).
+    Either `repo_id` + `filename` (+ pinned `revision`) on the Hugging Face Hub, or `url` (+ `sha256`:
+    the full hex digest, or a prefix of at least 8 hex digits as in torch hub file names such as
+    `alexnet-owt-7be5be79.pth`). `filename` may be a sharded checkpoint's index (`*.index.json`): then
+    only the shards holding the keys under `prefix` are fetched. `size` is in bytes (informational);
+    `used_by` says which tokenizer or metric needs it (shown by `tokbench list`).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Artifact:
     licence: str = ""
     gated: bool = False
     prefix: str | None = None
+    used_by: str = ""
 
     @property
     def basename(self) -> str:
@@ -59,6 +62,15 @@ def weights_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _hf_cache_dir() -> str | None:
+    """The hub cache named by the environment now (huggingface_hub reads it only once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
@@ -74,21 +86,27 @@ def unavailable_message(artifact: Artifact, reason: str) -> str:
             "then log in with `hf auth login` (or set HF_TOKEN)"
         )
     lines.append(f"  fetch it ahead of time: tokbench fetch {artifact.name} [--to DIR]")
-    target = weights_dir() or Path("$TOKBENCH_WEIGHTS")
-    lines.append(f"  or put the file by hand at {target / artifact.name / artifact.basename}")
+    root = weights_dir()
+    target = (root or Path("$TOKBENCH_WEIGHTS")) / artifact.name / artifact.basename
+    lines.append(f"  or put the file by hand at {target}" + ("" if root else " and set TOKBENCH_WEIGHTS"))
     return "\n".join(lines)
 
 
-def _verify_sha256(path: Path, expected: str | None) -> None:
+def sha256_matches(path: Path, expected: str | None) -> bool:
+    """Whether the file's sha256 equals `expected` (or starts with it, for a torch-hub style prefix)."""
     if not expected:
-        return
+        return True
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    if h.hexdigest() != expected:
+    return h.hexdigest().startswith(expected.lower())
+
+
+def _verify_sha256(path: Path, expected: str | None) -> None:
+    if not sha256_matches(path, expected):
         raise WeightsUnavailable(
-            f"{path} has sha256 {h.hexdigest()}, expected {expected}: the file is corrupt or another "
+            f"{path} does not have the expected sha256 {expected}: the file is corrupt or another "
             "version; delete it and fetch again"
         )
 
@@ -106,7 +124,9 @@ def local_path(artifact: Artifact, filename: str | None = None) -> Path | None:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            hit = try_to_load_from_cache(artifact.repo_id, filename, revision=artifact.revision)
+            hit = try_to_load_from_cache(
+                artifact.repo_id, filename, revision=artifact.revision, cache_dir=_hf_cache_dir()
+            )
         except Exception:  # noqa: BLE001 - a broken cache is just "not cached"
             hit = None
         if isinstance(hit, str) and Path(hit).is_file():
@@ -127,7 +147,7 @@ def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path
         if artifact.repo_id:
             from huggingface_hub import hf_hub_download
 
-            kwargs = {"local_dir": to / artifact.name} if to is not None else {}
+            kwargs = {"local_dir": to / artifact.name} if to is not None else {"cache_dir": _hf_cache_dir()}
             return Path(hf_hub_download(artifact.repo_id, filename, revision=artifact.revision, **kwargs))
         if artifact.url:
             import torch.hub
@@ -135,6 +155,8 @@ def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path
             dest_dir = (to / artifact.name) if to is not None else Path(torch.hub.get_dir()) / "checkpoints"
             dest_dir.mkdir(parents=True, exist_ok=True)
             dest = dest_dir / artifact.basename
+            if dest.is_file() and sha256_matches(dest, artifact.sha256):
+                return dest
             tmp = dest.with_suffix(dest.suffix + ".part")
             torch.hub.download_url_to_file(artifact.url, str(tmp), progress=True)
             _verify_sha256(tmp, artifact.sha256)
@@ -159,9 +181,15 @@ def resolve(
     download: bool = True,
     to: Path | None = None,
 ) -> Path:
-    """Path of the artifact's file (or of `filename` in the same repository), fetching it if allowed."""
+    """Path of the artifact's file (or of `filename` in the same repository), fetching it if allowed.
+
+    `explicit` is a file, or a folder holding the file under its own name. `to` downloads into
+    `<to>/<artifact name>/` (the layout `TOKBENCH_WEIGHTS` reads) instead of the caches.
+    """
     if explicit is not None:
         path = Path(explicit).expanduser()
+        if path.is_dir() and (path / Path(filename or artifact.basename).name).is_file():
+            path = path / Path(filename or artifact.basename).name
         if not path.is_file():
             raise WeightsUnavailable(unavailable_message(artifact, f"the given path {str(path)!r} is not a file"))
         return path
@@ -179,11 +207,17 @@ def is_available(artifact: Artifact) -> bool:
     return local_path(artifact) is not None
 
 
-def fetch(artifact: Artifact, to: Path | None = None) -> list[Path]:
-    """Download an artifact (and, for a sharded index with a prefix, the shards it needs)."""
+def fetch(artifact: Artifact | str, to: str | os.PathLike | None = None) -> list[Path]:
+    """Download an artifact (and, for a sharded index with a prefix, only the shards it needs).
+
+    `artifact` may be a registered name (see `artifacts()`). With `to`, files land as
+    `<to>/<artifact name>/<filename>`, the layout `TOKBENCH_WEIGHTS` reads; without it, in the caches.
+    """
     from .checkpoint import shards_for_prefix
 
-    # With `to`, files land as <to>/<artifact name>/<filename>, the layout TOKBENCH_WEIGHTS reads.
+    if isinstance(artifact, str):
+        artifact = get_artifact(artifact)
+    to = Path(to).expanduser() if to is not None else None
     main = resolve(artifact, to=to)
     paths = [main]
     if main.name.endswith(".index.json"):
@@ -195,3 +229,33 @@ def fetch(artifact: Artifact, to: Path | None = None) -> list[Path]:
 def _sibling(filename: str | None, name: str) -> str:
     parent = Path(filename).parent if filename else Path()
     return str(parent / name) if str(parent) != "." else name
+
+
+# Artifacts that metrics (and anything else outside the tokenizer registry) need, by name, so that
+# `tokbench fetch NAME` and `tokbench list` can find them. Tokenizer weights live in `Variant.weights`.
+_ARTIFACTS: dict[str, Artifact] = {}
+
+
+def register_artifact(artifact: Artifact) -> Artifact:
+    """Make an artifact known by its name; registering the same artifact twice is harmless."""
+    known = _ARTIFACTS.get(artifact.name)
+    if known is not None and known != artifact:
+        raise TokbenchError(f"two different artifacts are registered under the name {artifact.name!r}")
+    _ARTIFACTS[artifact.name] = artifact
+    return artifact
+
+
+def artifacts() -> dict[str, Artifact]:
+    """All registered artifacts by name (importing the metric modules registers theirs)."""
+    from .metrics.base import metric_names
+
+    metric_names()  # imports every metric module once
+    return dict(sorted(_ARTIFACTS.items()))
+
+
+def get_artifact(name: str) -> Artifact:
+    """The registered artifact called `name`, or a `TokbenchError` listing the known names."""
+    known = artifacts()
+    if name not in known:
+        raise TokbenchError(f"unknown weights artifact {name!r}; known: {', '.join(known) or '(none)'}")
+    return known[name]
