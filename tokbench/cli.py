@@ -1,0 +1,187 @@
+"""Command line: `tokbench run | report | list | info | fetch`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .core import TokbenchError
+
+DEFAULT_SUITE = "benchmarks/quick.yaml"
+
+
+def _default_suite() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / DEFAULT_SUITE).is_file():
+            return base / DEFAULT_SUITE
+    raise TokbenchError(f"no suite given and {DEFAULT_SUITE} not found; pass a suite YAML file")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .runner import run_suite
+    from .suite import load_suite
+
+    suite_path = Path(args.suite) if args.suite else _default_suite()
+    suite = load_suite(suite_path)
+    if args.device:
+        suite.device = args.device
+    if args.batch_size:
+        suite.batch_size = args.batch_size
+    if args.limit is not None:
+        for d in suite.data:
+            d.limit = args.limit
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
+    summaries = run_suite(suite, out, tokenizers=args.tokenizers, data=args.data, progress=not args.quiet)
+    report = write_report(out)
+    print()
+    print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
+          if (report / "report.md").is_file() else "")
+    ok = sum(s["status"] == "ok" for s in summaries)
+    print(f"\n{ok}/{len(summaries)} jobs done; report: {report / 'index.html'} (also report.md, summary.csv, "
+          f"summary.tex)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    report = write_report(Path(args.run_dir))
+    print(f"report written to {report}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import families, variants
+    from .weights import is_available
+
+    rows = []
+    for v in variants(args.pattern):
+        weights = "-" if v.weights is None else ("present" if is_available(v.weights) else "not downloaded")
+        rows.append((v.name, v.family, str(v.resolution or "any"), weights, v.description))
+    if args.families:
+        for f in families():
+            print(f"{f.name:22s} {', '.join(f.aliases):18s} {f.description}")
+        return 0
+    widths = [max(len(r[i]) for r in rows + [("name", "family", "res", "weights", "")]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("name", "family", "res", "weights"), widths)) + "  description")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    try:
+        from .metrics.base import metric_names
+        from .weights import artifacts
+    except ImportError:
+        return 0
+    print("\nmetrics: " + ", ".join(metric_names()))
+    arts = artifacts()
+    if arts:
+        print("\nmetric weights:")
+        for name, a in sorted(arts.items()):
+            print(f"  {name:32s} {'present' if is_available(a) else 'not downloaded':15s} {a.source}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .registry import find
+
+    family, variant = find(args.name)
+    print(f"family: {family.name} ({family.description})")
+    if variant is not None:
+        print(json.dumps({"variant": variant.name, "config": dict(variant.config), "options": dict(variant.options),
+                          "weights": variant.weights.source if variant.weights else None,
+                          "resolution": variant.resolution, "paper": variant.paper,
+                          "published": dict(variant.published), "published_source": variant.published_source},
+                         indent=2, default=str))
+    else:
+        print("variants: " + ", ".join(v.name for v in family.variants))
+    return 0
+
+
+def _artifact_for(name: str):
+    from .registry import find
+    from .weights import Artifact
+
+    try:
+        from .weights import get_artifact
+
+        return get_artifact(name)
+    except (ImportError, TokbenchError, KeyError):
+        pass
+    _, variant = find(name)
+    if variant is None or not isinstance(variant.weights, Artifact):
+        raise TokbenchError(f"{name!r} has no weights to fetch (a family name? give a variant: tokbench list)")
+    return variant.weights
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .weights import fetch
+
+    to = Path(args.to) if args.to else None
+    for name in args.names:
+        artifact = _artifact_for(name)
+        paths = fetch(artifact, to=to)
+        for p in paths:
+            print(f"{name}: {p}")
+    if to is not None:
+        print(f"\npoint tokbench at them with: export TOKBENCH_WEIGHTS={to.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokbench", description="Benchmark image tokenizers.")
+    sub = p.add_subparsers(dest="command")
+
+    r = sub.add_parser("run", help="run a suite (default: benchmarks/quick.yaml) and write its report")
+    r.add_argument("suite", nargs="?", help="suite YAML file")
+    r.add_argument("--tokenizers", nargs="+", help="only these tokenizers (suite names or any variant name)")
+    r.add_argument("--data", nargs="+", help="data sets instead of the suite's: samples, folder:PATH, "
+                   "imagenet-val:PATH")
+    r.add_argument("--out", help="run folder (default results/<suite name>); re-running resumes it")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps, auto")
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--limit", type=int, help="at most this many images per data set")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    rep = sub.add_parser("report", help="(re)build the report of a run folder")
+    rep.add_argument("run_dir")
+    rep.set_defaults(fn=cmd_report)
+
+    li = sub.add_parser("list", help="released tokenizers, metrics, and whether their weights are present")
+    li.add_argument("pattern", nargs="?", default="*", help="glob on variant names, e.g. 'janus*'")
+    li.add_argument("--families", action="store_true", help="list families instead of variants")
+    li.set_defaults(fn=cmd_list)
+
+    inf = sub.add_parser("info", help="config, weights and published numbers of a variant")
+    inf.add_argument("name")
+    inf.set_defaults(fn=cmd_info)
+
+    fe = sub.add_parser("fetch", help="download weights ahead of time (for offline machines)")
+    fe.add_argument("names", nargs="+", help="tokenizer variants or metric artifacts (see tokbench list)")
+    fe.add_argument("--to", help="put files in DIR/<name>/ (then export TOKBENCH_WEIGHTS=DIR)")
+    fe.set_defaults(fn=cmd_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except TokbenchError as e:
+        print(f"tokbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntokbench: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Image data sets and loading: `samples`, `folder:PATH`, `imagenet-val:PATH`.
+
+Every image is decoded to RGB (RGBA kept for protocols that composite transparency), EXIF rotation
+applied, then turned into the tokenizer's square input by a named protocol (`tokbench.protocols`).
+Unreadable or truncated files are skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .core import TokbenchError
+from .protocols import get_protocol
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+
+# Real photographs shipped inside the scikit-image and scikit-learn wheels (no download needed).
+SAMPLE_FILES = {
+    "skimage": [
+        "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
+        "motorcycle_left.png", "retina.jpg", "rocket.jpg", "brick.png", "grass.png", "gravel.png",
+        "moon.png", "page.png",
+    ],
+    "sklearn": ["china.jpg", "flower.jpg"],
+}
+
+
+class DataUnavailable(TokbenchError):
+    """A data set that cannot be opened (missing folder, unset variable)."""
+
+
+class BadImage(TokbenchError):
+    """A file that is not a readable image."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    id: str
+    label: int | None = None
+    caption: str | None = None
+
+
+@dataclass
+class ImageDataset:
+    """A fixed, sorted list of image files; position i is always the same image (resume relies on it)."""
+
+    name: str
+    source: str
+    records: list[ImageRecord]
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode a file to an RGB or RGBA PIL image: EXIF rotation applied; grey, 16-bit, palette, CMYK
+    and LA converted. Raises `BadImage` for unreadable or truncated files."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # force full decoding now, so truncated files fail here
+            img = ImageOps.exif_transpose(im)
+            img.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise BadImage(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    return to_rgb_or_rgba(img)
+
+
+def to_rgb_or_rgba(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("RGB", "RGBA"):
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0
+        grey = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        return img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if mode in ("LA", "PA", "La", "RGBa"):
+        return img.convert("RGBA")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float (3, H, W) in [0, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def _list_images(root: Path) -> list[Path]:
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: str(p.relative_to(root)))
+
+
+def _caption_for(path: Path) -> str | None:
+    side = path.with_suffix(".txt")
+    return side.read_text().strip() if side.is_file() else None
+
+
+def _samples() -> ImageDataset:
+    import skimage.data
+    import sklearn.datasets
+
+    roots = {
+        "skimage": Path(skimage.data.__file__).parent,
+        "sklearn": Path(sklearn.datasets.__file__).parent / "images",
+    }
+    records = []
+    for lib, names in SAMPLE_FILES.items():
+        for n in names:
+            p = roots[lib] / n
+            if p.is_file():
+                records.append(ImageRecord(path=str(p), id=f"{lib}/{n}"))
+    if not records:
+        raise DataUnavailable("no sample images found in the scikit-image / scikit-learn installs")
+    return ImageDataset("samples", "samples", records)
+
+
+def _folder(path: str, name: str) -> ImageDataset:
+    root = Path(path).expanduser()
+    if not path or "$" in path:
+        raise DataUnavailable(f"data path {path!r} is unset; set the environment variable it names")
+    if not root.is_dir():
+        raise DataUnavailable(f"image folder {str(root)!r} does not exist")
+    files = _list_images(root)
+    if not files:
+        raise DataUnavailable(f"image folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    records = [ImageRecord(str(p), str(p.relative_to(root)), caption=_caption_for(p)) for p in files]
+    return ImageDataset(name, f"folder:{root}", records)
+
+
+def _imagenet_val(path: str) -> ImageDataset:
+    """ImageNet validation images, flat (no labels) or in class sub-folders (labels = sorted folder
+    index, the torchvision ImageFolder order; class names for WordNet-id folders from open_clip)."""
+    ds = _folder(path, "imagenet-val")
+    root = Path(path).expanduser()
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        return ImageDataset("imagenet-val", f"imagenet-val:{root}", ds.records)
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for r in ds.records:
+        top = Path(r.id).parts[0]
+        records.append(ImageRecord(r.path, r.id, label=index.get(top), caption=r.caption))
+    names = classes
+    if len(classes) == 1000 and all(c.startswith("n") and c[1:].isdigit() for c in classes):
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        names = list(IMAGENET_CLASSNAMES)
+    return ImageDataset("imagenet-val", f"imagenet-val:{root}", records, class_names=names)
+
+
+def open_dataset(spec: str, limit: int | None = None) -> ImageDataset:
+    """`samples`, `folder:PATH` or `imagenet-val:PATH` (environment variables expanded)."""
+    spec = os.path.expandvars(spec.strip())
+    kind, _, arg = spec.partition(":")
+    if kind == "samples":
+        ds = _samples()
+    elif kind == "folder":
+        ds = _folder(arg, Path(arg).name or "folder")
+        if (c := sorted({Path(r.id).parts[0] for r in ds.records if len(Path(r.id).parts) > 1})) and all(
+            len(Path(r.id).parts) > 1 for r in ds.records
+        ):
+            index = {name: i for i, name in enumerate(c)}
+            ds.records = [ImageRecord(r.path, r.id, index[Path(r.id).parts[0]], r.caption) for r in ds.records]
+            ds.class_names = c
+    elif kind == "imagenet-val":
+        ds = _imagenet_val(arg)
+    else:
+        raise DataUnavailable(f"unknown data source {spec!r}; use samples, folder:PATH or imagenet-val:PATH")
+    if limit is not None:
+        ds.records = ds.records[: int(limit)]
+    return ds
+
+
+@dataclass
+class Batch:
+    index: torch.Tensor  # (B,) positions in the data set
+    images: torch.Tensor  # (B, 3, S, S) float [0, 1]
+    records: list[ImageRecord]
+    skipped: list[tuple[int, str, str]]  # (position, path, reason) of unreadable files in this span
+
+
+class _ProtocolDataset(torch.utils.data.Dataset):
+    def __init__(self, ds: ImageDataset, protocol: str, size: int, start: int) -> None:
+        self.ds, self.fn, self.size, self.start = ds, get_protocol(protocol).fn, size, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.ds) - self.start)
+
+    def __getitem__(self, i: int):
+        pos = self.start + i
+        rec = self.ds.records[pos]
+        try:
+            img = self.fn(open_image(rec.path), self.size)
+            if img.size != (self.size, self.size):
+                raise BadImage(f"protocol returned {img.size}, expected {(self.size, self.size)}")
+            return pos, pil_to_tensor(img), None
+        except Exception as e:  # noqa: BLE001 - any failure on one image is a counted skip
+            return pos, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items):
+    return items
+
+
+def iterate_batches(
+    ds: ImageDataset,
+    protocol: str,
+    size: int,
+    batch_size: int,
+    start: int = 0,
+    num_workers: int | None = None,
+) -> Iterator[Batch]:
+    """Batches of preprocessed images from position `start` on, in data set order.
+
+    Each batch covers `batch_size` consecutive positions; unreadable ones are listed in `skipped`
+    (a batch may then hold fewer images, or none).
+    """
+    if num_workers is None:
+        num_workers = min(8, max(0, (os.cpu_count() or 1) // 2))
+    loader = torch.utils.data.DataLoader(
+        _ProtocolDataset(ds, protocol, size, start),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    for items in loader:
+        good = [(p, t) for p, t, err in items if err is None]
+        skipped = [(p, ds.records[p].path, err) for p, t, err in items if err is not None]
+        yield Batch(
+            index=torch.tensor([p for p, _ in good], dtype=torch.long),
+            images=torch.stack([t for _, t in good]) if good else torch.empty(0, 3, size, size),
+            records=[ds.records[p] for p, _ in good],
+            skipped=skipped,
+        )

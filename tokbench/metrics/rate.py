@@ -1,0 +1,111 @@
+"""Rate metrics: bits per pixel, tokens per image, and how the codebook is used.
+
+Bits per image are the real encoded size for codecs and N * log2(K) (summed over codebooks) for
+discrete tokenizers: the cost of storing the ids at a fixed-length code, the number papers compare.
+Codebook usage is the fraction of codes used at least once over the data set; the code entropy
+(bits) and perplexity (2^entropy) are of the empirical id distribution over all positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .base import BenchMetric, EvalBatch, register_metric
+
+
+@register_metric("bpp")
+class BitsPerPixel(BenchMetric):
+    """Bits per pixel of the tokenizer's input (H x W of the image it encoded), tokens per image."""
+
+    name = "bpp"
+    needs_decode = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("bits", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("pixels", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("sized", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
+        t = batch.tokens
+        b = t.batch_size
+        pixels = float(batch.originals.shape[-2] * batch.originals.shape[-1])
+        tokens = t.tokens_per_image
+        self.tokens += tokens.sum().to(self.tokens.device)
+        self.images += b
+        rows = {"tokens": tokens}
+        bits = t.bits_per_image
+        if bits is not None:
+            self.bits += bits.sum().to(self.bits.device)
+            self.pixels += pixels * b
+            self.sized += b
+            rows.update(bits=bits, bpp=bits / pixels)
+        self.last_rows = rows
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        out = {"tokens_per_image": float(self.tokens) / max(int(self.images), 1)}
+        if int(self.sized):
+            out["bits_per_image"] = float(self.bits) / int(self.sized)
+            out["bpp"] = float(self.bits) / float(self.pixels)
+        return out
+
+    def protocol(self):
+        return {"bpp": "bits per image / (H x W of the encoded input); fixed-length code N*log2(K), or file size"}
+
+
+@register_metric("codebook")
+class CodebookUsage(BenchMetric):
+    """Histogram of token ids over the data set -> usage, entropy (bits) and perplexity per codebook."""
+
+    name = "codebook"
+    needs_decode = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Sized on the first batch (the codebook size is known only then); all ranks see the same size.
+        self.add_state("counts", torch.zeros(0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sizes", torch.zeros(0, dtype=torch.long), dist_reduce_fx="max")
+
+    def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
+        t = batch.tokens
+        if t.ids is None or t.codebook_size is None or t.lengths is not None:
+            return  # continuous features or byte streams: no codebook to measure
+        ids = t.ids if t.ids.ndim == 3 else t.ids.unsqueeze(-1)
+        c = ids.shape[-1]
+        sizes = t.codebook_size if isinstance(t.codebook_size, tuple) else (t.codebook_size,) * c
+        if self.counts.numel() == 0:
+            self.sizes = torch.tensor([int(s) for s in sizes], dtype=torch.long, device=ids.device)
+            self.counts = torch.zeros(int(self.sizes.sum()), dtype=torch.float64, device=ids.device)
+        offset = 0
+        for j, k in enumerate(self.sizes.tolist()):
+            col = ids[..., j].reshape(-1).long()
+            self.counts[offset : offset + k] += torch.bincount(col, minlength=k)[:k].to(self.counts)
+            offset += k
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        if self.counts.numel() == 0:
+            return {}
+        out: dict[str, float] = {}
+        offset = 0
+        sizes = self.sizes.tolist()
+        for j, k in enumerate(sizes):
+            counts = self.counts[offset : offset + k]
+            offset += k
+            p = counts / counts.sum()
+            nz = p[p > 0]
+            entropy = float(-(nz * nz.log2()).sum())
+            suffix = "" if len(sizes) == 1 else f"_{j}"
+            out[f"codebook_usage{suffix}"] = float((counts > 0).sum()) / k
+            out[f"code_entropy{suffix}"] = entropy
+            out[f"code_perplexity{suffix}"] = 2**entropy
+            out[f"code_entropy_max{suffix}"] = math.log2(k)
+        return out
+
+    def protocol(self):
+        return {"codebook": "usage = codes used / K over the data set; entropy in bits of the id histogram"}

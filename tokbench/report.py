@@ -1,0 +1,351 @@
+"""Reports of a run folder: Markdown, CSV, LaTeX, an HTML page, plots and a reconstruction grid.
+
+Everything is rebuilt from the run folder alone (run.json + jobs/*), so `tokbench report RUN_DIR`
+can redo it at any later time. Each number is shown with the protocol it was measured under.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .runner import read_rows, write_json
+
+# Columns of the main table: (result key, header, format).
+MAIN_COLUMNS = [
+    ("tokens_per_image", "tokens/img", "{:.0f}"),
+    ("bpp", "bpp", "{:.4f}"),
+    ("psnr", "PSNR (dB)", "{:.2f}"),
+    ("ssim", "SSIM", "{:.4f}"),
+    ("ms_ssim", "MS-SSIM", "{:.4f}"),
+    ("lpips", "LPIPS", "{:.4f}"),
+    ("rfid", "rFID", "{:.3f}"),
+    ("psnr_llamagen", "PSNR* (dB)", "{:.2f}"),
+    ("ssim_llamagen", "SSIM*", "{:.4f}"),
+    ("semantic_similarity", "sem. sim.", "{:.4f}"),
+    ("zeroshot_top1", "0-shot top-1", "{:.2%}"),
+    ("zeroshot_top1_recon", "0-shot top-1 recon", "{:.2%}"),
+    ("clip_score", "CLIP-score", "{:.2f}"),
+    ("codebook_usage", "code usage", "{:.1%}"),
+    ("code_perplexity", "perplexity", "{:.1f}"),
+    ("encode_images_per_s", "enc img/s", "{:.1f}"),
+    ("decode_images_per_s", "dec img/s", "{:.1f}"),
+    ("peak_memory_mb", "peak MiB", "{:.0f}"),
+]
+CODEC_FAMILIES = {"codec"}
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run record and one entry per job (summary, or skip record, or 'not run')."""
+    run_path = run_dir / "run.json"
+    if not run_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a tokbench run folder (no run.json)")
+    run = json.loads(run_path.read_text())
+    jobs = []
+    for job_id in run.get("jobs", []):
+        d = run_dir / "jobs" / job_id
+        for name in ("summary.json", "skipped.json"):
+            if (d / name).is_file():
+                jobs.append(json.loads((d / name).read_text()))
+                break
+        else:
+            jobs.append({"job": job_id, "status": "not run", "reason": "interrupted before this job"})
+    return run, jobs
+
+
+def _params(job: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (job.get("params") or {}).items())
+
+
+def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
+    records = []
+    for j in jobs:
+        if j.get("status") != "ok":
+            continue
+        spec = j.get("spec", {})
+        rec = {
+            "job": j["job"], "tokenizer": j["label"], "params": _params(j), "family": spec.get("family"),
+            "data": j["data"]["name"], "images": j.get("images_evaluated"), "skipped_images": j.get("images_skipped"),
+            "resolution": j.get("resolution"), "protocol": j.get("protocol"), "dtype": j.get("dtype"),
+            "device": j.get("device", {}).get("device"),
+        }
+        rec.update(j.get("results", {}))
+        for k, v in (j.get("published") or {}).items():
+            rec[f"published_{k}"] = v
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and (math.isnan(value))):
+        return ""
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Formatted main table; published numbers, where a suite gives them, in brackets after ours."""
+    published = {j["job"]: j.get("published") or {} for j in jobs if j.get("status") == "ok"}
+    cols = [c for c in MAIN_COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
+    rows = []
+    for _, r in df.iterrows():
+        row = {"tokenizer": r["tokenizer"] + (f" ({r['params']})" if r["params"] else ""), "data": r["data"],
+               "res": r["resolution"], "protocol": r["protocol"]}
+        pub = published.get(r["job"], {})
+        for key, header, fmt in cols:
+            text = _fmt(r.get(key), fmt)
+            if key in pub:
+                text += f" [{_fmt(pub[key], fmt)}]"
+            row[header] = text
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_\n"
+    header = "| " + " | ".join(df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    lines = [header, sep]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in r.values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _protocol_notes(jobs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
+    metric_notes: dict[str, str] = {}
+    prep_notes: dict[str, str] = {}
+    for j in jobs:
+        if j.get("status") != "ok":
+            continue
+        metric_notes.update(j.get("metric_protocols", {}))
+        prep_notes[j["protocol"]] = j.get("protocol_description", "")
+    return metric_notes, prep_notes
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def _curves(df: pd.DataFrame, x: str, y: str):
+    for (label, data), g in df.groupby(["tokenizer", "data"], sort=False):
+        g = g.dropna(subset=[x, y]).sort_values(x)
+        if len(g):
+            yield f"{label}" + (f" ({data})" if df["data"].nunique() > 1 else ""), g
+
+
+def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bpp") -> bool:
+    """Quality against bits per pixel (or tokens), one curve per tokenizer; codecs dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric not in df.columns or x not in df.columns or df[[x, metric]].dropna().empty:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for label, g in _curves(df, x, metric):
+        codec = g["family"].iloc[0] in CODEC_FAMILIES
+        ax.plot(g[x], g[metric], "--" if codec else "-", marker="o" if not codec else ".", label=label,
+                alpha=0.8 if codec else 1.0)
+    ax.set_xscale("log")
+    ax.set_xlabel({"bpp": "bits per pixel", "tokens_per_image": "tokens per image"}.get(x, x))
+    ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "rfid": "rFID"}.get(metric, metric))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{metric.upper()} vs {'bits per pixel' if x == 'bpp' else 'tokens'}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def throughput_plot(df: pd.DataFrame, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in ("encode_images_per_s", "decode_images_per_s") if c in df.columns]
+    if not cols or df[cols].dropna(how="all").empty:
+        return False
+    names = (df["tokenizer"] + df["params"].map(lambda p: f" ({p})" if p else "")).tolist()
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(df) + 1)), dpi=120)
+    ypos = range(len(df))
+    h = 0.8 / len(cols)
+    for i, c in enumerate(cols):
+        ax.barh([y + i * h for y in ypos], df[c].fillna(0), height=h, label=c.split("_")[0])
+    ax.set_yticks([y + h * (len(cols) - 1) / 2 for y in ypos], names, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"images / s ({df['device'].iloc[0]})")
+    ax.legend(fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, cell: int = 160,
+                        max_columns: int = 10) -> bool:
+    """Originals (first column) next to each tokenizer's reconstruction of the same image, plus a
+    zoomed centre crop (same region in every column) below each row."""
+    from PIL import Image, ImageDraw
+
+    ok = [j for j in jobs if j.get("status") == "ok" and j.get("spec", {}).get("supports_decode", True)]
+    # one column per tokenizer: its middle sweep point
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for j in ok:
+        by_label.setdefault(f"{j['label']}|{j['data']['name']}", []).append(j)
+    columns = [v[len(v) // 2] for v in by_label.values()][:max_columns]
+    if not columns:
+        return False
+    first = run_dir / "jobs" / columns[0]["job"] / "images"
+    originals = sorted(first.glob("*_original.png"))
+    if not originals:
+        return False
+    label_h = 28
+    w = cell * (len(columns) + 1)
+    h = label_h + 2 * cell * len(originals)
+    canvas = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(canvas)
+    titles = ["original"] + [f"{c['label']} {_params(c)}".strip() for c in columns]
+    for i, t in enumerate(titles):
+        draw.text((i * cell + 4, 8), t[:26], fill="black")
+    for r, orig in enumerate(originals):
+        stem = orig.name.replace("_original.png", "")
+        cells = [orig] + [run_dir / "jobs" / c["job"] / "images" / f"{stem}_recon.png" for c in columns]
+        for i, p in enumerate(cells):
+            if not p.is_file():
+                continue
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                y0 = label_h + 2 * r * cell
+                canvas.paste(im.resize((cell, cell), Image.BICUBIC), (i * cell, y0))
+                s = im.size[0]
+                box = (s * 3 // 8, s * 3 // 8, s * 5 // 8, s * 5 // 8)  # central quarter, same region
+                canvas.paste(im.crop(box).resize((cell, cell), Image.NEAREST), (i * cell, y0 + cell))
+    canvas.save(path)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report/{report.md, summary.csv, summary.tex, index.html, *.png} and
+    RUN_DIR/rows.parquet (all per-image rows). Returns the report folder."""
+    run_dir = Path(run_dir)
+    run, jobs = load_run(run_dir)
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    df = summary_frame(jobs)
+    df.to_csv(out / "summary.csv", index=False)
+    write_json(out / "summary.json", jobs)
+
+    all_rows = []
+    for j in jobs:
+        if j.get("status") == "ok":
+            for row in read_rows(run_dir / "jobs" / j["job"] / "rows.jsonl"):
+                all_rows.append({"job": j["job"], "tokenizer": j["label"], "params": _params(j), **row})
+    if all_rows:
+        pd.DataFrame.from_records(all_rows).to_parquet(run_dir / "rows.parquet", index=False)
+
+    table = main_table(df, jobs) if not df.empty else pd.DataFrame()
+    skipped = pd.DataFrame([{"tokenizer": j.get("label", j["job"]), "params": _params(j), "status": j["status"],
+                             "reason": (j.get("reason") or "").strip()} for j in jobs if j.get("status") != "ok"])
+    metric_skips: dict[str, str] = {}
+    for j in jobs:
+        for name, why in (j.get("metric_skips") or {}).items():
+            metric_skips.setdefault(name, why)
+    metric_notes, prep_notes = _protocol_notes(jobs)
+
+    figures = []
+    if not df.empty:
+        for metric in ("psnr", "ssim", "lpips"):
+            name = f"rd_{metric}.png"
+            if rate_distortion_plot(df, metric, out / name):
+                figures.append((name, f"{metric.upper()} against bits per pixel"))
+        variable = df[df["params"].str.contains("n_tokens", na=False)] if "params" in df else df.iloc[:0]
+        if not variable.empty:
+            for metric in ("psnr", "lpips", "rfid"):
+                name = f"tokens_{metric}.png"
+                if rate_distortion_plot(variable, metric, out / name, x="tokens_per_image"):
+                    figures.append((name, f"{metric.upper()} against tokens per image"))
+        if throughput_plot(df, out / "throughput.png"):
+            figures.append(("throughput.png", "encode and decode throughput"))
+    if reconstruction_grid(run_dir, jobs, out / "grid.png"):
+        figures.append(("grid.png", "reconstructions (bottom of each pair: zoomed centre crop, same region)"))
+
+    versions = run.get("versions", {})
+    device = run.get("device", {})
+    suite = run.get("suite", {})
+    header = [
+        f"# tokbench report: {suite.get('name', run_dir.name)}",
+        "",
+        f"{suite.get('description', '')}",
+        "",
+        f"- run folder: `{run_dir}`; created {run.get('created')}, updated {run.get('updated')}",
+        f"- device: {device.get('device')} {device.get('gpu', device.get('cpu', ''))}; "
+        f"torch {versions.get('torch')}, tokbench {versions.get('tokbench')}, git {run.get('git_revision')}",
+        f"- data: {', '.join(str(d.get('source')) for d in suite.get('data', []))}; batch size "
+        f"{suite.get('batch_size')}, dtype {suite.get('dtype')}, seed {suite.get('seed')}",
+    ]
+    md = "\n".join(header) + "\n\n## Results\n\n" + _markdown(table)
+    md += ("\nNumbers in [brackets] are the published values the suite cites (see job.json for the source). "
+           "`PSNR*`/`SSIM*` use the LlamaGen protocol (see below).\n")
+    md += "\n## Protocols\n\n" + "".join(f"- **{k}**: {v}\n" for k, v in sorted(metric_notes.items()))
+    md += "".join(f"- preprocessing **{k}**: {v}\n" for k, v in sorted(prep_notes.items()))
+    if metric_skips:
+        md += "\n## Metrics not computed\n\n" + "".join(
+            f"- **{k}**: {v.splitlines()[0]}\n" for k, v in sorted(metric_skips.items()))
+    md += "\n## Skipped or failed\n\n" + (_markdown(skipped.assign(reason=skipped["reason"].map(
+        lambda r: r.splitlines()[0] if r else ""))) if not skipped.empty else "_(none)_\n")
+    bad_files = sum(int(j.get("images_skipped") or 0) for j in jobs)
+    if bad_files:
+        md += f"\n{bad_files} unreadable images were skipped (listed in each job's summary.json).\n"
+    if figures:
+        md += "\n## Figures\n\n" + "".join(f"![{cap}]({name})\n\n" for name, cap in figures)
+    (out / "report.md").write_text(md)
+
+    if not table.empty:
+        latex = table.drop(columns=["protocol"]).to_latex(index=False, escape=True)
+        (out / "summary.tex").write_text(
+            f"% tokbench {versions.get('tokbench')}, suite {suite.get('name')}; protocols: "
+            + "; ".join(f"{k}: {v}" for k, v in sorted(metric_notes.items())) + "\n" + latex)
+    else:
+        (out / "summary.tex").write_text("% no results\n")
+
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>tokbench report: {html.escape(str(suite.get('name')))}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f4f4f4}"
+        "td:first-child{text-align:left}img{max-width:100%;margin:1em 0}.note{color:#555;font-size:13px}</style>",
+        "</head><body>",
+        f"<h1>tokbench report: {html.escape(str(suite.get('name')))}</h1>",
+        "<ul class='note'>" + "".join(f"<li>{html.escape(h[2:])}</li>" for h in header if h.startswith("- ")) + "</ul>",
+        "<h2>Results</h2>",
+        table.to_html(index=False, table_id="results", border=0) if not table.empty else "<p>(no results)</p>",
+        "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol.</p>",
+        "<h2>Protocols</h2><ul class='note'>"
+        + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in sorted(metric_notes.items()))
+        + "".join(f"<li>preprocessing <b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in prep_notes.items())
+        + "</ul>",
+    ]
+    if not skipped.empty:
+        page += ["<h2>Skipped or failed</h2>", skipped.to_html(index=False, table_id="skipped", border=0)]
+    if figures:
+        page.append("<h2>Figures</h2>")
+        page += [f"<figure><img src='{name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}"
+                 "</figcaption></figure>" for name, cap in figures]
+    page.append("</body></html>")
+    (out / "index.html").write_text("\n".join(page))
+    return out

@@ -1,0 +1,515 @@
+"""Runs a suite and writes a self-describing, resumable run folder.
+
+    RUN_DIR/run.json                  resolved suite, versions, device, git revision, job list
+    RUN_DIR/jobs/<job>/job.json       tokenizer spec, options, data set, protocol, metrics
+    RUN_DIR/jobs/<job>/rows.jsonl     one row per image (appended per batch)
+    RUN_DIR/jobs/<job>/state.pt       metric states + position, while the job is running
+    RUN_DIR/jobs/<job>/summary.json   the job's numbers, written when it completes
+    RUN_DIR/jobs/<job>/images/        originals and reconstructions of the first images (for grids)
+
+Every write is atomic (temp file + rename) except the row log, which is truncated on resume to the
+position stored in state.pt. Re-running the same command skips completed jobs and resumes the
+rest, so an interrupted run loses nothing that was recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .core import TokbenchError, Tokenizer
+from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
+from .metrics.base import BenchMetric, EvalBatch, build_metric
+from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
+from .registry import load_tokenizer
+from .suite import Suite, TokenizerEntry
+from .weights import WeightsUnavailable
+
+PACKAGES = ("torch", "torchvision", "torchmetrics", "transformers", "timm", "open_clip_torch", "lpips",
+            "clean-fid", "pillow", "numpy", "scikit-image")
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL log; a torn last line (killed mid-write) is dropped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment record
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "tokbench": _tokbench_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def _tokbench_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def git_revision() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    d: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads(),
+                         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if device.type == "cuda":
+        d["gpu"] = torch.cuda.get_device_name(device)
+        d["cuda"] = torch.version.cuda
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
+
+
+@dataclass
+class Job:
+    entry: TokenizerEntry
+    load_options: dict[str, Any]
+    encode_options: dict[str, Any]
+    data_source: str
+    data_limit: int | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.load_options, **self.encode_options}
+
+    def key(self, suite: Suite) -> dict[str, Any]:
+        return {
+            "tokenizer": self.entry.name, "label": self.entry.label, "options": self.entry.options,
+            "params": self.params, "weights": self.entry.weights, "config": self.entry.config,
+            "resolution": self.entry.resolution or None, "protocol": self.entry.protocol or suite.protocol,
+            "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
+            "metrics": suite.metrics,
+        }
+
+    def id(self, suite: Suite) -> str:
+        digest = hashlib.sha1(json.dumps(self.key(suite), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        params = "_".join(f"{k}={v}" for k, v in self.params.items())
+        data_name = self.data_source.split(":")[0]
+        return slug(f"{self.entry.label}{'_' + params if params else ''}__{data_name}__{digest}")
+
+
+def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[Job]:
+    entries = suite.tokenizers
+    if tokenizer_names:
+        entries = [e for e in entries if e.name in tokenizer_names or e.label in tokenizer_names]
+        known = {e.name for e in suite.tokenizers} | {e.label for e in suite.tokenizers}
+        entries += [TokenizerEntry(name=n) for n in tokenizer_names if n not in known]
+    data_entries = [(d.source, d.limit) for d in suite.data]
+    if data:
+        data_entries = [(d, None) for d in data]
+    jobs = []
+    for entry in entries:
+        for point in entry.points():
+            for source, limit in data_entries:
+                jobs.append(Job(entry, point, {}, source, limit))
+    return jobs
+
+
+class Progress:
+    """A tqdm bar when asked for, else silence (tests, CI logs)."""
+
+    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def _download_policy(allowed: bool):
+    """Suites with `download: false` use only weights already on this machine."""
+    if allowed:
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+class Runner:
+    def __init__(self, suite: Suite, out_dir: Path, progress: bool = True,
+                 log: Callable[[str], None] = print) -> None:
+        self.suite, self.out, self.progress, self.log = suite, Path(out_dir), progress, log
+        self.device = resolve_device(suite.device)
+        self._datasets: dict[tuple[str, int | None], ImageDataset | str] = {}
+
+    # -- run record ------------------------------------------------------------------------
+    def _write_run_record(self, jobs: list[Job]) -> None:
+        path = self.out / "run.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        record = {
+            "suite": self.suite.as_dict(),
+            "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            "device": device_description(self.device),
+            "git_revision": git_revision(),
+            "command": old.get("command") or " ".join(os.sys.argv),
+            "jobs": [j.id(self.suite) for j in jobs],
+        }
+        write_json(path, record)
+
+    def dataset(self, source: str, limit: int | None) -> ImageDataset:
+        key = (source, limit)
+        if key not in self._datasets:
+            try:
+                self._datasets[key] = open_dataset(source, limit)
+            except DataUnavailable as e:
+                self._datasets[key] = str(e)
+        ds = self._datasets[key]
+        if isinstance(ds, str):
+            raise DataUnavailable(ds)
+        return ds
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "jobs").mkdir(exist_ok=True)
+        torch.manual_seed(self.suite.seed)
+        jobs = plan_jobs(self.suite, tokenizer_names, data)
+        self._write_run_record(jobs)
+        summaries = []
+        loaded: tuple[str, Tokenizer | Exception] | None = None
+        encode_options: dict[str, set[str]] = {}
+        with _download_policy(self.suite.download):
+            for i, job in enumerate(jobs, 1):
+                job_id = job.id(self.suite)
+                job_dir = self.out / "jobs" / job_id
+                done = job_dir / "summary.json"
+                if done.is_file():
+                    summaries.append(json.loads(done.read_text()))
+                    self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
+                    continue
+                entry_key = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options],
+                                       sort_keys=True, default=str)
+                # sweeps over encode options (n_tokens) reuse one model; others (quality) load per point
+                known = encode_options.get(entry_key)
+                options = job.load_options if known is not None and not set(job.load_options) <= known else {}
+                key = entry_key + json.dumps(options, sort_keys=True, default=str)
+                if loaded is None or loaded[0] != key:
+                    loaded = None  # free the previous model before loading the next
+                    loaded = (key, self._load(job.entry, options))
+                    if not isinstance(loaded[1], Exception):
+                        encode_options[entry_key] = set(loaded[1].encode_options)
+                tok = loaded[1]
+                if not isinstance(tok, Exception) and options == {} and not set(job.load_options) <= set(
+                        tok.encode_options):
+                    loaded = (entry_key + json.dumps(job.load_options, sort_keys=True, default=str),
+                              self._load(job.entry, job.load_options))
+                    tok = loaded[1]
+                summary = self._run_job(job, job_dir, tok)
+                summaries.append(summary)
+                self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
+                         + (f" ({summary.get('reason', '')})" if summary["status"] != "ok" else ""))
+        return summaries
+
+    def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
+        options = dict(entry.options)
+        if self.suite.dtype != "float32":
+            options.setdefault("dtype", self.suite.dtype)
+        try:
+            return load_tokenizer(entry.name, weights=entry.weights, config=entry.config, device=self.device,
+                                  **options, **load_options)
+        except TypeError as e:
+            return TokbenchError(f"bad options for {entry.name}: {e}")
+        except (TokbenchError, OSError) as e:
+            return e
+
+    def _skip(self, job_dir: Path, job: Job, reason: str, status: str = "skipped") -> dict[str, Any]:
+        summary = {"job": job_dir.name, "status": status, "reason": reason, "tokenizer": job.entry.name,
+                   "label": job.entry.label, "params": job.params, "data": job.data_source}
+        # Skips are not written as summary.json: a re-run retries them (weights may have arrived).
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_json(job_dir / "skipped.json", summary)
+        return summary
+
+    def _run_job(self, job: Job, job_dir: Path, tok: Tokenizer | Exception) -> dict[str, Any]:
+        suite = self.suite
+        if isinstance(tok, Exception):
+            reason = str(tok)
+            if isinstance(tok, WeightsUnavailable):
+                return self._skip(job_dir, job, reason)
+            return self._skip(job_dir, job, f"{type(tok).__name__}: {reason}", status="failed")
+        if load_only := {k: v for k, v in job.load_options.items() if k in tok.encode_options}:
+            job = Job(job.entry, {k: v for k, v in job.load_options.items() if k not in load_only}, load_only,
+                      job.data_source, job.data_limit)
+        try:
+            ds = self.dataset(job.data_source, job.data_limit)
+        except DataUnavailable as e:
+            return self._skip(job_dir, job, f"data: {e}")
+        spec = tok.spec
+        resolution = job.entry.resolution or spec.resolution or suite.resolution
+        protocol = job.entry.protocol or suite.protocol or spec.preprocessing
+        from .protocols import get_protocol
+
+        try:
+            get_protocol(protocol)
+        except TokbenchError:
+            protocol = "resize-crop"  # codecs and others without a registered default
+
+        metrics: dict[str, BenchMetric] = {}
+        metric_skips: dict[str, str] = {}
+        for metric_name, opts in suite.metrics:
+            name = metric_key(metric_name, opts)
+            try:
+                m = build_metric(metric_name, **opts)
+            except (TokbenchError, OSError) as e:
+                metric_skips[name] = str(e) or type(e).__name__
+                continue
+            if m.needs_decode and not spec.supports_decode:
+                metric_skips[name] = f"{spec.name} has no decoder; {name} needs reconstructions"
+                continue
+            m.persistent(True)
+            metrics[name] = m.to(self.device)
+
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "skipped.json").unlink(missing_ok=True)
+        record = {
+            "job": job_dir.name, "tokenizer": job.entry.name, "label": job.entry.label,
+            "params": job.params, "options": job.entry.options, "spec": spec.as_dict(),
+            "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit},
+            "resolution": resolution, "protocol": protocol,
+            "protocol_description": get_protocol(protocol).description, "dtype": suite.dtype,
+            "batch_size": suite.batch_size,
+            "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
+            "published": job.entry.published, "published_source": job.entry.published_source,
+        }
+        write_json(job_dir / "job.json", record)
+
+        state_path, rows_path = job_dir / "state.pt", job_dir / "rows.jsonl"
+        start, skipped = 0, []
+        if state_path.is_file():
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            start, skipped = state["position"], state["skipped"]
+            for name, sd in state["metrics"].items():
+                if name in metrics:
+                    metrics[name].load_state_dict(sd)
+            metric_skips.update(state.get("metric_skips", {}))
+            for name in state.get("metric_skips", {}):
+                metrics.pop(name, None)
+            self.log(f"  resuming {job_dir.name} at image {start}")
+        # Keep only rows that the saved state accounts for: later ones are recomputed.
+        rows = [r for r in read_rows(rows_path) if r["index"] < start]
+        tmp = rows_path.with_name(rows_path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, rows_path)
+
+        images_dir = job_dir / "images"
+        images_dir.mkdir(exist_ok=True)
+        bar = Progress(self.progress, len(ds) - start, job_dir.name[:40])
+        reset_peak_memory(self.device)
+        warmed = False
+        last_save = time.monotonic()
+        position = start
+        try:
+            with open(rows_path, "a") as rows_file, torch.inference_mode():
+                for batch in iterate_batches(ds, protocol, resolution, suite.batch_size, start, suite.num_workers):
+                    skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
+                    n = len(batch.records)
+                    position_after = position + n + len(batch.skipped)
+                    if n:
+                        images = batch.images.to(self.device)
+                        if not warmed:  # one untimed pass: lazy init, cudnn autotune, allocator
+                            self._encode_decode(tok, images, job.encode_options)
+                            warmed = True
+                        tokens, recon, t_enc, t_dec = self._encode_decode(tok, images, job.encode_options)
+                        ev = EvalBatch(
+                            originals=images, tokens=tokens, tokenizer=tok, index=batch.index,
+                            reconstructions=recon, encode_seconds=t_enc, decode_seconds=t_dec,
+                            labels=torch.tensor([r.label if r.label is not None else -1 for r in batch.records]),
+                            captions=[r.caption for r in batch.records] if any(r.caption for r in batch.records)
+                            else None,
+                            extra={"peak_memory_mb": peak_memory_mb(self.device), "class_names": ds.class_names},
+                        )
+                        if all(r.label is None for r in batch.records):
+                            ev.labels = None
+                        row_values: dict[str, torch.Tensor] = {}
+                        for name in list(metrics):
+                            try:
+                                metrics[name].update(ev)
+                                row_values.update(metrics[name].last_rows)
+                            except (TokbenchError, ValueError, RuntimeError) as e:
+                                metric_skips[name] = f"{type(e).__name__}: {e}".splitlines()[0]
+                                metrics.pop(name)
+                        for j, rec in enumerate(batch.records):
+                            row = {"index": int(batch.index[j]), "id": rec.id}
+                            row.update({k: _scalar(v[j]) for k, v in row_values.items()})
+                            rows_file.write(json.dumps(row) + "\n")
+                        rows_file.flush()
+                        self._save_examples(images_dir, batch.index, images, recon)
+                    position = position_after
+                    bar.update(n + len(batch.skipped))
+                    if time.monotonic() - last_save >= suite.checkpoint_seconds:
+                        os.fsync(rows_file.fileno())
+                        self._save_state(state_path, position, metrics, skipped, metric_skips)
+                        last_save = time.monotonic()
+        except (TokbenchError, RuntimeError, ValueError) as e:
+            bar.close()
+            if position > start:
+                self._save_state(state_path, position, metrics, skipped, metric_skips)
+            return self._skip(job_dir, job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
+                              status="failed")
+        bar.close()
+        results: dict[str, float] = {}
+        protocols: dict[str, Any] = {}
+        for name, m in metrics.items():
+            try:
+                results.update(m.compute())
+            except (TokbenchError, ValueError, RuntimeError) as e:
+                metric_skips[name] = f"{type(e).__name__}: {e}".splitlines()[0]
+            protocols.update(m.protocol())
+        summary = {**record, "status": "ok", "results": results, "metric_protocols": protocols,
+                   "metric_skips": metric_skips, "images_evaluated": len(read_rows(rows_path)),
+                   "images_skipped": len(skipped), "skipped_files": skipped,
+                   "device": device_description(self.device)}
+        write_json(job_dir / "summary.json", summary)
+        state_path.unlink(missing_ok=True)
+        return summary
+
+    def _encode_decode(self, tok: Tokenizer, images: torch.Tensor, options: dict[str, Any]):
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        tokens = tok.encode(images, **options)
+        synchronize(self.device)
+        t1 = time.perf_counter()
+        recon = None
+        if tok.spec.supports_decode:
+            recon = tok.decode(tokens)
+            synchronize(self.device)
+            recon = recon.to(images.device, images.dtype)
+        t2 = time.perf_counter()
+        return tokens, recon, t1 - t0, t2 - t1
+
+    def _save_examples(self, folder: Path, index: torch.Tensor, images: torch.Tensor,
+                       recon: torch.Tensor | None) -> None:
+        from PIL import Image
+
+        from .tokenizers.codecs import to_uint8_hwc
+
+        for j, pos in enumerate(index.tolist()):
+            if pos >= self.suite.grid_images:
+                continue
+            Image.fromarray(to_uint8_hwc(images[j])).save(folder / f"{pos:05d}_original.png")
+            if recon is not None:
+                Image.fromarray(to_uint8_hwc(recon[j])).save(folder / f"{pos:05d}_recon.png")
+
+    @staticmethod
+    def _save_state(path: Path, position: int, metrics: dict[str, BenchMetric], skipped: list,
+                    metric_skips: dict[str, str]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
+                    "skipped": skipped, "metric_skips": metric_skips}, tmp)
+        os.replace(tmp, path)
+
+
+def metric_key(name: str, options: dict[str, Any]) -> str:
+    """A metric's name in a run, with its options: `psnr`, `psnr[protocol=llamagen]`."""
+    if not options:
+        return name
+    return f"{name}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+
+
+def _scalar(v: torch.Tensor) -> float | int:
+    x = v.item() if isinstance(v, torch.Tensor) else v
+    if isinstance(x, float) and x != x:  # NaN is not JSON
+        return None  # type: ignore[return-value]
+    if isinstance(x, float) and x in (float("inf"), float("-inf")):
+        return None  # type: ignore[return-value]
+    return x
+
+
+def run_suite(suite: Suite, out_dir: str | Path, tokenizers: list[str] | None = None,
+              data: list[str] | None = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    return Runner(suite, Path(out_dir), progress=progress, log=log).run(tokenizers, data)

@@ -1,0 +1,127 @@
+"""Benchmark suites as data: a YAML file names tokenizers (with sweeps), data sets and metrics."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .core import TokbenchError
+
+DEFAULT_METRICS = ("psnr", "ssim", "bpp", "codebook", "speed")
+
+
+@dataclass
+class TokenizerEntry:
+    """One tokenizer of a suite; `sweep` maps an option to the values to run (each value is a job)."""
+
+    name: str
+    label: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    resolution: int | None = None
+    protocol: str | None = None
+    weights: str | None = None
+    config: Any = None
+    published: dict[str, float] = field(default_factory=dict)
+    published_source: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+        for k, v in self.sweep.items():
+            if not isinstance(v, list) or not v:
+                raise TokbenchError(f"suite tokenizer {self.name!r}: sweep {k!r} must be a non-empty list, got {v!r}")
+
+    def points(self) -> list[dict[str, Any]]:
+        """The cartesian product of the sweep, as option dicts ([{}] without a sweep)."""
+        keys = list(self.sweep)
+        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.sweep[k] for k in keys))]
+
+
+@dataclass
+class DataEntry:
+    source: str
+    limit: int | None = None
+
+
+@dataclass
+class Suite:
+    name: str
+    tokenizers: list[TokenizerEntry]
+    data: list[DataEntry]
+    metrics: list[tuple[str, dict[str, Any]]]
+    description: str = ""
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+    protocol: str | None = None
+    resolution: int = 256  # for tokenizers without a native one (codecs)
+    download: bool = True
+    grid_images: int = 4
+    num_workers: int | None = None
+    checkpoint_seconds: float = 30.0
+    path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = [{n: o} if o else n for n, o in self.metrics]
+        return d
+
+
+def _metric_list(raw: Any) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for item in raw or DEFAULT_METRICS:
+        if isinstance(item, str):
+            out.append((item, {}))
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, opts), = item.items()
+            out.append((name, dict(opts or {})))
+        else:
+            raise TokbenchError(f"suite metric entries are names or {{name: {{options}}}}, got {item!r}")
+    return out
+
+
+def parse_suite(data: dict[str, Any], path: str | None = None) -> Suite:
+    if not isinstance(data, dict):
+        raise TokbenchError(f"a suite must be a YAML mapping, got {type(data).__name__}")
+    known = set(Suite.__dataclass_fields__) - {"path"}
+    unknown = set(data) - known
+    if unknown:
+        raise TokbenchError(f"unknown suite keys {sorted(unknown)} in {path or 'suite'}; known: {sorted(known)}")
+    toks = []
+    for t in data.get("tokenizers") or []:
+        t = {"name": t} if isinstance(t, str) else dict(t)
+        try:
+            toks.append(TokenizerEntry(**t))
+        except TypeError as e:
+            raise TokbenchError(f"bad tokenizer entry {t!r} in {path or 'suite'}: {e}") from None
+    if not toks:
+        raise TokbenchError(f"suite {path or ''} lists no tokenizers")
+    data_entries = []
+    for d in data.get("data") or ["samples"]:
+        d = {"source": d} if isinstance(d, str) else dict(d)
+        data_entries.append(DataEntry(**d))
+    fields = {k: v for k, v in data.items() if k not in ("tokenizers", "data", "metrics")}
+    return Suite(
+        name=fields.pop("name", Path(path).stem if path else "suite"),
+        tokenizers=toks,
+        data=data_entries,
+        metrics=_metric_list(data.get("metrics")),
+        path=path,
+        **fields,
+    )
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise TokbenchError(f"suite file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TokbenchError(f"could not parse suite {str(path)!r}: {e}") from None
+    return parse_suite(data, str(path))
