@@ -204,6 +204,22 @@ class TokenFlowConfig:
             return int(t["patch_size"]) * self.grid
         return int(t["image_size"])
 
+    def accepts(self, side: int) -> bool:
+        """Whether a side x side input gives the `grid` x `grid` token map on both branches.
+
+        The semantic tower floors side / patch; the pixel CNN floors each halving (pad-right stride-2
+        convs), so e.g. 65 px works like 64 px for CLIP with patch 4, as it does in the official code.
+        """
+        patch = int(self.semantic_teacher_config["patch_size"])
+        if side // patch != self.grid:
+            return False
+        if self.teacher == SIGLIP_TEACHER:
+            return side // patch == int(self.semantic_teacher_config["image_size"]) // patch
+        pixel = side
+        for _ in range(len(self.encoder_ch_mult) - 1):
+            pixel //= 2
+        return pixel == self.grid
+
 
 # ----------------------------------------------------------------------------------------------------
 # Semantic encoders (library towers) and the BEiT-style semantic decoder
@@ -623,10 +639,11 @@ class TokenFlowTokenizer(ModuleTokenizer):
 
     def _to_model(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
-        side = self.model.cfg.input_size
-        if tuple(images.shape[-2:]) != (side, side):
+        h, w = images.shape[-2:]
+        if h != w or not self.model.cfg.accepts(int(h)):
+            side = self.model.cfg.input_size
             raise TokbenchError(
-                f"{self.spec.name} takes {side}x{side} images, got {tuple(images.shape[-2:])}; preprocess with "
+                f"{self.spec.name} takes {side}x{side} images, got {(int(h), int(w))}; preprocess with "
                 f"the {self.spec.preprocessing!r} protocol at {side} px"
             )
         return images.to(self.device, self.dtype) * 2.0 - 1.0
