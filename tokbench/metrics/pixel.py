@@ -1,8 +1,8 @@
 """Pixel-fidelity metrics: PSNR, SSIM, MS-SSIM, per image, averaged over the data set.
 
 Two named protocols:
-- `standard` (default): float images in [0, 1] with data range 1; SSIM/MS-SSIM with torchmetrics'
-  Gaussian window (11, sigma 1.5), as in Wang et al.
+- `standard` (default): float images in [0, 1] with data range 1; SSIM/MS-SSIM with the Gaussian
+  window (11, sigma 1.5) over the valid region, as Wang et al.'s reference code and scikit-image.
 - `llamagen`: what LlamaGen's tokenizer evaluation (tokenizer/validation/val_ddp.py) computes, and
   TokenFlow and others reuse to report: both images quantised to uint8 as clamp(127.5 x + 128) for x
   in [-1, 1] (= round(255 v) for v in [0, 1]), then scikit-image's PSNR (data range 1) and
@@ -17,10 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    structural_similarity_index_measure,
-)
 
 from ..core import TokbenchError
 from .base import BenchMetric, EvalBatch, register_metric
@@ -28,9 +24,10 @@ from .base import BenchMetric, EvalBatch, register_metric
 PROTOCOLS = ("standard", "llamagen")
 
 
-def quantise_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float -> the float values of its uint8 rounding (k / 255)."""
-    return (x.clamp(0, 1) * 255).round() / 255
+def quantise_llamagen(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> k / 255 for the uint8 k that LlamaGen's evaluation stores: the float32
+    expression clamp(127.5 * x' + 128, 0, 255).to(uint8) on x' = 2x - 1 (truncation, i.e. round half up)."""
+    return torch.clamp(127.5 * (x.float() * 2 - 1) + 128.0, 0, 255).to(torch.uint8).float() / 255
 
 
 def psnr_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -39,35 +36,81 @@ def psnr_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) ->
     return 10 * torch.log10(data_range**2 / mse)
 
 
-def ssim_uniform_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float, win_size: int = 7) -> torch.Tensor:
-    """scikit-image's default `structural_similarity` (uniform window, sample covariance, K1 .01,
-    K2 .03, borders of (win_size-1)/2 cropped, mean over channels), batched in torch. (B,) float64."""
+def _window(kind: str, size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if kind == "gaussian":
+        r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        w = torch.exp(-(r**2) / (2 * sigma**2))
+    else:
+        w = torch.ones(size, dtype=torch.float64)
+    return (w / w.sum()).to(dtype=dtype, device=device)
+
+
+def ssim_components(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float,
+    window: str = "gaussian",
+    size: int = 11,
+    sigma: float = 1.5,
+    sample_covariance: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel SSIM and contrast-structure term, (B, C) each, float64.
+
+    Statistics come from a separable window applied over the valid region only (no padding), as
+    Wang et al.'s reference ssim.m, scikit-image (which filters with reflection and then crops the
+    window radius) and pytorch-msssim do. torchmetrics instead also averages the SSIM map over a
+    reflection-padded border, which shifts SSIM by up to about 0.01 on 128 px images.
+    """
     x, y = x.double(), y.double()
     c = x.shape[1]
-    pad = (win_size - 1) // 2
+    w = _window(window, size, sigma, x.dtype, x.device)
+    wh, ww = w.view(1, 1, size, 1).repeat(c, 1, 1, 1), w.view(1, 1, 1, size).repeat(c, 1, 1, 1)
 
-    # scipy.ndimage.uniform_filter(mode="reflect") repeats the edge sample (d c b a | a b c d);
-    # torch's "reflect" padding does not, so mirror by hand with the edge included.
-    def filt_sym(t: torch.Tensor) -> torch.Tensor:
-        left = t[..., :, :pad].flip(-1)
-        right = t[..., :, -pad:].flip(-1)
-        t = torch.cat([left, t, right], dim=-1)
-        top = t[..., :pad, :].flip(-2)
-        bottom = t[..., -pad:, :].flip(-2)
-        t = torch.cat([top, t, bottom], dim=-2)
-        return F.avg_pool2d(t, win_size, stride=1)
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, wh, groups=c), ww, groups=c)
 
-    np_ = win_size**2
-    cov_norm = np_ / (np_ - 1)
-    ux, uy = filt_sym(x), filt_sym(y)
-    uxx, uyy, uxy = filt_sym(x * x), filt_sym(y * y), filt_sym(x * y)
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
+    if min(x.shape[-2:]) < size:
+        raise TokbenchError(f"SSIM needs images of at least {size} px a side, got {tuple(x.shape[-2:])}")
+    cov_norm = size * size / (size * size - 1) if sample_covariance else 1.0
+    ux, uy = filt(x), filt(y)
+    vx = cov_norm * (filt(x * x) - ux * ux)
+    vy = cov_norm * (filt(y * y) - uy * uy)
+    vxy = cov_norm * (filt(x * y) - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    s = s[..., pad : s.shape[-2] - pad, pad : s.shape[-1] - pad]
-    return s.reshape(s.shape[0], c, -1).mean(-1).mean(-1)
+    cs = (2 * vxy + c2) / (vx + vy + c2)
+    ssim = (2 * ux * uy + c1) / (ux**2 + uy**2 + c1) * cs
+    return ssim.flatten(2).mean(-1), cs.flatten(2).mean(-1)
+
+
+def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Gaussian-window SSIM (11 px, sigma 1.5, population covariance), mean over channels, (B,)."""
+    return ssim_components(x, y, data_range)[0].mean(1)
+
+
+def ssim_uniform_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float, win_size: int = 7) -> torch.Tensor:
+    """scikit-image's default `structural_similarity` (7x7 uniform window, sample covariance), (B,)."""
+    return ssim_components(x, y, data_range, "uniform", win_size, sample_covariance=True)[0].mean(1)
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
+
+
+def ms_ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Multi-scale SSIM per image, (B,): contrast-structure at the first four scales and SSIM at the
+    fifth (2x2 average pooling between scales), per channel, then the mean over channels."""
+    x, y = x.double(), y.double()
+    weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=torch.float64, device=x.device)
+    terms = []
+    for level in range(len(MS_SSIM_WEIGHTS)):
+        ssim, cs = ssim_components(x, y, data_range)
+        if level < len(MS_SSIM_WEIGHTS) - 1:
+            terms.append(torch.relu(cs))
+            pad = [s % 2 for s in x.shape[-2:]]
+            x = F.avg_pool2d(x, kernel_size=2, padding=pad)
+            y = F.avg_pool2d(y, kernel_size=2, padding=pad)
+    terms.append(torch.relu(ssim))
+    stacked = torch.stack(terms)  # (levels, B, C)
+    return torch.prod(stacked ** weights.view(-1, 1, 1), dim=0).mean(1)
 
 
 class _MeanOverImages(BenchMetric):
@@ -95,7 +138,7 @@ class _MeanOverImages(BenchMetric):
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         x, y = batch.originals, batch.reconstructions
         if self.mode == "llamagen":
-            x, y = quantise_uint8(x), quantise_uint8(y)
+            x, y = quantise_llamagen(x), quantise_llamagen(y)
         v = self.per_image(x, y).double()
         finite = torch.isfinite(v)
         self.total += v[finite].sum().to(self.total.device)
@@ -142,14 +185,12 @@ class SSIM(_MeanOverImages):
     def per_image(self, x, y):
         if self.mode == "llamagen":
             return ssim_uniform_per_image(x, y, data_range=2.0)
-        return structural_similarity_index_measure(
-            y.float(), x.float(), data_range=1.0, reduction="none", gaussian_kernel=True, sigma=1.5, kernel_size=11
-        )
+        return ssim_per_image(x, y, 1.0)
 
     def protocol(self):
         if self.mode == "llamagen":
             return {self.label: "LlamaGen: uint8-quantised, skimage uniform 7x7 window, data_range=2.0 (inflated)"}
-        return {"ssim": "torchmetrics SSIM, Gaussian 11x11 sigma 1.5, data range 1, mean over images"}
+        return {"ssim": "SSIM, Gaussian 11x11 sigma 1.5, valid region (as skimage / Wang et al.), data range 1"}
 
 
 @register_metric("ms-ssim")
@@ -170,9 +211,7 @@ class MSSSIM(_MeanOverImages):
             raise TokbenchError(
                 f"ms-ssim needs images of at least {self.min_side} px a side, got {tuple(x.shape[-2:])}"
             )
-        return multiscale_structural_similarity_index_measure(
-            y.float(), x.float(), data_range=1.0, reduction="none", gaussian_kernel=True, sigma=1.5, kernel_size=11
-        )
+        return ms_ssim_per_image(x, y, 1.0)
 
     def protocol(self):
-        return {"ms_ssim": "torchmetrics MS-SSIM, 5 scales, Gaussian 11x11 sigma 1.5, data range 1"}
+        return {"ms_ssim": "MS-SSIM, 5 scales (Wang 2003 weights), Gaussian 11x11 sigma 1.5, data range 1"}

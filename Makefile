@@ -1,0 +1,32 @@
+# Two commands for a fresh machine: `make run` (set-up + the default benchmark) and `make test`
+# (set-up + the test suite). Set-up creates .venv and installs tokbench with its dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tokbench-installed
+
+.PHONY: setup run test lint report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/tokbench run
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check tokbench tests
+
+# Rebuild the committed quick report from its run folder (no re-run).
+report: setup
+	$(BIN)/tokbench report results/quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache tokbench.egg-info

@@ -1,0 +1,56 @@
+"""Codec baselines: bits are the real file size, decode is what Pillow decodes."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tokbench
+from tokbench.core import TokbenchError
+from tokbench.tokenizers.codecs import FORMATS, codec_available
+
+
+def _images():
+    g = torch.Generator().manual_seed(0)
+    base = torch.linspace(0, 1, 48).view(1, 1, 1, 48).expand(2, 3, 40, 48)
+    return (base + 0.05 * torch.rand(2, 3, 40, 48, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "avif"])
+def test_codec_bits_and_decode_match_pillow(fmt):
+    if not codec_available(fmt):
+        pytest.skip(f"Pillow here cannot write {fmt}")
+    x = _images()
+    tok = tokbench.load_tokenizer(fmt, quality=60)
+    tokens = tok.encode(x)
+    recon = tok.decode(tokens)
+    for i in range(2):
+        arr = (x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=FORMATS[fmt]["pil"], quality=60, **FORMATS[fmt]["save"])
+        payload = buf.getvalue()
+        assert tokens.bits_per_image[i].item() == 8 * len(payload)
+        assert bytes(tokens.ids[i, : tokens.lengths[i]].tolist()) == payload
+        ref = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"), dtype=np.float32) / 255
+        assert torch.equal(recon[i], torch.from_numpy(ref).permute(2, 0, 1))
+    assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+
+
+def test_quality_orders_size_and_error():
+    x = _images()
+    lo, hi = (tokbench.load_tokenizer("jpeg", quality=q) for q in (10, 95))
+    t_lo, r_lo = lo.reconstruct(x)
+    t_hi, r_hi = hi.reconstruct(x)
+    assert (t_lo.bits_per_image < t_hi.bits_per_image).all()
+    assert (r_lo - x).abs().mean() > (r_hi - x).abs().mean()
+
+
+def test_bad_codec_settings():
+    with pytest.raises(TokbenchError, match=r"quality must be in \[0, 100\]"):
+        tokbench.load_tokenizer("jpeg", quality=300)
+    with pytest.raises(TokbenchError, match="unknown codec settings"):
+        tokbench.load_tokenizer("webp", lossless=True)
+    with pytest.raises(TokbenchError, match="take no weights"):
+        tokbench.load_tokenizer("jpeg-q50", weights="x.pt")
