@@ -345,3 +345,58 @@ def test_transformers_janus_vqvae_differs_in_tokenisation(tmp_path: Path) -> Non
         hf_recon = hf_model.decode(io["indices"].view(2, -1))
     torch.testing.assert_close(hf_recon, io["recon_from_indices"], atol=1e-4, rtol=0)
     assert int((hf_ids != io["indices"]).sum()) > 0  # the official ids are NOT what transformers returns
+
+
+def test_config_forms() -> None:
+    nested = json.loads((JANUS / "config.json").read_text())
+    nested["notes"] = "a descriptive key of the file, ignored"
+    cfg = vq_config(nested)
+    assert (cfg.ch, cfg.num_res_blocks, cfg.z_channels, cfg.codebook_size) == (32, 1, 32, 1024)
+    assert cfg.encoder_ch_mult == (1, 1, 1, 1, 2)
+    # Encoder/Decoder keyword names are understood in encoder_decoder_kwargs.
+    cfg = vq_config({"encoder_decoder_kwargs": {"dropout": 0.1, "ch_mult": [1, 2], "norm_type": "group"}})
+    assert cfg.dropout_p == 0.1 and cfg.encoder_ch_mult == cfg.decoder_ch_mult == (1, 2)
+    # A flat variant config is overridden by a nested user config (load_tokenizer merges shallowly).
+    cfg = vq_config({"encoder_ch_mult": [1, 2, 2, 4], "model_args": {"encoder_ch_mult": [1, 1, 1, 1, 2]}})
+    assert cfg.encoder_ch_mult == (1, 1, 1, 1, 2)
+
+
+def test_release_resolution_from_weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Released variants find their files under $TOKBENCH_WEIGHTS/<artifact>/, shards included."""
+    from tokbench.weights import WeightsUnavailable
+
+    monkeypatch.setenv("TOKBENCH_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with pytest.raises(WeightsUnavailable, match="FoundationVision/LlamaGen"):
+        tokbench.load_tokenizer("llamagen-vq16-c2i", config=LLAMAGEN / "config.json")
+
+    io = golden(JANUS)
+    # Janus-Pro-7B: the index and only the shard that holds gen_vision_model.*
+    folder = tmp_path / "janus-pro-7b"
+    folder.mkdir()
+    full = torch.load(JANUS / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    gen = {k: v for k, v in full.items() if k.startswith("gen_vision_model.")}
+    torch.save(gen, folder / "pytorch_model-00002-of-00002.bin")
+    weight_map = {
+        k: ("pytorch_model-00002-of-00002.bin" if k in gen else "pytorch_model-00001-of-00002.bin")
+        for k in full
+    }
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    tok = tokbench.load_tokenizer("janus-pro-7b-vq", config=JANUS / "config.json")
+    assert tok.spec.name == "janus-pro-7b-vq" and tok.spec.source["layout"] == "janus"
+    assert torch.equal(tok.encode((io["input"] + 1) / 2).ids, io["indices"].view(2, -1))
+    # An explicit folder holding the release's file works too.
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes((JANUS / "pytorch_model.bin").read_bytes())
+    tok = tokbench.load_tokenizer("janus-pro-1b-vq", weights=folder, config=JANUS / "config.json")
+    assert torch.equal(tok.encode((io["input"] + 1) / 2).ids, io["indices"].view(2, -1))
+
+
+def test_artifacts_registered() -> None:
+    from tokbench import weights
+
+    known = weights._ARTIFACTS  # registered on import of the family module (artifacts() also imports metrics)
+    assert known["janus-pro-7b"].prefix == "gen_vision_model."
+    assert known["llamagen-vq16-c2i"].used_by.startswith("llamagen-vq16-c2i")

@@ -24,7 +24,7 @@ from torch import nn
 from ..checkpoint import CheckpointError, detect_prefix, load_strict, read_state_dict
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..registry import Family, Variant
-from ..weights import Artifact, resolve
+from ..weights import Artifact, register_artifact, resolve
 
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPS = 1e-6
@@ -361,11 +361,12 @@ class VectorQuantizer(nn.Module):
 
 @dataclass(frozen=True)
 class VQConfig:
-    """The official `ModelArgs` fields plus `ch` and `num_res_blocks`.
+    """The official `ModelArgs` fields plus the `Encoder`/`Decoder` keywords it does not forward.
 
-    The official `VQModel` ignores the last two and always builds ch=128, num_res_blocks=2; they are
-    fields here so that other sizes (the golden fixtures) can be built. Defaults are `VQ_16()`.
-    `commit_loss_beta` / `entropy_loss_ratio` only matter for training and are accepted and ignored.
+    The official `VQModel` always builds its encoder and decoder with ch=128, num_res_blocks=2 (and
+    GroupNorm, conv resampling); those are fields here so that other sizes (the golden fixtures) can be
+    built. Defaults are the released `VQ_16()`. `commit_loss_beta` / `entropy_loss_ratio` only matter
+    for training and are accepted and ignored.
     """
 
     codebook_size: int = 16384
@@ -380,6 +381,8 @@ class VQConfig:
     dropout_p: float = 0.0
     ch: int = 128
     num_res_blocks: int = 2
+    norm_type: str = "group"
+    resamp_with_conv: bool = True
 
     @property
     def downsample(self) -> int:
@@ -387,39 +390,45 @@ class VQConfig:
         return 2 ** (len(self.encoder_ch_mult) - 1)
 
 
-# Top-level keys of a config file that describe it rather than the model (golden fixture config.json).
-_INFORMATIONAL_KEYS = frozenset(
-    {"seed", "input", "downsample_factor", "token_grid", "full_size_equivalent", "janus_gen_vision_config"}
-)
+# `Encoder`/`Decoder` keyword names that map onto `VQConfig` fields (in `encoder_decoder_kwargs`).
+_ENCODER_DECODER_ALIASES = {
+    "dropout": ("dropout_p",),
+    "ch_mult": ("encoder_ch_mult", "decoder_ch_mult"),
+}
 
 
 def vq_config(config: Mapping[str, Any] | None) -> VQConfig:
     """A `VQConfig` from flat fields, or from {"model_args": {...}, "encoder_decoder_kwargs": {...}}.
 
-    Nested sections override flat fields (the variant table is flat; a user's config file may be nested).
+    Nested sections override flat fields (the variant table is flat; a user's config file may be
+    nested). A nested file (such as a golden fixture's config.json) may carry other top-level keys
+    that describe it (seed, input, ...): those are ignored. In a flat config every key must be a field.
     """
     config = dict(config or {})
     fields_ = {f.name for f in dataclasses.fields(VQConfig)}
-    values: dict[str, Any] = {}
-    unknown = []
-    for key, value in config.items():
-        if key in fields_:
-            values[key] = value
-        elif key not in ("model_args", "encoder_decoder_kwargs") and key not in _INFORMATIONAL_KEYS:
-            unknown.append(key)
+    nested = "model_args" in config or "encoder_decoder_kwargs" in config
+    values: dict[str, Any] = {k: v for k, v in config.items() if k in fields_}
+    unknown = sorted(
+        k for k in config if k not in fields_ and k not in ("model_args", "encoder_decoder_kwargs")
+    )
+    if unknown and not nested:
+        raise TokbenchError(
+            f"unknown llamagen-vq config fields {unknown}; known: {sorted(fields_)} "
+            "(or nested under 'model_args' / 'encoder_decoder_kwargs')"
+        )
     for section in ("model_args", "encoder_decoder_kwargs"):
-        inner = config.get(section) or {}
+        inner = dict(config.get(section) or {})
+        if section == "encoder_decoder_kwargs":
+            for alias, targets in _ENCODER_DECODER_ALIASES.items():
+                if alias in inner:
+                    value = inner.pop(alias)
+                    inner.update({t: value for t in targets})
         bad = sorted(set(inner) - fields_)
         if bad:
             raise TokbenchError(
                 f"unknown {section} fields {bad} in the llamagen-vq config; known: {sorted(fields_)}"
             )
         values.update(inner)
-    if unknown:
-        raise TokbenchError(
-            f"unknown llamagen-vq config fields {sorted(unknown)}; known: {sorted(fields_)} "
-            "(or nested under 'model_args' / 'encoder_decoder_kwargs')"
-        )
     for key in ("encoder_ch_mult", "decoder_ch_mult"):
         if key in values:
             values[key] = tuple(int(m) for m in values[key])
@@ -441,6 +450,8 @@ class VQModel(nn.Module):
             num_res_blocks=config.num_res_blocks,
             z_channels=config.z_channels,
             dropout=config.dropout_p,
+            norm_type=config.norm_type,
+            resamp_with_conv=config.resamp_with_conv,
         )
         self.decoder = Decoder(
             ch=config.ch,
@@ -448,6 +459,8 @@ class VQModel(nn.Module):
             num_res_blocks=config.num_res_blocks,
             z_channels=config.z_channels,
             dropout=config.dropout_p,
+            norm_type=config.norm_type,
+            resamp_with_conv=config.resamp_with_conv,
             upsample_bf16=upsample_bf16,
         )
         self.quantize = VectorQuantizer(
@@ -649,10 +662,22 @@ class LlamaGenVQTokenizer(ModuleTokenizer):
 
 
 def _artifact(
-    name: str, repo_id: str, filename: str, prefix: str | None = None, licence: str = ""
+    name: str, repo_id: str, filename: str, used_by: str, prefix: str | None = None, licence: str = ""
 ) -> Artifact:
-    return Artifact(name=name, repo_id=repo_id, filename=filename, prefix=prefix, licence=licence)
+    return register_artifact(
+        Artifact(
+            name=name, repo_id=repo_id, filename=filename, prefix=prefix, licence=licence, used_by=used_by
+        )
+    )
 
+
+_VQ16_C2I = _artifact(
+    "llamagen-vq16-c2i",
+    "FoundationVision/LlamaGen",
+    "vq_ds16_c2i.pt",
+    "llamagen-vq16-c2i, llamagen-vq16-c2i-384",
+    licence="MIT",
+)
 
 _VQ8 = {"encoder_ch_mult": [1, 2, 2, 4], "decoder_ch_mult": [1, 2, 2, 4]}
 _LLAMAGEN_PAPER = (
@@ -670,7 +695,7 @@ VARIANTS = (
         name="llamagen-vq16-c2i",
         family="llamagen-vq",
         config={},
-        weights=_artifact("llamagen-vq16-c2i", "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", licence="MIT"),
+        weights=_VQ16_C2I,
         resolution=256,
         description="LlamaGen VQ-16 tokenizer trained on ImageNet (16x16 tokens at 256, codebook 16384 x 8)",
         paper=_LLAMAGEN_PAPER,
@@ -681,7 +706,7 @@ VARIANTS = (
         name="llamagen-vq16-c2i-384",
         family="llamagen-vq",
         config={},
-        weights=_artifact("llamagen-vq16-c2i", "FoundationVision/LlamaGen", "vq_ds16_c2i.pt", licence="MIT"),
+        weights=_VQ16_C2I,
         resolution=384,
         description="vq_ds16_c2i run at 384 (24x24 tokens); the official eval resizes to 256 before metrics",
         paper=_LLAMAGEN_PAPER,
@@ -692,7 +717,9 @@ VARIANTS = (
         name="llamagen-vq16-t2i",
         family="llamagen-vq",
         config={},
-        weights=_artifact("llamagen-vq16-t2i", "peizesun/llamagen_t2i", "vq_ds16_t2i.pt", licence="MIT"),
+        weights=_artifact(
+            "llamagen-vq16-t2i", "peizesun/llamagen_t2i", "vq_ds16_t2i.pt", "llamagen-vq16-t2i", licence="MIT"
+        ),
         resolution=256,
         description="LlamaGen VQ-16 tokenizer for text-to-image (LAION-COCO 50M + 10M internal images)",
         paper=_LLAMAGEN_PAPER,
@@ -701,7 +728,13 @@ VARIANTS = (
         name="llamagen-vq8-c2i",
         family="llamagen-vq",
         config=_VQ8,
-        weights=_artifact("llamagen-vq8-c2i", "FoundationVision/LlamaGen", "vq_ds8_c2i.pt", licence="MIT"),
+        weights=_artifact(
+            "llamagen-vq8-c2i",
+            "FoundationVision/LlamaGen",
+            "vq_ds8_c2i.pt",
+            "llamagen-vq8-c2i",
+            licence="MIT",
+        ),
         resolution=256,
         description="LlamaGen VQ-8 tokenizer trained on ImageNet (32x32 tokens at 256, ch_mult 1,2,2,4)",
         paper=_LLAMAGEN_PAPER,
@@ -713,7 +746,12 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-1.3b", "deepseek-ai/Janus-1.3B", "model.safetensors", "gen_vision_model.", "DeepSeek model"
+            "janus-1.3b",
+            "deepseek-ai/Janus-1.3B",
+            "model.safetensors",
+            "janus-1.3b-vq",
+            "gen_vision_model.",
+            "DeepSeek Model License (code MIT)",
         ),
         resolution=384,
         description="Janus-1.3B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
@@ -727,8 +765,9 @@ VARIANTS = (
             "janus-pro-1b",
             "deepseek-ai/Janus-Pro-1B",
             "pytorch_model.bin",
+            "janus-pro-1b-vq",
             "gen_vision_model.",
-            "DeepSeek model",
+            "MIT (hub card)",
         ),
         resolution=384,
         description="Janus-Pro-1B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
@@ -742,8 +781,9 @@ VARIANTS = (
             "janus-pro-7b",
             "deepseek-ai/Janus-Pro-7B",
             "pytorch_model.bin.index.json",
+            "janus-pro-7b-vq",
             "gen_vision_model.",
-            "DeepSeek model",
+            "MIT (hub card)",
         ),
         resolution=384,
         description="Janus-Pro-7B image-generation tokenizer (only the shard holding gen_vision_model.* is fetched)",
@@ -756,7 +796,12 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-pro-1b-hf", "deepseek-community/Janus-Pro-1B", "model.safetensors", "model.vqmodel.", "MIT"
+            "janus-pro-1b-hf",
+            "deepseek-community/Janus-Pro-1B",
+            "model.safetensors",
+            "janus-pro-1b-vq-hf",
+            "model.vqmodel.",
+            "MIT",
         ),
         resolution=384,
         description="Janus-Pro-1B tokenizer from the transformers-format repo (same weights, renamed keys)",
@@ -770,6 +815,7 @@ VARIANTS = (
             "janus-pro-7b-hf",
             "deepseek-community/Janus-Pro-7B",
             "model.safetensors.index.json",
+            "janus-pro-7b-vq-hf",
             "model.vqmodel.",
             "MIT",
         ),
@@ -785,8 +831,13 @@ def _resolve_weights(
 ) -> tuple[Path, Callable[[str], Path] | None]:
     if weights is not None:
         path = Path(weights).expanduser()
+        if path.is_dir() and variant is not None and variant.weights is not None:
+            path = resolve(variant.weights, explicit=path)  # a folder holding the release's file
         if not path.is_file():
-            raise TokbenchError(f"weights file {str(path)!r} does not exist")
+            raise TokbenchError(
+                f"weights file {str(path)!r} does not exist; pass the checkpoint file (vq_ds16_c2i.pt, a Janus "
+                "model.safetensors / pytorch_model.bin, or a sharded *.index.json next to its shards)"
+            )
         return path, None
     if variant is None or variant.weights is None:
         raise TokbenchError(
