@@ -133,6 +133,25 @@ def test_one_d_piece_rejects_bad_n_tokens(odp, odp_io, bad):
         odp.encode(odp_io["input"], n_tokens=bad)
 
 
+def test_numpy_integer_n_tokens(odp, odp_io):
+    ids = odp.encode(odp_io["input"], n_tokens=np.int64(5)).ids
+    assert torch.equal(ids, odp_io["indices"][:, 0, :5])
+
+
+def test_bfloat16_autocast_runs_and_clamps(odp_io):
+    tok = tokbench.load_tokenizer(
+        "one-d-piece", weights=ODP / "pytorch_model.bin", config=ODP / "config.json", dtype="bfloat16"
+    )
+    assert "bfloat16" in tok.spec.dtype
+    out = tok.decode(tok.encode(odp_io["input"], n_tokens=3))
+    assert out.dtype == torch.float32 and out.shape == odp_io["input"].shape
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    with pytest.raises(TokbenchError, match="dtype"):
+        tokbench.load_tokenizer(
+            "one-d-piece", weights=ODP / "pytorch_model.bin", config=ODP / "config.json", dtype="int8"
+        )
+
+
 def test_wrong_image_size_is_refused(odp):
     with pytest.raises(TokbenchError, match="64x64"):
         odp.encode(torch.rand(1, 3, 32, 32))
@@ -189,6 +208,12 @@ def test_mismatched_checkpoint_is_refused():
     # The One-D-Piece weights do not fit the TiTok fixture's config: a strict load names the problem.
     with pytest.raises(CheckpointError, match="pixel_decoder|wrong shapes"):
         tokbench.load_tokenizer("titok", weights=ODP / "pytorch_model.bin", config=TITOK / "config.json")
+
+
+def test_released_variant_refuses_tiny_weights():
+    # A released variant's full-size config with the tiny fixture's weights: wrong shapes, named.
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        tokbench.load_tokenizer("one-d-piece-s-256", weights=ODP / "pytorch_model.bin")
 
 
 def test_config_needs_official_layout():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -586,10 +587,15 @@ class TiTokTokenizer(ModuleTokenizer):
         k_max = self.cfg.num_latent_tokens
         if n_tokens is None:
             return k_max
-        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or not 1 <= n_tokens <= k_max:
+        try:
+            k = None if isinstance(n_tokens, bool) else operator.index(n_tokens)  # numpy/torch ints too
+        except TypeError:
+            k = None
+        if k is None or not 1 <= k <= k_max:
             raise TokbenchError(
                 f"{self.spec.name}: n_tokens must be an integer in 1..{k_max}, got {n_tokens!r}"
             )
+        n_tokens = k
         if n_tokens != k_max and self.cfg.strict_length_assertion:
             raise TokbenchError(
                 f"{self.spec.name} decodes exactly {k_max} tokens (its decoder was trained on full sequences; "
