@@ -325,6 +325,8 @@ def build(
                 "variant such as 'siglip-large-patch16-384' (see `tokbench list siglip*`)"
             )
         path = resolve(artifact)
+    elif artifact is not None:  # a file, or a folder holding the variant's file under its own name
+        path = resolve(artifact, explicit=weights)
     else:
         path = Path(weights)
         if not path.is_file():
