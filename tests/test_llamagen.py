@@ -373,7 +373,7 @@ def test_release_resolution_from_weights_dir(tmp_path: Path, monkeypatch: pytest
 
     io = golden(JANUS)
     # Janus-Pro-7B: the index and only the shard that holds gen_vision_model.*
-    folder = tmp_path / "janus-pro-7b"
+    folder = tmp_path / "janus-pro-7b-vq"
     folder.mkdir()
     full = torch.load(JANUS / "pytorch_model.bin", map_location="cpu", weights_only=True)
     gen = {k: v for k, v in full.items() if k.startswith("gen_vision_model.")}
@@ -398,5 +398,5 @@ def test_artifacts_registered() -> None:
     from tokbench import weights
 
     known = weights._ARTIFACTS  # registered on import of the family module (artifacts() also imports metrics)
-    assert known["janus-pro-7b"].prefix == "gen_vision_model."
+    assert known["janus-pro-7b-vq"].prefix == "gen_vision_model."
     assert known["llamagen-vq16-c2i"].used_by.startswith("llamagen-vq16-c2i")

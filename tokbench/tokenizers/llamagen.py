@@ -612,7 +612,7 @@ class LlamaGenVQTokenizer(ModuleTokenizer):
     def __init__(self, model: VQModel, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False).to(dtype)
-        self.model.decoder.set_upsample_bf16(dtype != torch.float32)
+        self.model.decoder.set_upsample_bf16(dtype == torch.bfloat16)
         self.dtype = dtype
         self.spec = spec
 
@@ -746,7 +746,7 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-1.3b",
+            "janus-1.3b-vq",
             "deepseek-ai/Janus-1.3B",
             "model.safetensors",
             "janus-1.3b-vq",
@@ -762,7 +762,7 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-pro-1b",
+            "janus-pro-1b-vq",
             "deepseek-ai/Janus-Pro-1B",
             "pytorch_model.bin",
             "janus-pro-1b-vq",
@@ -778,7 +778,7 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-pro-7b",
+            "janus-pro-7b-vq",
             "deepseek-ai/Janus-Pro-7B",
             "pytorch_model.bin.index.json",
             "janus-pro-7b-vq",
@@ -796,7 +796,7 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-pro-1b-hf",
+            "janus-pro-1b-vq-hf",
             "deepseek-community/Janus-Pro-1B",
             "model.safetensors",
             "janus-pro-1b-vq-hf",
@@ -812,7 +812,7 @@ VARIANTS = (
         family="llamagen-vq",
         config={},
         weights=_artifact(
-            "janus-pro-7b-hf",
+            "janus-pro-7b-vq-hf",
             "deepseek-community/Janus-Pro-7B",
             "model.safetensors.index.json",
             "janus-pro-7b-vq-hf",
