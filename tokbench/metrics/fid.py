@@ -166,6 +166,8 @@ _TRUNK = (
 class TorchFidelityInception(nn.Module):
     """torch-fidelity's / ADM's feature extractor: [0, 1] images -> (B, 2048) pool-3 features."""
 
+    input_size = 299  # the network's input side, as TensorFlow's graph resizes to
+
     def __init__(self, state_dict: dict[str, torch.Tensor] | None = None, source: str = "checkpoint") -> None:
         super().__init__()
         self.net = build_fid_inception()
@@ -174,7 +176,7 @@ class TorchFidelityInception(nn.Module):
             load_strict(self.net, state_dict, source=source, ignore_missing=lambda k: k.endswith("num_batches_tracked"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize_tf1_bilinear(quantise_255(images).float())
+        x = resize_tf1_bilinear(quantise_255(images).float(), self.input_size)
         x = (x - 128) / 128
         for name in _TRUNK:
             x = getattr(self.net, name)(x)
