@@ -108,6 +108,15 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def short_reason(reason: str) -> str:
+    """First line of a skip reason, plus the line that says how to fix it (the fetch command)."""
+    lines = [ln.strip() for ln in (reason or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    fix = next((ln for ln in lines[1:] if "tokbench fetch" in ln), None)
+    return lines[0] + (f"; {fix}" if fix else "")
+
+
 def _markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(none)_\n"
@@ -305,9 +314,9 @@ def write_report(run_dir: str | Path) -> Path:
     md += "".join(f"- preprocessing **{k}**: {v}\n" for k, v in sorted(prep_notes.items()))
     if metric_skips:
         md += "\n## Metrics not computed\n\n" + "".join(
-            f"- **{k}**: {v.splitlines()[0]}\n" for k, v in sorted(metric_skips.items()))
-    md += "\n## Skipped or failed\n\n" + (_markdown(skipped.assign(reason=skipped["reason"].map(
-        lambda r: r.splitlines()[0] if r else ""))) if not skipped.empty else "_(none)_\n")
+            f"- **{k}**: {short_reason(v)}\n" for k, v in sorted(metric_skips.items()))
+    md += "\n## Skipped or failed\n\n" + (_markdown(skipped.assign(reason=skipped["reason"].map(short_reason)))
+                                          if not skipped.empty else "_(none)_\n")
     bad_files = sum(int(j.get("images_skipped") or 0) for j in jobs)
     if bad_files:
         md += f"\n{bad_files} unreadable images were skipped (listed in each job's summary.json).\n"
@@ -341,7 +350,8 @@ def write_report(run_dir: str | Path) -> Path:
         + "</ul>",
     ]
     if not skipped.empty:
-        page += ["<h2>Skipped or failed</h2>", skipped.to_html(index=False, table_id="skipped", border=0)]
+        page += ["<h2>Skipped or failed</h2>", skipped.assign(reason=skipped["reason"].map(short_reason)).to_html(
+            index=False, table_id="skipped", border=0)]
     if figures:
         page.append("<h2>Figures</h2>")
         page += [f"<figure><img src='{name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}"

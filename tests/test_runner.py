@@ -1,0 +1,212 @@
+"""End to end: `tokbench run` + `tokbench report` on a small folder, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+
+from tokbench.cli import main as cli
+from tokbench.data import open_image
+from tokbench.protocols import get_protocol
+from tokbench.report import load_run
+from tokbench.runner import read_rows, run_suite
+from tokbench.suite import load_suite, parse_suite
+
+
+def make_folder(root: Path, n: int = 7, corrupt: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = 40 + 7 * i, 70 - 3 * i
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(xx * 255 / w), (yy * 255 / h), np.full((h, w), 40.0 * (i % 5))], -1)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        im = Image.fromarray(img)
+        if i == 2:
+            im = im.convert("L")
+        if i == 4:
+            im = im.convert("RGBA")
+        im.save(root / f"img{i:02d}.png")
+    if corrupt:
+        (root / "img99_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root
+
+
+def suite_yaml(path: Path, folder: Path, extra: str = "") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        name: small
+        data: ["folder:{folder}"]
+        resolution: 32
+        batch_size: 2
+        download: false
+        checkpoint_seconds: 0
+        grid_images: 2
+        metrics: [psnr, ssim, {{psnr: {{protocol: llamagen}}}}, bpp, codebook, speed, lpips, no-such-metric]
+        tokenizers:
+          - name: jpeg
+            sweep: {{quality: [20, 80]}}
+          - name: webp-q50
+          - name: llamagen-vq16-c2i
+        """) + extra)
+    return path
+
+
+def test_run_and_report_end_to_end(tmp_path, capsys):
+    folder = make_folder(tmp_path / "imgs")
+    suite = suite_yaml(tmp_path / "s.yaml", folder)
+    out = tmp_path / "run"
+    assert cli(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "jpeg (quality=20)" in printed and "report:" in printed
+
+    run, jobs = load_run(out)
+    assert run["versions"]["torch"] and run["device"]["device"] == "cpu" and run["suite"]["name"] == "small"
+    by_status = {}
+    for j in jobs:
+        by_status.setdefault(j["status"], []).append(j)
+    assert len(by_status["ok"]) == 3
+    (skip,) = by_status["skipped"]  # weights not on this machine: skipped with the fetch command
+    assert "tokbench fetch llamagen-vq16-c2i" in skip["reason"]
+
+    job = next(j for j in by_status["ok"] if j["params"] == {"quality": 20})
+    assert job["images_evaluated"] == 7 and job["images_skipped"] == 1
+    assert job["skipped_files"][0]["path"].endswith("img99_broken.jpg")
+    assert "unknown metric" in job["metric_skips"]["no-such-metric"]
+    assert "lpips" in job["metric_skips"]  # its backbone weights are not on this machine
+    rows = read_rows(out / "jobs" / job["job"] / "rows.jsonl")
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]
+
+    # the recorded PSNR of one image equals an independent recomputation from the files
+    from tokbench.data import pil_to_tensor
+    from tokbench.tokenizers.codecs import CodecTokenizer
+
+    src = get_protocol("resize-crop").fn(open_image(folder / "img03.png"), 32)
+    x = pil_to_tensor(src)[None]
+    y = CodecTokenizer("jpeg", 20).reconstruct(x)[1]
+    ref = peak_signal_noise_ratio(x[0].numpy().astype(np.float64), y[0].numpy().astype(np.float64), data_range=1)
+    assert rows[3]["psnr"] == pytest.approx(ref, rel=1e-9)
+    assert job["results"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]), rel=1e-9)
+    assert job["results"]["bpp"] == pytest.approx(sum(r["bits"] for r in rows) / (7 * 32 * 32))
+
+    report = out / "report"
+    for name in ("report.md", "summary.csv", "summary.tex", "index.html", "rd_psnr.png", "grid.png"):
+        assert (report / name).is_file(), name
+    md = (report / "report.md").read_text()
+    assert "resize-crop" in md and "LlamaGen" in md and "tokbench fetch llamagen-vq16-c2i" in md
+    table = pd.read_csv(report / "summary.csv")
+    assert len(table) == 3 and {"psnr", "ssim", "psnr_llamagen", "bpp", "encode_images_per_s"} <= set(table.columns)
+    parquet = pd.read_parquet(out / "rows.parquet")
+    assert len(parquet) == 21 and parquet["job"].nunique() == 3
+
+    # the report command rebuilds the same tables from the folder alone
+    (report / "summary.csv").unlink()
+    assert cli(["report", str(out)]) == 0
+    assert pd.read_csv(report / "summary.csv").equals(table)
+
+    # re-running the same command does no work and changes nothing
+    assert cli(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    assert "already done" in capsys.readouterr().out
+
+
+KILLER = textwrap.dedent("""\
+    import os, sys
+    from tokbench.registry import Family, register_family
+    from tokbench.tokenizers.codecs import CodecTokenizer
+
+    class Killer(CodecTokenizer):
+        calls = 0
+        def encode(self, images, **kw):
+            Killer.calls += 1
+            if Killer.calls == int(os.environ.get("KILL_AT", "0")):
+                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
+            return super().encode(images, **kw)
+
+    register_family(Family("killer-jpeg", build=lambda **k: Killer("jpeg", 40, name="killer-jpeg")))
+    from tokbench.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """)
+
+
+def test_resume_after_kill_gives_the_same_rows(tmp_path):
+    folder = make_folder(tmp_path / "imgs", n=9, corrupt=True)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(textwrap.dedent(f"""\
+        name: resume
+        data: ["folder:{folder}"]
+        resolution: 32
+        batch_size: 2
+        checkpoint_seconds: 0
+        metrics: [psnr, ssim, bpp, speed]
+        tokenizers: [killer-jpeg]
+        """))
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    env = {**os.environ, "KILL_AT": "4"}  # warm-up + 3 batches: dies in the middle of the data set
+    cmd = [sys.executable, str(script), "run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 137, first.stderr
+    job_dir = next((tmp_path / "run" / "jobs").iterdir())
+    assert (job_dir / "state.pt").is_file() and not (job_dir / "summary.json").exists()
+    partial = read_rows(job_dir / "rows.jsonl")
+    assert 0 < len(partial) < 9
+
+    env["KILL_AT"] = "0"
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout
+    resumed = read_rows(job_dir / "rows.jsonl")
+    summary = json.loads((job_dir / "summary.json").read_text())
+
+    clean = subprocess.run([*cmd[:-3], "--out", str(tmp_path / "clean"), "--quiet"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    clean_dir = next((tmp_path / "clean" / "jobs").iterdir())
+    reference = read_rows(clean_dir / "rows.jsonl")
+    ref_summary = json.loads((clean_dir / "summary.json").read_text())
+
+    assert [r["index"] for r in resumed] == sorted({r["index"] for r in resumed})  # no duplicates
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(reference)
+    for key in ("psnr", "ssim", "bpp", "bits_per_image"):
+        assert summary["results"][key] == pytest.approx(ref_summary["results"][key], rel=1e-12)
+    assert summary["images_skipped"] == ref_summary["images_skipped"] == 1
+    assert not (job_dir / "state.pt").exists()
+
+
+def test_suite_validation_messages(tmp_path):
+    from tokbench.core import TokbenchError
+
+    with pytest.raises(TokbenchError, match="unknown suite keys"):
+        parse_suite({"tokenizers": ["jpeg"], "batchsize": 3})
+    with pytest.raises(TokbenchError, match="lists no tokenizers"):
+        parse_suite({"data": ["samples"]})
+    with pytest.raises(TokbenchError, match="sweep 'quality' must be a non-empty list"):
+        parse_suite({"tokenizers": [{"name": "jpeg", "sweep": {"quality": 5}}]})
+    with pytest.raises(TokbenchError, match="does not exist"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+def test_missing_data_set_is_a_skip_not_a_crash(tmp_path):
+    suite = parse_suite({"name": "x", "data": ["imagenet-val:${TOKBENCH_NO_SUCH_VAR}"], "tokenizers": ["jpeg-q50"],
+                         "metrics": ["psnr"]})
+    (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert summary["status"] == "skipped" and "unset" in summary["reason"]
+
+
+def test_shipped_suites_parse():
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    files = sorted(root.rglob("*.yaml"))
+    assert any(f.name == "quick.yaml" for f in files)
+    for f in files:
+        s = load_suite(f)
+        assert s.tokenizers and s.metrics, f
