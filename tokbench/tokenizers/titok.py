@@ -726,6 +726,7 @@ def _odp_variant(size: str, vit: str, rfid: float) -> Variant:
             repo_id=repo,
             filename="pytorch_model.bin",
             licence="Apache-2.0 (code; see the model card for the weights)",
+            used_by=f"one-d-piece-{size.lower()}-256",
         ),
         resolution=256,
         description=(
@@ -748,6 +749,7 @@ def _titok_variant(name: str, repo: str, description: str, rfid: float, config: 
             repo_id=repo,
             filename="model.safetensors",
             licence="Apache-2.0 (bytedance/1d-tokenizer; see the model card)",
+            used_by=name,
         ),
         resolution=256,
         description=description,
