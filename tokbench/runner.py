@@ -418,7 +418,7 @@ class Runner:
                         for name in list(metrics):
                             try:
                                 metrics[name].update(ev)
-                                row_values.update(metrics[name].last_rows)
+                                merge_values(row_values, metrics[name].last_rows, name)
                             except (TokbenchError, ValueError, RuntimeError) as e:
                                 metric_skips[name] = f"{type(e).__name__}: {e}".splitlines()[0]
                                 metrics.pop(name)
@@ -445,10 +445,10 @@ class Runner:
         protocols: dict[str, Any] = {}
         for name, m in metrics.items():
             try:
-                results.update(m.compute())
+                merge_values(results, m.compute(), name)
             except (TokbenchError, ValueError, RuntimeError) as e:
                 metric_skips[name] = f"{type(e).__name__}: {e}".splitlines()[0]
-            protocols.update(m.protocol())
+            merge_values(protocols, m.protocol(), name)
         summary = {**record, "status": "ok", "results": results, "metric_protocols": protocols,
                    "metric_skips": metric_skips, "images_evaluated": len(read_rows(rows_path)),
                    "images_skipped": len(skipped), "skipped_files": skipped,
@@ -491,6 +491,13 @@ class Runner:
         torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
                     "skipped": skipped, "metric_skips": metric_skips}, tmp)
         os.replace(tmp, path)
+
+
+def merge_values(target: dict[str, Any], new: dict[str, Any], key: str) -> None:
+    """Add a metric's named values; a name another metric of the suite already produced (the same
+    metric twice with different options) is qualified with this metric's key, never overwritten."""
+    for k, v in new.items():
+        target[f"{k}{key[key.index('['):]}" if k in target and "[" in key else k] = v
 
 
 def metric_key(name: str, options: dict[str, Any]) -> str:
