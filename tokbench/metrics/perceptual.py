@@ -77,9 +77,10 @@ def lpips_state_dict(model: nn.Module, backbone: dict[str, torch.Tensor], linear
         sd[k] = v
         if k.startswith("lin") and k[3].isdigit():
             sd[f"lins.{k[3:]}"] = v
-    own = model.state_dict()
-    for k in ("scaling_layer.shift", "scaling_layer.scale"):  # constants defined by the code
-        sd[k] = own[k]
+    from lpips.lpips import ScalingLayer
+
+    for k, v in ScalingLayer().state_dict().items():  # constants defined by the code, not a checkpoint
+        sd[f"scaling_layer.{k}"] = v
     return sd
 
 
@@ -98,9 +99,12 @@ def build_lpips(net: str = "alex", weights: str | os.PathLike | None = None) -> 
     path = resolve(BACKBONES[net], weights)
     key = (net, str(path))
     if key not in _MODELS:
-        # pretrained=False / pnet_rand=True: build the architecture only; nothing is downloaded or
-        # unpickled by the package, the weights come below through tokbench's safe reader.
-        model = lpips.LPIPS(pretrained=False, net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
+        # pretrained=False / pnet_rand=True: the architecture only, nothing downloaded or unpickled by
+        # the package; built on the meta device (no random init of VGG's unused 124M-weight classifier).
+        # Every tensor is then filled below by load_strict, which refuses any missing key.
+        with torch.device("meta"):
+            model = lpips.LPIPS(pretrained=False, net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
+        model = model.to_empty(device="cpu")
         backbone = read_state_dict(path)
         linear = read_state_dict(linear_layers_path(net))
         sd = lpips_state_dict(model, backbone, linear)
