@@ -91,6 +91,10 @@ class TokenFlowConfig:
     (432 = 16 * 27 px); `output_size`: SigLIP only, the pixel reconstruction is bicubic-resized to it
     (384). `semantic_decoder_grid`: side of the stored `decoder_vqkd.pos_embed` grid (224 // 16 or
     432 // 16). `pixel_distance_weight`: weight of the pixel distance in the shared index (1.0).
+    `semantic_decoder_depth` (3), `semantic_decoder_mlp_ratio` (4), `codebook_usage_size` (131072, the
+    length of the unused `quantize.codebook_used` buffer) and `norm_num_groups` (GroupNorm groups of the
+    pixel CNN, 32) are the remaining hard-coded values. The CLIP teacher config may set `heads`
+    (default width // 64, as `clip.load_clip_vision` builds it).
     """
 
     codebook_size: int = 16384
@@ -128,6 +132,7 @@ class TokenFlowConfig:
     codebook_usage_size: int = 131072
     pixel_distance_weight: float = 1.0
     norm_type: str = "group"
+    norm_num_groups: int = 32
     teacher_defaults: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -461,6 +466,7 @@ class TokenFlowModel(nn.Module):
             norm_type=cfg.norm_type,
             dropout=cfg.dropout_p,
             z_channels=cfg.z_channels,
+            num_groups=cfg.norm_num_groups,
         )
         self.decoder = Decoder(
             z_channels=cfg.z_channels,
@@ -469,6 +475,7 @@ class TokenFlowModel(nn.Module):
             num_res_blocks=cfg.decoder_num_res_blocks,
             norm_type=cfg.norm_type,
             dropout=cfg.dropout_p,
+            num_groups=cfg.norm_num_groups,
         )
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_embed_dim, cfg.z_channels, 1)
