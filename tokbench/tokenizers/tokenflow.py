@@ -691,8 +691,12 @@ class TokenFlowTokenizer(ModuleTokenizer):
         Returns `teacher_tokens` (B, G*G, W): the tower output the code is computed from (CLIP: ln_post
         patch tokens; SigLIP: penultimate hidden states); `semantic_features` (B, C_sem, G, G) before
         quantisation; `quant_semantic` (B, C_sem, G, G) after it; `semantic_recon` (B, G*G, out_dim):
-        the semantic decoder's output (the release trains it to predict the teacher's target features:
-        CLIP: the 512-d projected patch features, SigLIP: the 1152-d penultimate hidden states); `ids`.
+        the semantic decoder's output; `quant_pixel`; `ids`.
+
+        Training target of `semantic_recon` (official `vq_loss.get_regress_target`, loss 1 - cosine per
+        token) comes from the FROZEN original teacher, not from `encoder_vqkd` (fine-tuned, no `proj`):
+        CLIP: OpenAI ViT-B/16 on CLIP-mean/std-normalised input, ln_post of the patch tokens @ `proj`
+        (512-d); SigLIP: google/siglip-so400m-patch14-384 `hidden_states[-2]` on [-1, 1] input (1152-d).
         """
         quant, ids, feats = self.model.encode(self._to_model(images))
         c = self.model.cfg.semantic_code_dim
