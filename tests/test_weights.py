@@ -193,8 +193,16 @@ def test_metric_artifacts_are_registered_with_torchvision_urls():
         assert art.basename.rsplit("-", 1)[1].split(".")[0] == art.sha256
     with pytest.raises(TokbenchError, match="unknown weights artifact 'nope'.*torchvision-alexnet"):
         weights.get_artifact("nope")
-    with pytest.raises(TokbenchError, match="registered under the name"):
+    with pytest.raises(TokbenchError, match="two different files are registered under the artifact name"):
         weights.register_artifact(Artifact(name="torchvision-alexnet", url="https://elsewhere"))
+
+
+def test_registering_the_same_file_twice_merges_its_users(monkeypatch):
+    monkeypatch.setattr(weights, "_ARTIFACTS", {})
+    a = weights.register_artifact(Artifact(name="toy", url="https://x/toy.pth", used_by="lpips"))
+    b = weights.register_artifact(Artifact(name="toy", url="https://x/toy.pth", used_by="lpips, semantic"))
+    assert b.used_by == "lpips, semantic" and b.url == a.url
+    assert weights._ARTIFACTS["toy"] is b
 
 
 # ---- checkpoints -------------------------------------------------------------------------------

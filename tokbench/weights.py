@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .core import TokbenchError
@@ -236,11 +236,26 @@ def _sibling(filename: str | None, name: str) -> str:
 _ARTIFACTS: dict[str, Artifact] = {}
 
 
+def _file_identity(a: Artifact) -> tuple:
+    return (a.repo_id, a.filename, a.revision, a.url, a.sha256, a.prefix)
+
+
 def register_artifact(artifact: Artifact) -> Artifact:
-    """Make an artifact known by its name; registering the same artifact twice is harmless."""
+    """Make an artifact known by its name and return the registered one.
+
+    Registering the same file under the same name again (from another module) is harmless: the
+    `used_by` notes are merged. The same name for a different file is an error.
+    """
     known = _ARTIFACTS.get(artifact.name)
-    if known is not None and known != artifact:
-        raise TokbenchError(f"two different artifacts are registered under the name {artifact.name!r}")
+    if known is not None:
+        if _file_identity(known) != _file_identity(artifact):
+            raise TokbenchError(
+                f"two different files are registered under the artifact name {artifact.name!r}: "
+                f"{known.source} and {artifact.source}"
+            )
+        users = [u for u in (known.used_by, artifact.used_by) if u]
+        merged = ", ".join(dict.fromkeys(", ".join(users).split(", "))) if users else ""
+        artifact = replace(known, used_by=merged)
     _ARTIFACTS[artifact.name] = artifact
     return artifact
 
