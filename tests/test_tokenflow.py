@@ -216,6 +216,21 @@ def test_strict_loading_refuses_missing_and_unexpected(tmp_path):
         tokbench.load_tokenizer("tokenflow", weights=tmp_path / "extra.pt", config=CLIP / "config.json")
 
 
+def test_key_layouts_follow_the_installed_transformers():
+    release = {
+        "encoder_vqkd.vision_model.post_layernorm.weight": 1,
+        "encoder_vqkd.conv1.weight": 2,
+        "encoder.x": 3,
+    }
+    flat = release_to_module_keys(release, ["encoder_vqkd.post_layernorm.weight"])
+    assert flat == {"encoder_vqkd.post_layernorm.weight": 1, "encoder_vqkd.conv1.weight": 2, "encoder.x": 3}
+    # transformers 4 keeps `vision_model.`: stripped (transformers-5) keys are nested again
+    nested = release_to_module_keys(
+        {"encoder_vqkd.post_layernorm.weight": 1}, ["encoder_vqkd.vision_model.a"]
+    )
+    assert nested == {"encoder_vqkd.vision_model.post_layernorm.weight": 1}
+
+
 def test_config_errors_are_clear():
     cfg = json.loads((CLIP / "config.json").read_text())
     with pytest.raises(TokbenchError, match="unknown TokenFlow config keys"):
@@ -240,9 +255,7 @@ def test_full_size_layout_matches_manifest(variant):
     assert entry["model_args"] == dict(variant.config)
     model = build_model(variant.config, device="meta")
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    ref = {
-        k: entry["params"][name] for k, name in zip(release_to_module_keys(entry["params"]), entry["params"])
-    }
+    ref = release_to_module_keys(entry["params"], ours)  # release names in this transformers' layout
     assert sorted(ours) == sorted(ref)
     assert ours == ref
     assert sum(p.numel() for p in model.parameters()) == entry["total_params"]

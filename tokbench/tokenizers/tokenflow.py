@@ -22,8 +22,8 @@ hard-codes per teacher (None = the official value); see `TokenFlowConfig`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -133,12 +133,11 @@ class TokenFlowConfig:
     pixel_distance_weight: float = 1.0
     norm_type: str = "group"
     norm_num_groups: int = 32
-    teacher_defaults: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TokenFlowConfig:
         """Validate a config dict and fill every None size with the official value for its teacher."""
-        known = {f.name for f in fields(cls)} - {"teacher_defaults"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
             raise TokbenchError(
@@ -187,10 +186,10 @@ class TokenFlowConfig:
         for key in ("encoder_ch_mult", "decoder_ch_mult", "scales"):
             cfg[key] = tuple(int(v) for v in cfg[key])
         cfg["semantic_teacher_config"] = dict(cfg["semantic_teacher_config"])
-        return cls(**cfg, teacher_defaults=d)
+        return cls(**cfg)
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "teacher_defaults"}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def grid(self) -> int:
@@ -604,16 +603,25 @@ class TokenFlowModel(nn.Module):
 SIGLIP_RELEASE_PREFIX = "encoder_vqkd.vision_model."
 
 
-def release_to_module_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Release keys -> `TokenFlowModel` keys: transformers 4 `encoder_vqkd.vision_model.*` -> `encoder_vqkd.*`.
+def release_to_module_keys(
+    state_dict: Mapping[str, torch.Tensor], module_keys: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Release keys -> `TokenFlowModel` keys.
 
-    State dicts already in the transformers 5 layout pass unchanged.
+    The release stores the SigLIP tower as transformers-4 `encoder_vqkd.vision_model.*`; transformers 5
+    names the same `SiglipVisionModel` without the `vision_model.` level. The keys are put in the layout
+    of `module_keys` (the model's own state-dict names) when given, else in the transformers-5 layout.
+    Either input layout is accepted; CLIP keys pass unchanged.
     """
-    n = len(SIGLIP_RELEASE_PREFIX)
-    return {
-        ("encoder_vqkd." + k[n:] if k.startswith(SIGLIP_RELEASE_PREFIX) else k): v
-        for k, v in state_dict.items()
-    }
+    nested = module_keys is not None and any(k.startswith(SIGLIP_RELEASE_PREFIX) for k in module_keys)
+    n, out = len(SIGLIP_RELEASE_PREFIX), {}
+    for k, v in state_dict.items():
+        if k.startswith(SIGLIP_RELEASE_PREFIX) and not nested:
+            k = "encoder_vqkd." + k[n:]
+        elif nested and k.startswith("encoder_vqkd.") and not k.startswith(SIGLIP_RELEASE_PREFIX):
+            k = SIGLIP_RELEASE_PREFIX + k[len("encoder_vqkd.") :]
+        out[k] = v
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -737,7 +745,7 @@ def _build(
             )
         weights = resolve(variant.weights)
     model = TokenFlowModel(cfg)
-    sd = release_to_module_keys(read_state_dict(weights))
+    sd = release_to_module_keys(read_state_dict(weights), model.state_dict().keys())
     load_strict(model, sd, source=f"TokenFlow checkpoint {weights}")
     model = model.to(DTYPES[dtype_name])
     if preprocessing is None:
