@@ -242,9 +242,10 @@ def test_named_encoder_loads_through_resolver(tiny_clip):
     m.update(batch(x, y))
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    q = lambda t: torch.floor(t * 255 + 0.5) / 255  # noqa: E731 - uint8 quantisation, as saved images
     with torch.no_grad():  # the library model called directly on normalised native-size inputs
-        a = tiny_clip.encode_image((x - mean) / std, normalize=True)
-        b = tiny_clip.encode_image((y - mean) / std, normalize=True)
+        a = tiny_clip.encode_image((q(x) - mean) / std, normalize=True)
+        b = tiny_clip.encode_image((q(y) - mean) / std, normalize=True)
     torch.testing.assert_close(m.last_rows["semantic_similarity_tiny"].float(), (a * b).sum(-1), atol=1e-5, rtol=0)
 
 
@@ -276,14 +277,3 @@ def test_offline_named_encoder_is_a_clear_error(tmp_path, monkeypatch):
         build_metric("zeroshot")
     with pytest.raises(TokbenchError, match="unknown semantic encoder"):
         build_metric("semantic-similarity", encoder="ViT-Q-99")
-
-
-def test_resize_for_encoder_matches_torchvision():
-    import torchvision.transforms.v2.functional as TF
-
-    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
-    ref = TF.resize(x, [24, 24], interpolation=TF.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
-    torch.testing.assert_close(semantic.resize_for_encoder(x, 24), ref, atol=1e-6, rtol=0)
-    y = torch.rand(1, 3, 30, 40, generator=torch.Generator().manual_seed(1))
-    ref = TF.center_crop(TF.resize(y, 24, interpolation=TF.InterpolationMode.BICUBIC, antialias=True), [24, 24])
-    torch.testing.assert_close(semantic.resize_for_encoder(y, 24, "shortest"), ref.clamp(0, 1), atol=1e-6, rtol=0)

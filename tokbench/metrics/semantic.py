@@ -28,17 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import load_strict, read_state_dict
 from ..core import TokbenchError
-from ..weights import Artifact, resolve
+from ..weights import Artifact, register_artifact, resolve
 from .base import BenchMetric, EvalBatch, register_metric
-
-try:  # the artifact registry (`tokbench fetch NAME`, `tokbench list`) of the weights module
-    from ..weights import register_artifact
-except ImportError:  # pragma: no cover - older weights module without a registry
-
-    def register_artifact(artifact: Artifact) -> Artifact:
-        return artifact
-
+from .clip_score import CLIP_VIT_L14_OPENAI
 
 # --------------------------------------------------------------------------------------------- encoders
 
@@ -60,12 +54,18 @@ class EncoderSpec:
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _spec(name: str, model: str, pretrained: str, repo: str, filename: str, licence: str, hf_text: bool, text: str):
-    weights = register_artifact(Artifact(name=f"openclip-{name}", repo_id=repo, filename=filename, licence=licence))
+def _spec(name: str, model: str, pretrained: str, repo: str, licence: str, hf_text: bool, text: str,
+          weights: Artifact | None = None) -> EncoderSpec:  # fmt: skip
+    used_by = "zeroshot, semantic-similarity"
+    weights = weights or register_artifact(
+        Artifact(name=f"openclip-{name}", repo_id=repo, filename="open_clip_model.safetensors", licence=licence,
+                 used_by=used_by)  # fmt: skip
+    )
     tokenizer = None
-    if hf_text:
+    if hf_text:  # SigLIP text towers use a Hugging Face tokenizer: its files sit in the same repository
         tokenizer = register_artifact(
-            Artifact(name=f"openclip-{name}-tokenizer", repo_id=repo, filename="tokenizer.json", licence=licence)
+            Artifact(name=f"openclip-{name}-tokenizer", repo_id=repo, filename="tokenizer.json", licence=licence,
+                     used_by="zeroshot (with tokenizer_config.json and special_tokens_map.json)")  # fmt: skip
         )
     return EncoderSpec(name, model, pretrained, weights, tokenizer, text)
 
@@ -78,7 +78,6 @@ ENCODERS: dict[str, EncoderSpec] = {
             "ViT-L-16-SigLIP-384",
             "webli",
             "timm/ViT-L-16-SigLIP-384",
-            "open_clip_model.safetensors",
             "Apache-2.0",
             True,
             "SigLIP ViT-L/16 384 px (WebLI): ImageNet zero-shot 82.07% in open_clip's results table",
@@ -88,7 +87,6 @@ ENCODERS: dict[str, EncoderSpec] = {
             "ViT-SO400M-14-SigLIP-384",
             "webli",
             "timm/ViT-SO400M-14-SigLIP-384",
-            "open_clip_model.safetensors",
             "Apache-2.0",
             True,
             "SigLIP So400m/14 384 px (WebLI): ImageNet zero-shot 83.08% in open_clip's results table",
@@ -98,38 +96,23 @@ ENCODERS: dict[str, EncoderSpec] = {
             "ViT-L-14",
             "openai",
             "timm/vit_large_patch14_clip_224.openai",
-            "open_clip_pytorch_model.bin",
             "MIT",
             False,
             "OpenAI CLIP ViT-L/14 224 px (the torchmetrics CLIPScore default): ImageNet zero-shot 75.5%",
+            weights=CLIP_VIT_L14_OPENAI,  # the file clip_score uses
         ),
     )
 }
 DEFAULT_ENCODER = "ViT-L-16-SigLIP-384"
 
 
-def resize_for_encoder(images: torch.Tensor, size: int, mode: str = "squash") -> torch.Tensor:
-    """(B, 3, H, W) [0, 1] -> (B, 3, size, size): bicubic (antialiased) resize of float tensors.
-
-    Square inputs (tokbench's) are resized directly; others as open_clip's `resize_mode` says: `squash`
-    resizes both sides, `shortest` the short side then centre-crops.
-    """
-    h, w = images.shape[-2:]
-    if (h, w) == (size, size):
-        return images
-    if h == w or mode == "squash":
-        out = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    else:
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        out = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        out = out[..., top : top + size, left : left + size]
-    return out.clamp(0, 1)
-
-
 class OpenClipEncoder:
-    """An open_clip model as an image (and text) embedder taking [0, 1] images of any square size."""
+    """An open_clip model as an image (and text) embedder.
+
+    Images are quantised to uint8 (as saved files would be) and go through open_clip's evaluation transform
+    for the model's release (PIL bicubic resize: `squash` both sides for SigLIP, short side + centre crop for
+    OpenAI CLIP; then the release's mean/std), so an image at the encoder's size is used as is.
+    """
 
     def __init__(
         self,
@@ -137,23 +120,27 @@ class OpenClipEncoder:
         tokenizer: Callable[[list[str]], torch.Tensor] | Callable[[], Callable] | None,
         *,
         name: str,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        resize_mode: str = "squash",
+        preprocess: dict[str, Any],
         weights: str = "",
         lazy_tokenizer: bool = False,
     ) -> None:
+        import open_clip
+
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._tokenizer = tokenizer
         self._lazy_tokenizer = lazy_tokenizer
         self.name = name
-        self.image_size = int(image_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.resize_mode = resize_mode
+        self.preprocess = dict(preprocess)
+        self.transform = open_clip.image_transform(
+            preprocess["size"],
+            is_train=False,
+            mean=preprocess["mean"],
+            std=preprocess["std"],
+            resize_mode=preprocess.get("resize_mode"),
+            interpolation=preprocess.get("interpolation"),
+        )
         self.weights = weights
 
     @property
@@ -175,9 +162,10 @@ class OpenClipEncoder:
 
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        dev = self.device
-        x = resize_for_encoder(images.to(dev, torch.float32), self.image_size, self.resize_mode)
-        x = (x - self.mean.to(dev)) / self.std.to(dev)
+        from torchvision.transforms.functional import to_pil_image
+
+        u8 = torch.floor(images.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
+        x = torch.stack([self.transform(to_pil_image(im)) for im in u8]).to(self.device)
         dtype = next(self.model.parameters()).dtype
         return self.model.encode_image(x.to(dtype)).float()
 
@@ -187,12 +175,12 @@ class OpenClipEncoder:
         return self.model.encode_text(tokens).float()
 
     def describe(self) -> dict[str, Any]:
+        p = self.preprocess
         return {
             "encoder": self.name,
             "weights": self.weights,
-            "input": f"{self.image_size} px, torch bicubic antialiased resize ({self.resize_mode}), "
-            f"mean {tuple(round(v, 4) for v in self.mean.flatten().tolist())}, "
-            f"std {tuple(round(v, 4) for v in self.std.flatten().tolist())}",
+            "input": f"uint8-quantised, open_clip eval transform: {p['size']} px {p.get('interpolation')} "
+            f"resize ({p.get('resize_mode')}), mean {tuple(p['mean'])}, std {tuple(p['std'])}",
         }
 
 
@@ -211,6 +199,7 @@ def _hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callabl
         return HFTokenizer(
             str(folder),
             context_length=text_cfg.get("context_length", 77),
+            tokenizer_mode=text_cfg.get("tokenizer_mode"),
             **text_cfg.get("tokenizer_kwargs", {}),
         )
 
@@ -241,34 +230,28 @@ def load_encoder(name: str, weights: str | Path | None = None) -> OpenClipEncode
     import open_clip
 
     pcfg = pretrained_preprocess(spec)
-    try:
-        model = open_clip.create_model(
-            spec.model,
-            pretrained=str(path),
-            weights_only=True,
-            force_quick_gelu=bool(pcfg.pop("quick_gelu", False)),
-            force_preprocess_cfg=pcfg,
-        )
-    except Exception as e:  # noqa: BLE001 - library errors about a wrong or partial file become one message
-        raise TokbenchError(
-            f"could not load {spec.weights.name} from {path} into open_clip {spec.model}: {type(e).__name__}: {e}. "
-            "Is the file complete and the one for this model?"
-        ) from None
-    cfg = open_clip.get_model_preprocess_cfg(model)
+    quick_gelu = bool(pcfg.pop("quick_gelu", False))
+    # The architecture from open_clip (with the release's preprocessing and activation, which a model built
+    # without its pretrained tag would not get); the weights through tokbench's safe reader, loaded strictly.
+    model = open_clip.create_model(
+        spec.model,
+        pretrained=None,
+        force_quick_gelu=quick_gelu,
+        force_preprocess_cfg=pcfg,
+        pretrained_image=False,
+        pretrained_text=False,
+    )
+    load_strict(model, read_state_dict(path), source=f"{path} ({spec.weights.name})")
     text_cfg = open_clip.get_model_config(spec.model).get("text_cfg", {})
     if spec.tokenizer is not None:
         tokenizer, lazy = _hf_tokenizer_loader(spec, text_cfg), True
     else:
         tokenizer, lazy = open_clip.get_tokenizer(spec.model), False  # BPE vocabulary ships with open_clip
-    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     encoder = OpenClipEncoder(
         model,
         tokenizer,
         name=f"open_clip {spec.model} ({spec.pretrained})",
-        image_size=size,
-        mean=cfg["mean"],
-        std=cfg["std"],
-        resize_mode=cfg.get("resize_mode", "shortest"),
+        preprocess=open_clip.get_model_preprocess_cfg(model),
         weights=f"{spec.weights.source} -> {path}",
         lazy_tokenizer=lazy,
     )
