@@ -257,3 +257,26 @@ def test_protocol_names_mode_and_weights():
     m.custom_extractor = False  # what a default build would say
     p = m.protocol()
     assert p["mode"] == "clean" and p["weights"] == "inception-cleanfid" and "bicubic" in p["resize"]
+
+
+def test_saved_state_holds_statistics_only_and_resumes(tmp_path):
+    """What the runner does: persistent states saved mid-run, loaded into a fresh metric, continued."""
+    batches = list(_batches())
+    full = ReconstructionFID(feature_extractor=RandomFeatures(), feature_dim=DIM)
+    first = ReconstructionFID(feature_extractor=RandomFeatures(), feature_dim=DIM)
+    first.persistent(True)
+    with torch.inference_mode():
+        for b in batches:
+            full.update(b)
+        for b in batches[:3]:
+            first.update(b)
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    sd = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert set(sd) == {f"{p}_{s}" for p in ("real", "fake") for s in ("sum", "outer", "n")}
+    resumed = ReconstructionFID(feature_extractor=RandomFeatures(), feature_dim=DIM)
+    resumed.persistent(True)
+    resumed.load_state_dict(sd)
+    with torch.inference_mode():
+        for b in batches[3:]:
+            resumed.update(b)
+    assert resumed.compute()["rfid"] == pytest.approx(full.compute()["rfid"], rel=1e-9)

@@ -179,8 +179,9 @@ class CLIPScore(BenchMetric):
         images = self._images(batch)
         keep = [i for i, c in enumerate(batch.captions) if c]
         encoder = self._encoder[0]
-        img = encoder.encode_images(images[keep])
-        txt = encoder.encode_texts([batch.captions[i] for i in keep], images.device)
+        with torch.no_grad():
+            img = encoder.encode_images(images[keep])
+            txt = encoder.encode_texts([batch.captions[i] for i in keep], images.device)
         raw = clip_scores(img, txt)
         clamped = raw.clamp_min(0)
         self.total = self.total + clamped.sum()

@@ -127,6 +127,8 @@ class CleanFIDInception(nn.Module):
                 f"could not load clean-fid's Inception TorchScript file {path}: {type(e).__name__}: {e}. "
                 f"Delete it and run `tokbench fetch {INCEPTION_CLEANFID.name}`."
             ) from None
+        for param in self.base.parameters():
+            param.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = resize_clean(quantise_255(images))
@@ -174,6 +176,7 @@ class TorchFidelityInception(nn.Module):
         if state_dict is not None:
             # Converted TF weights carry no BatchNorm step counters (unused in eval).
             load_strict(self.net, state_dict, source=source, ignore_missing=lambda k: k.endswith("num_batches_tracked"))
+        self.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = resize_tf1_bilinear(quantise_255(images).float(), self.input_size)
@@ -290,7 +293,8 @@ class _InceptionMetric(BenchMetric):
         extractor = self._extractor[0]
         if isinstance(extractor, nn.Module):
             extractor.to(images.device)
-        feats = extractor(images.float())
+        with torch.no_grad():
+            feats = extractor(images.float())
         if feats.ndim != 2 or feats.shape[1] != self.feature_dim:
             raise TokbenchError(f"feature extractor gave shape {tuple(feats.shape)}, expected (B, {self.feature_dim})")
         return feats

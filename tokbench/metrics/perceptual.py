@@ -146,7 +146,8 @@ class LPIPS(BenchMetric):
         model = self._model[0].to(batch.originals.device)
         x = batch.originals.float() * 2 - 1
         y = batch.reconstructions.float().clamp(0, 1) * 2 - 1
-        v = model(x, y).flatten().double()
+        with torch.no_grad():
+            v = model(x, y).flatten().double()
         self.total = self.total + v.sum()
         self.total_sq = self.total_sq + (v * v).sum()
         self.count = self.count + v.numel()
