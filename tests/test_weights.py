@@ -264,3 +264,17 @@ def test_mismatched_checkpoint_lists_keys():
     assert "0.weight: checkpoint (3, 5) vs model (3, 4)" in msg
     assert torch.equal(model[0].weight, before)  # never a partial load
     load_strict(model, {k: v for k, v in model.state_dict().items()})  # an exact match loads
+
+
+def test_get_artifact_also_finds_tokenizer_variant_weights(monkeypatch):
+    from types import SimpleNamespace
+
+    import tokbench.registry as registry
+
+    art = Artifact(name="toy-vq-weights", repo_id="o/toy", filename="vq.safetensors")
+    variant = SimpleNamespace(name="toy-vq-256", weights=art)
+    monkeypatch.setattr(registry, "variants", lambda pattern="*": [variant])
+    monkeypatch.setattr(registry, "find", lambda name: (None, variant if name == "toy-vq-256" else None))
+    assert weights.artifacts()["toy-vq-weights"] is art  # listed under its own name
+    assert weights.get_artifact("toy-vq-weights") is art
+    assert weights.get_artifact("toy-vq-256") is art  # or asked for by the variant's name

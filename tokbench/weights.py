@@ -261,16 +261,36 @@ def register_artifact(artifact: Artifact) -> Artifact:
 
 
 def artifacts() -> dict[str, Artifact]:
-    """All registered artifacts by name (importing the metric modules registers theirs)."""
+    """Every known artifact by name: the registered ones (metric modules register theirs on import)
+    and the weights of every tokenizer variant."""
     from .metrics.base import metric_names
+    from .registry import variants
 
     metric_names()  # imports every metric module once
-    return dict(sorted(_ARTIFACTS.items()))
+    known = dict(_ARTIFACTS)
+    for v in variants():
+        if isinstance(v.weights, Artifact):
+            known.setdefault(v.weights.name, v.weights)
+    return dict(sorted(known.items()))
 
 
 def get_artifact(name: str) -> Artifact:
-    """The registered artifact called `name`, or a `TokbenchError` listing the known names."""
+    """The artifact called `name`, or the weights of the tokenizer variant called `name`.
+
+    Raises a `TokbenchError` listing the known names otherwise.
+    """
     known = artifacts()
-    if name not in known:
-        raise TokbenchError(f"unknown weights artifact {name!r}; known: {', '.join(known) or '(none)'}")
-    return known[name]
+    if name in known:
+        return known[name]
+    from .registry import find
+
+    try:
+        _, variant = find(name)
+    except TokbenchError:
+        variant = None
+    if variant is not None and isinstance(variant.weights, Artifact):
+        return variant.weights
+    raise TokbenchError(
+        f"unknown weights artifact {name!r}; known: {', '.join(known) or '(none)'} "
+        "(or a tokenizer variant name, see `tokbench list`)"
+    )
