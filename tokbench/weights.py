@@ -159,7 +159,11 @@ def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path
                 return dest
             tmp = dest.with_suffix(dest.suffix + ".part")
             torch.hub.download_url_to_file(artifact.url, str(tmp), progress=True)
-            _verify_sha256(tmp, artifact.sha256)
+            try:
+                _verify_sha256(tmp, artifact.sha256)
+            except WeightsUnavailable:
+                tmp.unlink(missing_ok=True)  # never leave a corrupt file where it could be picked up
+                raise
             tmp.replace(dest)
             return dest
     except WeightsUnavailable:
