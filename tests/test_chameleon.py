@@ -265,3 +265,67 @@ def test_gated_variants_explain_access(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailable, match="gated") as e:
         tokbench.load_tokenizer("chameleon-7b-vqgan-hf")
     assert "facebook/chameleon-7b" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Emu3's vision tokenizer (family emu3-vq): fixture made with BAAI's official Emu3VisionVQModel code
+# ---------------------------------------------------------------------------------------------------
+
+EMU3 = Path(__file__).parent / "data" / "emu3_vq"
+
+
+@pytest.fixture(scope="module")
+def emu3_io() -> dict[str, torch.Tensor]:
+    return load_file(str(EMU3 / "io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def emu3_tok():
+    return tokbench.load_tokenizer("emu3-vq", weights=EMU3 / "model.safetensors", config=EMU3 / "config.json")
+
+
+def test_emu3_golden_indices_and_reconstruction(emu3_io, emu3_tok):
+    assert emu3_tok.spec.source["layout"] == "baai"
+    tokens = emu3_tok.encode((emu3_io["input"] + 1) / 2)
+    b, h, w = emu3_io["indices"].shape
+    assert tokens.grid == (h, w) and torch.equal(tokens.ids, emu3_io["indices"].view(b, h * w))
+    recon = emu3_tok.decode(tokens)
+    torch.testing.assert_close(recon, as_unit(emu3_io["recon"]), atol=1e-4, rtol=0)
+    ours_u8 = (recon * 255).permute(0, 2, 3, 1).to(torch.uint8).long()
+    assert int((ours_u8 - emu3_io["recon_uint8"]).abs().max()) <= 1
+
+
+def test_emu3_transformers_layout(emu3_io, emu3_tok, tmp_path):
+    # the transformers conversion stores Emu3VQVAE's own names under model.vqmodel. beside the LM
+    sd = {f"model.vqmodel.{k}": v.clone() for k, v in emu3_tok.model.state_dict().items()}
+    sd["model.text_model.norm.weight"] = torch.ones(4)
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    vq_config = {"vq_config": {**json.loads((EMU3 / "config.json").read_text()), "model_type": "emu3_vqgan"}}
+    tok = tokbench.load_tokenizer("emu3-vq", weights=tmp_path / "model.safetensors", config=vq_config)
+    assert tok.spec.source["layout"] == "transformers"
+    assert torch.equal(tok.encode((emu3_io["input"] + 1) / 2).ids.reshape(-1), emu3_io["indices"].reshape(-1))
+
+
+def test_emu3_full_size_release_keys_map_onto_transformers():
+    from transformers import Emu3VQVAE
+
+    from tokbench.tokenizers.chameleon import emu3_config, emu3_from_baai_keys
+
+    manifest = json.loads((EMU3 / "manifest_full.json").read_text())
+    official = {k: torch.empty(v, device="meta") for k, v in manifest["state_dict"].items()}
+    mapped = {k: list(v.shape) for k, v in emu3_from_baai_keys(official).items()}
+    with torch.device("meta"):
+        model = Emu3VQVAE(emu3_config(manifest["config"]))
+    assert mapped == {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_params"]
+    assert emu3_config(None).to_dict()["codebook_size"] == manifest["config"]["codebook_size"] == 32768
+
+
+def test_emu3_missing_key_is_refused(tmp_path):
+    sd = load_file(str(EMU3 / "model.safetensors"))
+    del sd["decoder.conv_out.bias"]
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="decoder.conv_out.bias"):
+        tokbench.load_tokenizer(
+            "emu3-vq", weights=tmp_path / "model.safetensors", config=EMU3 / "config.json"
+        )

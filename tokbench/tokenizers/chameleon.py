@@ -8,12 +8,17 @@ transformers has no VQGAN decoder, so the taming `Decoder` is written here with 
 Released layouts: Meta's `tokenizer/vqgan.ckpt` (Lightning dict, bare keys; carried byte-identical by
 Anole), and the transformers conversion (`model.vqmodel.*` inside the whole model, WITHOUT the decoder:
 such a variant encodes only). The official preprocessing is registered as the protocol "chameleon".
+
+Also Emu3's vision tokenizer (family `emu3-vq`), the next Chameleon-style unified tokenizer: a wrapper around
+transformers' `Emu3VQVAE`, loading BAAI's own release layout (`BAAI/Emu3-VisionTokenizer`, renamed here) or
+the transformers conversion (`model.vqmodel.*`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -795,6 +800,262 @@ def build(
     return tokenizer
 
 
+# ---------------------------------------------------------------------------------------------------
+# Emu3 (BAAI): transformers' Emu3VQVAE, loading the release's own key layout
+# ---------------------------------------------------------------------------------------------------
+
+EMU3_FAMILY_NAME = "emu3-vq"
+# BAAI's Emu3VisionVQConfig name -> transformers' Emu3VQVAEConfig name
+_EMU3_FROM_BAAI = {"z_channels": "latent_channels", "double_z": "double_latent", "ch": "base_channels",
+                   "ch_mult": "channel_multiplier"}  # fmt: skip
+_EMU3_FIELDS = (
+    "codebook_size", "embed_dim", "latent_channels", "double_latent", "in_channels", "out_channels",
+    "temporal_downsample_factor", "base_channels", "channel_multiplier", "num_res_blocks", "attn_resolutions",
+    "dropout",
+)  # fmt: skip
+# The release (BAAI/Emu3-VisionTokenizer config.json = Emu3VisionVQConfig defaults), in transformers' names.
+EMU3_RELEASE_CONFIG: dict[str, Any] = {
+    "codebook_size": 32768,
+    "embed_dim": 4,
+    "latent_channels": 4,
+    "double_latent": False,
+    "in_channels": 3,
+    "out_channels": 3,
+    "temporal_downsample_factor": 4,
+    "base_channels": 256,
+    "channel_multiplier": [1, 2, 2, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [3],
+    "dropout": 0.0,
+}
+
+
+def emu3_config(config: Mapping[str, Any] | None) -> Any:
+    """A `transformers.Emu3VQVAEConfig` from BAAI's config.json (`ch`, `z_channels`, ...), transformers'
+    `vq_config` (or a whole Emu3Config holding one), or nothing (the release).
+
+    The attention width (`hidden_size`) is the channel count of the stages that attend, as in the release
+    (1024 = 256 x 4 at stage 3): transformers' attention block needs it, BAAI's convs imply it.
+    """
+    from transformers import Emu3VQVAEConfig
+
+    raw = dict(config or {}) or dict(EMU3_RELEASE_CONFIG)
+    if isinstance(raw.get("vq_config"), Mapping):
+        raw = dict(raw["vq_config"])
+    # later keys win: load_tokenizer puts the user's config after the variant row's
+    raw = {_EMU3_FROM_BAAI.get(k, k): v for k, v in raw.items()}
+    fields = {k: raw[k] for k in _EMU3_FIELDS if k in raw}
+    fields = {**EMU3_RELEASE_CONFIG, **fields}
+    if fields["double_latent"]:
+        raise TokbenchError("double_z / double_latent must be false: quant_conv expects z_channels inputs")
+    mult = [int(m) for m in fields["channel_multiplier"]]
+    widths = {int(fields["base_channels"]) * mult[i] for i in fields["attn_resolutions"]} | {
+        int(fields["base_channels"]) * mult[-1]
+    }
+    if len(widths) != 1:
+        raise TokbenchError(
+            f"Emu3 attention stages {list(fields['attn_resolutions'])} have different widths {sorted(widths)}; "
+            "transformers' Emu3VQVAE needs one attention width (the deepest stage's)"
+        )
+    return Emu3VQVAEConfig(**fields, hidden_size=widths.pop(), num_attention_heads=1)
+
+
+def emu3_from_baai_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BAAI Emu3VisionVQModel keys -> transformers Emu3VQVAE keys (attention 1x1 convs become linears)."""
+    out = {}
+    for key, value in sd.items():
+        k = re.sub(r"^encoder\.down\.", "encoder.down_block.down.", key)
+        k = re.sub(r"^decoder\.up\.", "decoder.up_block.up.", k)
+        k = re.sub(r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.middle_block.attn_norm.", k)
+        k = re.sub(r"^(encoder|decoder)\.mid\.", r"\1.middle_block.", k)
+        k = re.sub(r"\.attn\.(\d+)\.norm\.", r".attn_norms.\1.", k)
+        m = re.search(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.(weight|bias)$", k)
+        if m:
+            k = (
+                k[: m.start(2)]
+                + {"q": "q_proj", "k": "k_proj", "v": "v_proj", "proj_out": "out_proj"}[m.group(2)]
+            )
+            k += "." + m.group(3)
+            if m.group(3) == "weight" and value.ndim == 4:
+                value = value.reshape(value.shape[0], value.shape[1])
+        out[k] = value
+    return out
+
+
+EMU3_PROBE = "quantize.embedding.weight"
+EMU3_PREFIXES = ("", "model.vqmodel.", "vqmodel.")
+
+
+def read_emu3_state_dict(
+    path: str | Path, resolve_shard: Callable[[str], Path] | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Emu3VQVAE tensors under transformers' names, and the layout they came in ("baai" / "transformers")."""
+    path = Path(path)
+    keys = _peek_keys(path)
+    if keys is None:
+        sd = read_state_dict(path)
+        keys = list(sd)
+    else:
+        sd = None
+    prefix = detect_prefix(keys, EMU3_PREFIXES, EMU3_PROBE)
+    if prefix is None:
+        raise CheckpointError(
+            f"{path} holds no Emu3 vision tokenizer: no `{EMU3_PROBE}` bare or under {list(EMU3_PREFIXES[1:])}. "
+            "Pass BAAI/Emu3-VisionTokenizer's model.safetensors or a transformers-format Emu3 checkpoint."
+        )
+    if sd is None:
+        sd = read_state_dict(path, prefix=prefix or None, resolve_shard=resolve_shard)
+    elif prefix:
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    if "encoder.down.0.block.0.conv1.weight" in sd or "encoder.mid.block_1.conv1.weight" in sd:
+        return emu3_from_baai_keys(sd), "baai"
+    return dict(sd), "transformers"
+
+
+class Emu3VQTokenizer(ModuleTokenizer):
+    """Emu3's vision tokenizer on still images: [0, 1] <-> ids (B, h*w), row-major, downsample 2^(L-1).
+
+    An image is repeated `temporal_downsample_factor` times in time, as the official `encode` does; the model
+    sees (x - 0.5) / 0.5 and decodes to [-1, 1], mapped back with the clamp and (x + 1) / 2 (the official
+    postprocessing then truncates to uint8; tokbench keeps floats).
+    """
+
+    def __init__(self, model: nn.Module, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False).to(dtype)
+        self.dtype = dtype
+        self.spec = spec
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.model.config.channel_multiplier) - 1)
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
+        if options:
+            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+        check_images(images)
+        h, w = images.shape[-2:]
+        f = self.downsample
+        if h % f or w % f:
+            raise TokbenchError(f"{self.spec.name} needs image sides divisible by {f}, got {h}x{w}")
+        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
+        sizes = torch.tensor([[h, w]] * x.shape[0])
+        ids = torch.stack(list(self.model.encode(x, image_sizes=sizes).image_tokens))
+        return Tokens(
+            ids=ids.reshape(ids.shape[0], -1),
+            grid=(int(ids.shape[1]), int(ids.shape[2])),
+            codebook_size=int(self.model.config.codebook_size),
+            meta={"dtype": str(self.dtype).replace("torch.", ""), "size": (int(h), int(w))},
+        )
+
+    @torch.inference_mode()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        if tokens.ids is None:
+            raise TokbenchError(f"{self.spec.name} decodes discrete ids; got continuous Tokens.features")
+        ids = tokens.ids.to(self.device).long()
+        grid = tokens.grid
+        if grid is None:
+            side = math.isqrt(ids.shape[1])
+            if side * side != ids.shape[1]:
+                raise TokbenchError(f"Tokens.grid is unset and {ids.shape[1]} ids do not form a square grid")
+            grid = (side, side)
+        if grid[0] * grid[1] != ids[0].numel():
+            raise TokbenchError(f"Tokens.grid {grid} does not match {ids[0].numel()} ids per image")
+        k = int(self.model.config.codebook_size)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+            raise TokbenchError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
+        x = self.model.decode(ids.view(ids.shape[0], grid[0], grid[1])).float()
+        return (x.clamp(-1, 1) + 1) / 2
+
+
+EMU3_VQ = Artifact(
+    name="emu3-vision-tokenizer",
+    repo_id="BAAI/Emu3-VisionTokenizer",
+    filename="model.safetensors",
+    licence="Apache-2.0",
+    used_by="emu3-vision-tokenizer",
+)
+EMU3_VARIANTS = (
+    Variant(
+        name="emu3-vision-tokenizer",
+        family=EMU3_FAMILY_NAME,
+        config=EMU3_RELEASE_CONFIG,
+        weights=EMU3_VQ,
+        resolution=512,
+        description="Emu3's vision tokenizer (SBER-MoVQGAN-style, downsample 8, codebook 32768: 64x64 ids at 512)",
+        paper="Wang et al., Emu3: Next-Token Prediction is All You Need, arXiv:2409.18869",
+    ),
+)
+
+
+def build_emu3(
+    variant: Variant | None = None,
+    weights: str | Path | None = None,
+    config: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    resolution: int | None = None,
+    **options: Any,
+) -> Emu3VQTokenizer:
+    """transformers' Emu3VQVAE from `config`, strictly loaded from BAAI's or transformers' layout."""
+    if options:
+        raise TokbenchError(f"unknown emu3-vq options {sorted(options)}; known: dtype, resolution")
+    if dtype not in DTYPES:
+        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    from transformers import Emu3VQVAE
+
+    if variant is None and weights is None:
+        variant = EMU3_VARIANTS[0]
+    cfg = emu3_config(config)
+    if weights is not None:
+        path, resolve_shard = Path(weights).expanduser(), None
+        if not path.is_file():
+            raise TokbenchError(
+                f"weights file {str(path)!r} does not exist; pass BAAI/Emu3-VisionTokenizer's model.safetensors"
+            )
+    else:
+        path, resolve_shard = _resolve_weights(variant, None)
+    sd, layout = read_emu3_state_dict(path, resolve_shard)
+    model = Emu3VQVAE(cfg)
+    load_strict(model, sd, source=f"{path.name} ({layout} layout)")
+
+    f = 2 ** (len(cfg.channel_multiplier) - 1)
+    resolution = int(resolution or (variant.resolution if variant else None) or 512)
+    if resolution % f:
+        raise TokbenchError(f"resolution must be a multiple of {f} (the downsample factor), got {resolution}")
+    side = resolution // f
+    import transformers
+
+    source = {
+        "checkpoint": str(path),
+        "layout": layout,
+        "model": f"transformers {transformers.__version__} Emu3VQVAE",
+    }
+    if variant is not None and variant.weights is not None:
+        source["release"] = variant.weights.source
+    spec = TokenizerSpec(
+        name=variant.name if variant is not None else EMU3_FAMILY_NAME,
+        family=EMU3_FAMILY_NAME,
+        resolution=resolution,
+        tokens_per_image=side * side,
+        codebook_size=int(cfg.codebook_size),
+        bits_per_token=bits_for(int(cfg.codebook_size)),
+        normalisation="[-1, 1] ((x - 0.5) / 0.5)",
+        preprocessing="resize-crop",
+        dtype=dtype,
+        source=source,
+        notes=(
+            f"downsample {f}, codebook {cfg.codebook_size} x {cfg.embed_dim}; image repeated "
+            f"{cfg.temporal_downsample_factor}x in time; ids row-major on a {side}x{side} grid at {resolution}; "
+            "Emu3's own processor resizes (BICUBIC) to a pixel budget keeping the aspect ratio, without a crop: "
+            "on square inputs 'resize-crop' is the same resize; postprocessing truncates to uint8 officially, "
+            "tokbench keeps floats"
+        ),
+    )
+    return Emu3VQTokenizer(model, spec, DTYPES[dtype])
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
@@ -803,3 +1064,13 @@ FAMILY = Family(
     description="Chameleon's early-fusion image tokenizer (taming VQGAN, 1024 ids of 8192 at 512), also Anole's",
     default_variant=DEFAULT_VARIANT,
 )
+
+EMU3_FAMILY = Family(
+    name=EMU3_FAMILY_NAME,
+    build=build_emu3,
+    variants=EMU3_VARIANTS,
+    aliases=("emu3",),
+    description="Emu3's vision tokenizer (BAAI), through transformers' Emu3VQVAE",
+    default_variant="emu3-vision-tokenizer",
+)
+FAMILIES = (FAMILY, EMU3_FAMILY)
