@@ -329,3 +329,12 @@ def test_emu3_missing_key_is_refused(tmp_path):
         tokbench.load_tokenizer(
             "emu3-vq", weights=tmp_path / "model.safetensors", config=EMU3 / "config.json"
         )
+
+
+def test_config_beside_the_checkpoint_is_used(io, tmp_path):
+    # an original-format tokenizer/ folder: vqgan.ckpt + vqgan.yaml, no config argument
+    for name in ("vqgan.ckpt", "vqgan.yaml"):
+        (tmp_path / name).write_bytes((DATA / name).read_bytes())
+    tok = tokbench.load_tokenizer("chameleon-vqgan", weights=tmp_path)
+    assert tok.spec.source["config"] == str(tmp_path / "vqgan.yaml")
+    assert torch.equal(tok.encode((io["input"] + 1) / 2).ids.reshape(-1), io["indices"])

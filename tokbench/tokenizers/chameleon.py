@@ -743,8 +743,14 @@ def build(
         raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if variant is None and weights is None:
         variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
-    cfg = vqgan_config(config)
     path, resolve_shard = _resolve_weights(variant, weights)
+    config_source = "given" if config else "release default"
+    sibling = path.parent / "vqgan.yaml"
+    if not config and variant is None and sibling.is_file():  # an original-format tokenizer/ folder
+        from ..registry import read_config
+
+        config, config_source = read_config(sibling), str(sibling)
+    cfg = vqgan_config(config)
     sd, layout = read_vqgan_state_dict(path, resolve_shard)
     # transformers' converter drops the decoder ("we dont do image generation yet"): encode only, by design
     with_decoder = layout == "original" or any(k.startswith("decoder.") for k in sd)
@@ -763,6 +769,7 @@ def build(
     source = {
         "checkpoint": str(path),
         "layout": layout,
+        "config": config_source,
         "encoder": f"transformers {transformers.__version__} ChameleonVQVAEEncoder + VectorQuantizer",
         "decoder": "tokbench taming Decoder" if with_decoder else "none (not in this release)",
     }
