@@ -21,7 +21,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,6 @@ class VQGANConfig:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
-
-    def ddconfig(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("embed_dim"), d.pop("n_embed")
-        d.update(ch_mult=list(self.ch_mult), attn_resolutions=list(self.attn_resolutions), double_z=False)
-        return d
 
 
 # The released tokenizer (vqgan.yaml of chameleon-7b/30b and Anole-7b): 68,718,467 parameters.
