@@ -103,7 +103,7 @@ def test_reference_stats_are_written_then_reused(tmp_path):
         second.update(batch)
     assert second.compute()["rfid"] == pytest.approx(value, rel=1e-9)
     assert sum(seen) == 240  # only the reconstructions went through the network
-    assert second.protocol()["reference_stats"] == str(stats)
+    assert second.protocol_parts()["reference_stats"] == str(stats)
 
     fewer = ReconstructionFID(feature_extractor=RandomFeatures(), feature_dim=DIM, reference_stats=stats)
     for batch in list(_batches())[:3]:
@@ -133,7 +133,7 @@ def test_fid_against_a_published_reference_npz(tmp_path):
     fake = np.concatenate(fake)
     expected = cleanfid_frechet(fake.mean(0), np.cov(fake, rowvar=False), mu, sigma)
     assert metric.compute()["fid"] == pytest.approx(expected, rel=1e-6)
-    assert metric.protocol()["reference_npz"].endswith("VIRTUAL_ref.npz")
+    assert metric.protocol_parts()["reference_npz"].endswith("VIRTUAL_ref.npz")
     with pytest.raises(TokbenchError, match="needs `reference_npz"):
         ReferenceFID(feature_extractor=ext, feature_dim=DIM)
     np.savez(tmp_path / "bad.npz", mean=mu)
@@ -253,9 +253,9 @@ def test_missing_inception_weights_explain_how_to_fetch():
 
 def test_protocol_names_mode_and_weights():
     m = ReconstructionFID(feature_extractor=RandomFeatures(), feature_dim=DIM)
-    assert m.protocol()["mode"] == "custom feature extractor"
+    assert m.protocol_parts()["mode"] == "custom feature extractor"
     m.custom_extractor = False  # what a default build would say
-    p = m.protocol()
+    p = m.protocol_parts()
     assert p["mode"] == "clean" and p["weights"] == "inception-cleanfid" and "bicubic" in p["resize"]
 
 
@@ -280,3 +280,43 @@ def test_saved_state_holds_statistics_only_and_resumes(tmp_path):
         for b in batches[3:]:
             resumed.update(b)
     assert resumed.compute()["rfid"] == pytest.approx(full.compute()["rfid"], rel=1e-9)
+
+
+def test_pytorch_fid_mode_is_pytorch_fid_pipeline(tmp_path, monkeypatch):
+    """TokenFlow's protocol: PNG uint8 -> [0, 1] -> torch bilinear 299 -> 2x - 1 -> pytorch-fid net."""
+    import cleanfid.inception_pytorch as pf
+
+    from tokbench.metrics.fid import INCEPTION_PYTORCH_FID
+
+    torch.manual_seed(0)
+    sd = {k: (torch.rand_like(v) + 0.5 if k.endswith("running_var") else v.clone())
+          for k, v in build_fid_inception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    folder = tmp_path / "w" / INCEPTION_PYTORCH_FID.name
+    folder.mkdir(parents=True)
+    torch.save(sd, folder / INCEPTION_PYTORCH_FID.basename)
+    monkeypatch.setenv("TOKBENCH_WEIGHTS", str(tmp_path / "w"))
+    ours = inception_extractor("pytorch-fid")
+    monkeypatch.setattr(ours, "input_size", 75)
+    monkeypatch.setattr(pf, "load_state_dict_from_url", lambda *a, **k: dict(sd))
+    ref_net = pf.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=True).eval()
+    u8 = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    images = u8.float() / 255
+    with torch.no_grad():
+        ref = ref_net(nn.functional.interpolate(images, size=(75, 75), mode="bilinear", align_corners=False))[0]
+        got = ours(images)
+    assert torch.allclose(got, ref.flatten(1), rtol=1e-4, atol=1e-5 * ref.abs().max())
+    tf = inception_extractor("torch-fidelity", weights=folder / INCEPTION_PYTORCH_FID.basename)
+    monkeypatch.setattr(tf, "input_size", 75)
+    with torch.no_grad():
+        assert not torch.allclose(tf(images), got, rtol=1e-2, atol=0)  # the resize and scaling change features
+
+
+def test_result_keys_name_the_protocol():
+    from tokbench.metrics.fid import result_key
+
+    assert result_key("rfid", "clean") == "rfid"
+    assert result_key("rfid", "torch-fidelity") == "rfid_torch_fidelity"
+    assert result_key("fid", "pytorch-fid") == "fid_pytorch_fid"
+    m = ReconstructionFID(feature_extractor=RandomFeatures(), feature_dim=DIM)
+    (key, text), = m.protocol().items()
+    assert key == "rfid" and "custom feature extractor" in text

@@ -12,6 +12,10 @@ Two protocols (`mode`), because the resize and the network port change the numbe
   resized to 299x299 with TensorFlow 1.x bilinear sampling (no half-pixel offset), then the PyTorch
   port of the same TensorFlow Inception (torch-fidelity's weights). Use it to compare with numbers
   computed by ADM's evaluator against its reference batches (LlamaGen, ADM, DiT report those).
+- `pytorch-fid` (mseitzer/pytorch-fid between image folders, as TokenFlow reports): uint8 images as
+  [0, 1] floats, torch bilinear resize with half-pixel centres, scaled to [-1, 1], the same network.
+
+Result keys name the protocol: `rfid` (clean), `rfid_torch_fidelity`, `rfid_pytorch_fid`; `fid_*` alike.
 
 Both quantise with round-half-up of 255 x, as saving the images as PNG would.
 """
@@ -54,6 +58,18 @@ INCEPTION_TORCH_FIDELITY = register_artifact(
     )
 )
 
+INCEPTION_PYTORCH_FID = register_artifact(
+    Artifact(
+        name="inception-pytorch-fid",
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+        "pt_inception-2015-12-05-6726825d.pth",
+        sha256="6726825d",
+        size=95_600_000,
+        licence="Apache-2.0 (TensorFlow inception-2015-12-05 weights, converted by pytorch-fid)",
+        used_by="rfid, fid (mode pytorch-fid)",
+    )
+)
+
 MODES: dict[str, dict[str, str]] = {
     "clean": {
         "artifact": INCEPTION_CLEANFID.name,
@@ -65,8 +81,14 @@ MODES: dict[str, dict[str, str]] = {
         "resize": "uint8, then TensorFlow-1.x bilinear (align_corners=False, no half-pixel) to 299x299",
         "network": "torch-fidelity Inception-v3 port (TF inception-2015-12-05), pool3 2048-D",
     },
+    "pytorch-fid": {
+        "artifact": INCEPTION_PYTORCH_FID.name,
+        "resize": "uint8 / 255, then torch bilinear (align_corners=False, no antialias) to 299x299, 2x - 1",
+        "network": "pytorch-fid Inception-v3 port (TF inception-2015-12-05), pool3 2048-D",
+    },
 }
-_MODE_ALIASES = {"adm": "torch-fidelity", "torchmetrics": "torch-fidelity", "clean-fid": "clean", "cleanfid": "clean"}
+_MODE_ALIASES = {"adm": "torch-fidelity", "torchmetrics": "torch-fidelity", "clean-fid": "clean", "cleanfid": "clean",
+                 "pytorch_fid": "pytorch-fid"}
 FEATURE_DIM = 2048
 
 
@@ -165,6 +187,11 @@ _TRUNK = (
 )  # fmt: skip
 
 
+def result_key(base: str, mode: str, custom: bool = False) -> str:
+    """`rfid` for the default clean-fid protocol, `rfid_torch_fidelity` / `rfid_pytorch_fid` otherwise."""
+    return base if custom or mode == "clean" else f"{base}_{mode.replace('-', '_')}"
+
+
 class TorchFidelityInception(nn.Module):
     """torch-fidelity's / ADM's feature extractor: [0, 1] images -> (B, 2048) pool-3 features."""
 
@@ -186,7 +213,21 @@ class TorchFidelityInception(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
+class PytorchFIDInception(TorchFidelityInception):
+    """pytorch-fid's feature extractor: its resize (torch bilinear, pixel centres) and [-1, 1] scaling."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = quantise_255(images).float() / 255  # the PNG files pytorch-fid reads
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        for name in _TRUNK:
+            x = getattr(self.net, name)(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
 _EXTRACTORS: dict[tuple[str, str], nn.Module] = {}
+_ARTIFACTS = {"clean": INCEPTION_CLEANFID, "torch-fidelity": INCEPTION_TORCH_FIDELITY,
+              "pytorch-fid": INCEPTION_PYTORCH_FID}
 
 
 def inception_extractor(mode: str = "clean", weights: str | os.PathLike | None = None) -> nn.Module:
@@ -196,15 +237,14 @@ def inception_extractor(mode: str = "clean", weights: str | os.PathLike | None =
     and cannot be downloaded.
     """
     mode = canonical_mode(mode)
-    artifact = INCEPTION_CLEANFID if mode == "clean" else INCEPTION_TORCH_FIDELITY
-    path = resolve(artifact, weights)
+    path = resolve(_ARTIFACTS[mode], weights)
     key = (mode, str(path))
     if key not in _EXTRACTORS:
         if mode == "clean":
             _EXTRACTORS[key] = CleanFIDInception(path).eval()
         else:
-            sd = read_state_dict(path)
-            _EXTRACTORS[key] = TorchFidelityInception(sd, source=str(path)).eval()
+            cls = PytorchFIDInception if mode == "pytorch-fid" else TorchFidelityInception
+            _EXTRACTORS[key] = cls(read_state_dict(path), source=str(path)).eval()
     return _EXTRACTORS[key]
 
 
@@ -299,13 +339,21 @@ class _InceptionMetric(BenchMetric):
             raise TokbenchError(f"feature extractor gave shape {tuple(feats.shape)}, expected (B, {self.feature_dim})")
         return feats
 
-    def protocol(self) -> dict[str, Any]:
+    key_base = "fid"
+
+    def protocol_parts(self) -> dict[str, Any]:
         if self.custom_extractor:
             return {"mode": "custom feature extractor", "feature_dim": self.feature_dim}
         spec = MODES[self.mode]
-        art = INCEPTION_CLEANFID if self.mode == "clean" else INCEPTION_TORCH_FIDELITY
+        art = _ARTIFACTS[self.mode]
         return {"mode": self.mode, "resize": spec["resize"], "network": spec["network"], "weights": art.name,
                 "weights_source": art.source, "distance": "clean-fid frechet_distance (float64)"}  # fmt: skip
+
+    def protocol(self) -> dict[str, Any]:
+        """{result key: description}, as every metric reports its protocol."""
+        parts = self.protocol_parts()
+        key = result_key(self.key_base, self.mode, self.custom_extractor)
+        return {key: "; ".join(f"{k}: {v}" for k, v in parts.items())}
 
 
 @register_metric("rfid")
@@ -318,6 +366,7 @@ class ReconstructionFID(_InceptionMetric):
     """
 
     name = "rfid"
+    key_base = "rfid"
 
     def __init__(self, reference_stats: str | os.PathLike | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -359,10 +408,11 @@ class ReconstructionFID(_InceptionMetric):
             n1 = int(self.real_n)
             if self.reference_stats is not None:
                 save_reference_npz(self.reference_stats, mu1, sigma1, n1, "custom" if self.custom_extractor else self.mode)
-        return {"rfid": frechet_distance(mu1, sigma1, mu2, sigma2), "rfid_images": float(self.fake_n)}
+        key = result_key("rfid", self.mode, self.custom_extractor)
+        return {key: frechet_distance(mu1, sigma1, mu2, sigma2), f"{key}_images": float(self.fake_n)}
 
-    def protocol(self) -> dict[str, Any]:
-        out = super().protocol()
+    def protocol_parts(self) -> dict[str, Any]:
+        out = super().protocol_parts()
         if self.reference_stats is not None:
             out["reference_stats"] = str(self.reference_stats)
         return out
@@ -401,10 +451,11 @@ class ReferenceFID(_InceptionMetric):
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         mu, sigma = moments(self.fake_sum, self.fake_outer, self.fake_n)
         value = frechet_distance(mu, sigma, self._reference["mu"], self._reference["sigma"])
-        return {"fid": value, "fid_images": float(self.fake_n)}
+        key = result_key("fid", self.mode, self.custom_extractor)
+        return {key: value, f"{key}_images": float(self.fake_n)}
 
-    def protocol(self) -> dict[str, Any]:
-        out = super().protocol()
+    def protocol_parts(self) -> dict[str, Any]:
+        out = super().protocol_parts()
         out["reference_npz"] = str(self.reference_npz)
         if self._reference.get("n"):
             out["reference_images"] = self._reference["n"]
@@ -412,7 +463,8 @@ class ReferenceFID(_InceptionMetric):
 
 
 __all__ = [
-    "INCEPTION_CLEANFID", "INCEPTION_TORCH_FIDELITY", "MODES", "CleanFIDInception", "ReconstructionFID",
+    "INCEPTION_CLEANFID", "INCEPTION_PYTORCH_FID", "INCEPTION_TORCH_FIDELITY", "MODES", "CleanFIDInception",
+    "PytorchFIDInception", "ReconstructionFID",
     "ReferenceFID", "TorchFidelityInception", "frechet_distance", "inception_extractor", "moments",
     "resize_clean", "resize_tf1_bilinear",
 ]  # fmt: skip
