@@ -69,17 +69,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(("name", "family", "res", "weights"), widths)) + "  description")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
-    try:
-        from .metrics.base import metric_names
-        from .weights import artifacts
-    except ImportError:
-        return 0
+    from .metrics.base import metric_names
+    from .weights import artifacts
+
     print("\nmetrics: " + ", ".join(metric_names()))
-    arts = artifacts()
-    if arts:
-        print("\nmetric weights:")
-        for name, a in sorted(arts.items()):
-            print(f"  {name:32s} {'present' if is_available(a) else 'not downloaded':15s} {a.source}")
+    variant_weights = {v.weights.name for v in variants() if v.weights is not None}
+    others = {n: a for n, a in artifacts().items() if n not in variant_weights}
+    if others:
+        print("\nweights of metric networks (tokbench fetch NAME):")
+        for name, a in others.items():
+            state = "present" if is_available(a) else "not downloaded"
+            print(f"  {name:34s} {state:15s} {a.used_by or a.source}")
     return 0
 
 
@@ -101,29 +101,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _artifact_for(name: str):
-    from .registry import find
-    from .weights import Artifact
-
-    try:
-        from .weights import get_artifact
-
-        return get_artifact(name)
-    except (ImportError, TokbenchError, KeyError):
-        pass
-    _, variant = find(name)
-    if variant is None or not isinstance(variant.weights, Artifact):
-        raise TokbenchError(f"{name!r} has no weights to fetch (a family name? give a variant: tokbench list)")
-    return variant.weights
-
-
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .weights import fetch
+    from .weights import fetch, get_artifact
 
     to = Path(args.to) if args.to else None
     for name in args.names:
-        artifact = _artifact_for(name)
-        paths = fetch(artifact, to=to)
+        paths = fetch(get_artifact(name), to=to)
         for p in paths:
             print(f"{name}: {p}")
     if to is not None:

@@ -23,7 +23,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from .metrics.base import BenchMetric, EvalBatch, build_metric
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
 from .registry import load_tokenizer
 from .suite import Suite, TokenizerEntry
-from .weights import WeightsUnavailable
+from .weights import WeightsUnavailable, no_downloads
 
 PACKAGES = ("torch", "torchvision", "torchmetrics", "transformers", "timm", "open_clip_torch", "lpips",
             "clean-fid", "pillow", "numpy", "scikit-image")
@@ -200,21 +200,9 @@ class Progress:
             self.bar.close()
 
 
-@contextmanager
 def _download_policy(allowed: bool):
     """Suites with `download: false` use only weights already on this machine."""
-    if allowed:
-        yield
-        return
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+    return nullcontext() if allowed else no_downloads("this suite does not download weights (download: false)")
 
 
 class Runner:

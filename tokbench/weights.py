@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,6 +76,20 @@ def _hf_cache_dir() -> str | None:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+# Why downloads are switched off (None: they are allowed), e.g. a suite with `download: false`.
+_NO_DOWNLOADS: ContextVar[str | None] = ContextVar("tokbench_no_downloads", default=None)
+
+
+@contextmanager
+def no_downloads(reason: str) -> Iterator[None]:
+    """Resolve weights from this machine only, within the block; a missing file says `reason`."""
+    token = _NO_DOWNLOADS.set(reason)
+    try:
+        yield
+    finally:
+        _NO_DOWNLOADS.reset(token)
 
 
 def unavailable_message(artifact: Artifact, reason: str) -> str:
@@ -143,6 +160,8 @@ def local_path(artifact: Artifact, filename: str | None = None) -> Path | None:
 def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path:
     if _offline():
         raise WeightsUnavailable(unavailable_message(artifact, "not cached and HF_HUB_OFFLINE is set"))
+    if (why := _NO_DOWNLOADS.get()) is not None:
+        raise WeightsUnavailable(unavailable_message(artifact, f"not on this machine, and {why}"))
     try:
         if artifact.repo_id:
             from huggingface_hub import hf_hub_download
