@@ -51,6 +51,8 @@ def test_registry_lists_codecs_and_finds_variants():
     assert fam.name == "jpeg" and var.options["quality"] == 75
     fam, var = find("webp")
     assert var is None
+    fam, var = find("avif-q33")  # any quality, not only the listed ones
+    assert fam.name == "avif" and var.options == {"format": "avif", "quality": 33}
 
 
 def test_unknown_tokenizer_error_names_it():

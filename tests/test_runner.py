@@ -210,3 +210,24 @@ def test_shipped_suites_parse():
     for f in files:
         s = load_suite(f)
         assert s.tokenizers and s.metrics, f
+
+
+def test_eval_resolution_resizes_before_metrics_but_not_bpp(tmp_path):
+    import torch
+
+    from tokbench.data import pil_to_tensor
+    from tokbench.tokenizers.codecs import CodecTokenizer
+
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    suite = parse_suite({"name": "ev", "data": [f"folder:{folder}"], "resolution": 32, "eval_resolution": 24,
+                         "metrics": ["psnr", "bpp"], "tokenizers": ["jpeg-q30"]})
+    (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert summary["eval_resolution"] == 24
+    rows = read_rows(tmp_path / "run" / "jobs" / summary["job"] / "rows.jsonl")
+    x = pil_to_tensor(get_protocol("resize-crop").fn(open_image(folder / "img01.png"), 32))[None]
+    tokens, y = CodecTokenizer("jpeg", 30).reconstruct(x)
+    bic = lambda t: torch.nn.functional.interpolate(t, size=(24, 24), mode="bicubic", align_corners=False)  # noqa: E731
+    xe, ye = bic(x).double(), bic(y).clamp(0, 1).double()
+    ref = 10 * torch.log10(1 / (xe - ye).pow(2).mean())
+    assert rows[1]["psnr"] == pytest.approx(float(ref), rel=1e-6)
+    assert rows[1]["bpp"] == pytest.approx(float(tokens.bits_per_image[0]) / (32 * 32))

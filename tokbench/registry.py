@@ -60,6 +60,8 @@ class Family:
     aliases: tuple[str, ...] = ()
     description: str = ""
     default_variant: str | None = None
+    # Names outside the table that the family understands (`jpeg-q30`): name -> Variant, or None.
+    variant_for_name: Callable[[str], Variant | None] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -125,6 +127,9 @@ def find(name: str) -> tuple[Family, Variant | None]:
                 return fam, v
     if key in _FAMILIES:
         return _FAMILIES[key], None
+    for fam in families():
+        if fam.variant_for_name is not None and (v := fam.variant_for_name(key)) is not None:
+            return fam, v
     close = [n for n in list_tokenizers() + sorted(_FAMILIES) if key.split("-")[0] in n]
     hint = f" Close names: {', '.join(close[:8])}." if close else ""
     broken = f" (families that failed to import: {_IMPORT_ERRORS})" if _IMPORT_ERRORS else ""

@@ -71,7 +71,8 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
         rec = {
             "job": j["job"], "tokenizer": j["label"], "params": _params(j), "family": spec.get("family"),
             "data": j["data"]["name"], "images": j.get("images_evaluated"), "skipped_images": j.get("images_skipped"),
-            "resolution": j.get("resolution"), "protocol": j.get("protocol"), "dtype": j.get("dtype"),
+            "resolution": j.get("resolution"), "eval_resolution": j.get("eval_resolution"),
+            "protocol": j.get("protocol"), "dtype": j.get("dtype"),
             "device": j.get("device", {}).get("device"),
         }
         rec.update(j.get("results", {}))
@@ -96,8 +97,11 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
     cols = [c for c in MAIN_COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
     rows = []
     for _, r in df.iterrows():
+        res = r["resolution"]
+        if pd.notna(r.get("eval_resolution")) and r.get("eval_resolution"):
+            res = f"{res}->{int(r['eval_resolution'])}"  # metrics measured after a resize
         row = {"tokenizer": r["tokenizer"] + (f" ({r['params']})" if r["params"] else ""), "data": r["data"],
-               "res": r["resolution"], "protocol": r["protocol"]}
+               "res": res, "protocol": r["protocol"]}
         pub = published.get(r["job"], {})
         for key, header, fmt in cols:
             text = _fmt(r.get(key), fmt)

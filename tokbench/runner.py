@@ -153,6 +153,7 @@ class Job:
             "tokenizer": self.entry.name, "label": self.entry.label, "options": self.entry.options,
             "params": self.params, "weights": self.entry.weights, "config": self.entry.config,
             "resolution": self.entry.resolution or None, "protocol": self.entry.protocol or suite.protocol,
+            "eval_resolution": self.entry.eval_resolution or suite.eval_resolution,
             "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
             "metrics": suite.metrics,
         }
@@ -319,6 +320,9 @@ class Runner:
         spec = tok.spec
         resolution = job.entry.resolution or spec.resolution or suite.resolution
         protocol = job.entry.protocol or suite.protocol or spec.preprocessing
+        eval_resolution = job.entry.eval_resolution or suite.eval_resolution
+        if eval_resolution == resolution:
+            eval_resolution = None
         from .protocols import get_protocol
 
         try:
@@ -347,7 +351,7 @@ class Runner:
             "job": job_dir.name, "tokenizer": job.entry.name, "label": job.entry.label,
             "params": job.params, "options": job.entry.options, "spec": spec.as_dict(),
             "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit},
-            "resolution": resolution, "protocol": protocol,
+            "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
             "protocol_description": get_protocol(protocol).description, "dtype": suite.dtype,
             "batch_size": suite.batch_size,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
@@ -392,13 +396,17 @@ class Runner:
                             self._encode_decode(tok, images, job.encode_options)
                             warmed = True
                         tokens, recon, t_enc, t_dec = self._encode_decode(tok, images, job.encode_options)
+                        originals = images
+                        if eval_resolution:
+                            originals, recon = resize_for_eval(images, recon, eval_resolution)
                         ev = EvalBatch(
-                            originals=images, tokens=tokens, tokenizer=tok, index=batch.index,
+                            originals=originals, tokens=tokens, tokenizer=tok, index=batch.index,
                             reconstructions=recon, encode_seconds=t_enc, decode_seconds=t_dec,
                             labels=torch.tensor([r.label if r.label is not None else -1 for r in batch.records]),
                             captions=[r.caption for r in batch.records] if any(r.caption for r in batch.records)
                             else None,
-                            extra={"peak_memory_mb": peak_memory_mb(self.device), "class_names": ds.class_names},
+                            extra={"peak_memory_mb": peak_memory_mb(self.device), "class_names": ds.class_names,
+                                   "input_size": tuple(images.shape[-2:])},
                         )
                         if all(r.label is None for r in batch.records):
                             ev.labels = None
@@ -479,6 +487,17 @@ class Runner:
         torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
                     "skipped": skipped, "metric_skips": metric_skips}, tmp)
         os.replace(tmp, path)
+
+
+def resize_for_eval(originals: torch.Tensor, recon: torch.Tensor | None,
+                    size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bicubic resize (torch, no antialias) of inputs and reconstructions before the metrics, as
+    LlamaGen's evaluation does for its 384 px tokenizers (`--image-size-eval 256`). Reconstructions
+    are clamped to [0, 1] after the resize; originals are not (LlamaGen leaves them unquantised)."""
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+
+    return resize(originals), (resize(recon).clamp(0, 1) if recon is not None else None)
 
 
 def merge_values(target: dict[str, Any], new: dict[str, Any], key: str) -> None:

@@ -23,6 +23,7 @@ class TokenizerEntry:
     options: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     resolution: int | None = None
+    eval_resolution: int | None = None
     protocol: str | None = None
     weights: str | None = None
     config: Any = None
@@ -60,6 +61,7 @@ class Suite:
     seed: int = 0
     protocol: str | None = None
     resolution: int = 256  # for tokenizers without a native one (codecs)
+    eval_resolution: int | None = None  # resize inputs and reconstructions before the metrics (LlamaGen 384->256)
     download: bool = True
     grid_images: int = 4
     num_workers: int | None = None

@@ -97,11 +97,13 @@ def unavailable_message(artifact: Artifact, reason: str) -> str:
     lines.append(f"  source: {artifact.source}")
     if artifact.size:
         lines.append(f"  size: {artifact.size / 2**20:.0f} MiB")
-    if artifact.gated:
+    if artifact.gated and artifact.repo_id:
         lines.append(
             f"  this repository is gated: accept its licence at https://huggingface.co/{artifact.repo_id}, "
             "then log in with `hf auth login` (or set HF_TOKEN)"
         )
+    elif artifact.gated:
+        lines.append(f"  access is by request ({artifact.licence or 'see the source'})")
     lines.append(f"  fetch it ahead of time: tokbench fetch {artifact.name} [--to DIR]")
     root = weights_dir()
     target = (root or Path("$TOKBENCH_WEIGHTS")) / artifact.name / artifact.basename

@@ -3,9 +3,10 @@
 Two named protocols:
 - `standard` (default): float images in [0, 1] with data range 1; SSIM/MS-SSIM with the Gaussian
   window (11, sigma 1.5) over the valid region, as Wang et al.'s reference code and scikit-image.
-- `llamagen`: what LlamaGen's tokenizer evaluation (tokenizer/validation/val_ddp.py) computes, and
-  TokenFlow and others reuse to report: both images quantised to uint8 as clamp(127.5 x + 128) for x
-  in [-1, 1] (= round(255 v) for v in [0, 1]), then scikit-image's PSNR (data range 1) and
+- `llamagen`: what LlamaGen's tokenizer evaluation (tokenizer/tokenizer_image/reconstruction_vq_ddp.py)
+  computes, and TokenFlow and others reuse to report: the reconstruction quantised to uint8 as
+  clamp(127.5 x + 128) for x in [-1, 1] (round half up of 255 v), the reference left as it is (uint8
+  values already, unless resized for evaluation), then scikit-image's PSNR (data range 1) and
   `structural_similarity(..., data_range=2.0, channel_axis=-1)`: a 7x7 uniform window with sample
   covariance, and a data range twice the true one, which inflates SSIM. Use it only to compare with
   numbers published that way; reports show it next to the standard value.
@@ -137,8 +138,8 @@ class _MeanOverImages(BenchMetric):
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         x, y = batch.originals, batch.reconstructions
-        if self.mode == "llamagen":
-            x, y = quantise_llamagen(x), quantise_llamagen(y)
+        if self.mode == "llamagen":  # only the reconstruction is saved as uint8; the reference stays float
+            y = quantise_llamagen(y)
         v = self.per_image(x, y).double()
         finite = torch.isfinite(v)
         self.total += v[finite].sum().to(self.total.device)
@@ -171,7 +172,7 @@ class PSNR(_MeanOverImages):
 
     def protocol(self):
         if self.mode == "llamagen":
-            return {self.label: "LlamaGen: uint8-quantised images, per-image PSNR, data range 1, mean"}
+            return {self.label: "LlamaGen: reconstruction quantised to uint8, per-image PSNR, data range 1, mean"}
         return {"psnr": "per-image PSNR on float [0, 1], data range 1, mean over images"}
 
 
@@ -189,7 +190,8 @@ class SSIM(_MeanOverImages):
 
     def protocol(self):
         if self.mode == "llamagen":
-            return {self.label: "LlamaGen: uint8-quantised, skimage uniform 7x7 window, data_range=2.0 (inflated)"}
+            return {self.label: "LlamaGen: reconstruction quantised to uint8, skimage uniform 7x7 window, "
+                    "data_range=2.0 (inflated)"}
         return {"ssim": "SSIM, Gaussian 11x11 sigma 1.5, valid region (as skimage / Wang et al.), data range 1"}
 
 

@@ -35,7 +35,8 @@ class BitsPerPixel(BenchMetric):
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         t = batch.tokens
         b = t.batch_size
-        pixels = float(batch.originals.shape[-2] * batch.originals.shape[-1])
+        h, w = batch.extra.get("input_size", batch.originals.shape[-2:])  # the encoded size, not the eval size
+        pixels = float(h * w)
         tokens = t.tokens_per_image
         self.tokens += tokens.sum().to(self.tokens.device)
         self.images += b

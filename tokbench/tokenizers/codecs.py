@@ -7,6 +7,7 @@ Their "tokens" are the encoded bytes: `Tokens.ids` holds byte values (B, max byt
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -115,22 +116,24 @@ def _build(variant: Variant | None, weights=None, config=None, device="cpu", **o
     return CodecTokenizer(fmt, int(quality), name=name)
 
 
+def _codec_variant(fmt: str, quality: int) -> Variant:
+    return Variant(name=f"{fmt}-q{quality}", family=fmt, options={"format": fmt, "quality": quality},
+                   description=f"{fmt.upper()} at quality {quality}")
+
+
 def _codec_family(fmt: str, description: str) -> Family:
-    variants = tuple(
-        Variant(
-            name=f"{fmt}-q{q}",
-            family=fmt,
-            options={"format": fmt, "quality": q},
-            description=f"{fmt.upper()} at quality {q}",
-        )
-        for q in (10, 25, 50, 75, 90)
-    )
+    variants = tuple(_codec_variant(fmt, q) for q in (10, 25, 50, 75, 90))
+
+    def variant_for_name(name: str) -> Variant | None:  # any quality: jpeg-q0 ... jpeg-q100
+        m = re.fullmatch(rf"{fmt}-q(\d{{1,3}})", name)
+        return _codec_variant(fmt, int(m.group(1))) if m else None
 
     def build(variant=None, weights=None, config=None, device="cpu", **options):
         options.setdefault("format", fmt)
         return _build(variant, weights, config, device, **options)
 
-    return Family(name=fmt, build=build, variants=variants, description=description)
+    return Family(name=fmt, build=build, variants=variants, description=description,
+                  variant_for_name=variant_for_name)
 
 
 FAMILIES = (
