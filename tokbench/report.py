@@ -24,7 +24,10 @@ MAIN_COLUMNS = [
     ("ssim", "SSIM", "{:.4f}"),
     ("ms_ssim", "MS-SSIM", "{:.4f}"),
     ("lpips", "LPIPS", "{:.4f}"),
+    ("lpips_vgg", "LPIPS-VGG", "{:.4f}"),
     ("rfid", "rFID", "{:.3f}"),
+    ("rfid_torch_fidelity", "rFID (ADM)", "{:.3f}"),
+    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "{:.3f}"),
     ("psnr_llamagen", "PSNR* (dB)", "{:.2f}"),
     ("ssim_llamagen", "SSIM*", "{:.4f}"),
     ("semantic_similarity", "sem. sim.", "{:.4f}"),
@@ -119,6 +122,21 @@ def short_reason(reason: str) -> str:
         return ""
     fix = next((ln for ln in lines[1:] if "tokbench fetch" in ln), None)
     return lines[0] + (f"; {fix}" if fix else "")
+
+
+def published_table(jobs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every published number a suite cites, next to the value measured under the same protocol."""
+    rows = []
+    for j in jobs:
+        if j.get("status") != "ok":
+            continue
+        for key, value in (j.get("published") or {}).items():
+            measured = (j.get("results") or {}).get(key)
+            rows.append({"tokenizer": j["label"] + (f" ({_params(j)})" if _params(j) else ""), "metric": key,
+                         "published": value, "measured": "" if measured is None else f"{measured:.4g}",
+                         "difference": "" if measured is None else f"{measured - value:+.4g}",
+                         "source": " ".join(str(j.get("published_source", "")).split())})
+    return pd.DataFrame(rows)
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -314,6 +332,9 @@ def write_report(run_dir: str | Path) -> Path:
     md = "\n".join(header) + "\n\n## Results\n\n" + _markdown(table)
     md += ("\nNumbers in [brackets] are the published values the suite cites (see job.json for the source). "
            "`PSNR*`/`SSIM*` use the LlamaGen protocol (see below).\n")
+    published = published_table(jobs)
+    if not published.empty:
+        md += "\n## Published vs measured\n\n" + _markdown(published)
     md += "\n## Protocols\n\n" + "".join(f"- **{k}**: {v}\n" for k, v in sorted(metric_notes.items()))
     md += "".join(f"- preprocessing **{k}**: {v}\n" for k, v in sorted(prep_notes.items()))
     if metric_skips:
@@ -348,6 +369,8 @@ def write_report(run_dir: str | Path) -> Path:
         "<h2>Results</h2>",
         table.to_html(index=False, table_id="results", border=0) if not table.empty else "<p>(no results)</p>",
         "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol.</p>",
+        ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
+         if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"
         + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in sorted(metric_notes.items()))
         + "".join(f"<li>preprocessing <b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in prep_notes.items())
