@@ -56,6 +56,8 @@ def suite_yaml(path: Path, folder: Path, extra: str = "") -> Path:
           - name: jpeg
             sweep: {{quality: [20, 80]}}
           - name: webp-q50
+            published: {{psnr: 30.0}}
+            published_source: a number made up for this test
           - name: llamagen-vq16-c2i
         """) + extra)
     return path
@@ -102,6 +104,11 @@ def test_run_and_report_end_to_end(tmp_path, capsys):
     for name in ("report.md", "summary.csv", "summary.tex", "index.html", "rd_psnr.png", "grid.png"):
         assert (report / name).is_file(), name
     md = (report / "report.md").read_text()
+    webp = next(j for j in by_status["ok"] if j["label"] == "webp-q50")
+    measured = webp["results"]["psnr"]
+    assert "## Published vs measured" in md
+    assert f"| webp-q50 | psnr | 30.0 | {measured:.4g} | {measured - 30:+.4g} | a number made up" in md
+    assert f"{measured:.2f} [30.00]" in md  # beside the measured value in the main table
     assert "resize-crop" in md and "LlamaGen" in md and "tokbench fetch llamagen-vq16-c2i" in md
     table = pd.read_csv(report / "summary.csv")
     assert len(table) == 3 and {"psnr", "ssim", "psnr_llamagen", "bpp", "encode_images_per_s"} <= set(table.columns)
