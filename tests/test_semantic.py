@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tokbench.core import TokbenchError
-from tokbench.metrics import EvalBatch, build_metric, semantic
+from tokbench.metrics import EvalBatch, build_metric, encoders, semantic
 from tokbench.weights import Artifact, WeightsUnavailable
 
 
@@ -223,13 +223,13 @@ def tiny_clip(tmp_path, monkeypatch):
     (weights / "openclip-tiny").mkdir(parents=True)
     torch.save(model.state_dict(), weights / "openclip-tiny" / "open_clip_pytorch_model.bin")
     monkeypatch.setenv("TOKBENCH_WEIGHTS", str(weights))
-    spec = semantic.EncoderSpec(
+    spec = encoders.EncoderSpec(
         "tiny",
         "tokbench-tiny-clip",
         "random",
         Artifact(name="openclip-tiny", repo_id="nobody/tiny", filename="open_clip_pytorch_model.bin"),
     )
-    monkeypatch.setitem(semantic.ENCODERS, "tiny", spec)
+    monkeypatch.setitem(encoders.ENCODERS, "tiny", spec)
     return model
 
 
@@ -252,7 +252,7 @@ def test_named_encoder_loads_through_resolver(tiny_clip):
 def test_classifier_equals_open_clip(tiny_clip):
     import open_clip
 
-    enc = semantic.load_encoder("tiny")
+    enc = encoders.load_encoder("tiny")
     names = ["tabby cat", "golden retriever", "school bus"]
     _, templates = semantic.templates_for("simple")
     ours = semantic.zero_shot_classifier(enc, names, templates, classes_per_batch=2)
@@ -262,10 +262,10 @@ def test_classifier_equals_open_clip(tiny_clip):
 
 
 def test_named_encoders_take_their_release_preprocessing():
-    siglip = semantic.pretrained_preprocess(semantic.ENCODERS["ViT-L-16-SigLIP-384"])
+    siglip = encoders.pretrained_preprocess(encoders.ENCODERS["ViT-L-16-SigLIP-384"])
     assert siglip["mean"] == (0.5, 0.5, 0.5) and siglip["std"] == (0.5, 0.5, 0.5)
     assert siglip["resize_mode"] == "squash" and siglip["interpolation"] == "bicubic"
-    openai = semantic.pretrained_preprocess(semantic.ENCODERS["ViT-L-14-openai"])
+    openai = encoders.pretrained_preprocess(encoders.ENCODERS["ViT-L-14-openai"])
     assert openai["quick_gelu"] is True and openai["resize_mode"] == "shortest"
 
 

@@ -10,264 +10,28 @@
   names). Tokenizers without a decoder (SigLIP) get the originals' accuracy only, which is the metric
   encoder's own baseline and does not depend on the tokenizer.
 
-Encoders are open_clip models from a table (`ENCODERS`); their weights come through `tokbench.weights`
-(explicit `weights=` path, `$TOKBENCH_WEIGHTS/<artifact>/`, the HF cache, or a download); offline and not
-present raises `WeightsUnavailable`, which the runner records as a skip. Any object with
-`encode_image(images) -> (B, D)` (images float [0, 1], (B, 3, H, W)) and, for `zeroshot`,
-`encode_text(list[str]) -> (N, D)` can be passed as `encoder=` instead.
+Encoders are open_clip models named in `tokbench.metrics.encoders.ENCODERS` (shared with `clip_score`); their
+weights come through `tokbench.weights` (explicit `weights=` path, `$TOKBENCH_WEIGHTS/<artifact>/`, the HF
+cache, or a download); offline and not present raises `WeightsUnavailable`, which the runner records as a
+skip. Any object with `encode_image(images) -> (B, D)` (images float [0, 1], (B, 3, H, W)) and, for
+`zeroshot`, `encode_text(list[str]) -> (N, D)` can be passed as `encoder=` instead.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_strict, read_state_dict
 from ..core import TokbenchError
-from ..weights import Artifact, register_artifact, resolve
 from .base import BenchMetric, EvalBatch, register_metric
-from .clip_score import CLIP_VIT_L14_OPENAI
+from .encoders import describe_encoder, load_encoder, move_encoder
 
-# --------------------------------------------------------------------------------------------- encoders
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """An open_clip model and where its weights (and, for HF-tokenised text towers, tokenizer files) live."""
-
-    name: str
-    model: str  # open_clip model config name
-    # open_clip pretrained tag the file belongs to: its preprocessing (mean, std, resize mode) and QuickGELU
-    # flag are read from open_clip's table, since a model built from a file path would not get them.
-    pretrained: str
-    weights: Artifact
-    tokenizer: Artifact | None = None  # tokenizer.json; tokenizer_config.json etc. come from the same repo
-    description: str = ""
-
-
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _spec(name: str, model: str, pretrained: str, repo: str, licence: str, hf_text: bool, text: str,
-          weights: Artifact | None = None) -> EncoderSpec:  # fmt: skip
-    used_by = "zeroshot, semantic-similarity"
-    weights = weights or register_artifact(
-        Artifact(name=f"openclip-{name}", repo_id=repo, filename="open_clip_model.safetensors", licence=licence,
-                 used_by=used_by)  # fmt: skip
-    )
-    tokenizer = None
-    if hf_text:  # SigLIP text towers use a Hugging Face tokenizer: its files sit in the same repository
-        tokenizer = register_artifact(
-            Artifact(name=f"openclip-{name}-tokenizer", repo_id=repo, filename="tokenizer.json", licence=licence,
-                     used_by="zeroshot (with tokenizer_config.json and special_tokens_map.json)")  # fmt: skip
-        )
-    return EncoderSpec(name, model, pretrained, weights, tokenizer, text)
-
-
-ENCODERS: dict[str, EncoderSpec] = {
-    s.name: s
-    for s in (
-        _spec(
-            "ViT-L-16-SigLIP-384",
-            "ViT-L-16-SigLIP-384",
-            "webli",
-            "timm/ViT-L-16-SigLIP-384",
-            "Apache-2.0",
-            True,
-            "SigLIP ViT-L/16 384 px (WebLI): ImageNet zero-shot 82.07% in open_clip's results table",
-        ),
-        _spec(
-            "ViT-SO400M-14-SigLIP-384",
-            "ViT-SO400M-14-SigLIP-384",
-            "webli",
-            "timm/ViT-SO400M-14-SigLIP-384",
-            "Apache-2.0",
-            True,
-            "SigLIP So400m/14 384 px (WebLI): ImageNet zero-shot 83.08% in open_clip's results table",
-        ),
-        _spec(
-            "ViT-L-14-openai",
-            "ViT-L-14",
-            "openai",
-            "timm/vit_large_patch14_clip_224.openai",
-            "MIT",
-            False,
-            "OpenAI CLIP ViT-L/14 224 px (the torchmetrics CLIPScore default): ImageNet zero-shot 75.5%",
-            weights=CLIP_VIT_L14_OPENAI,  # the file clip_score uses
-        ),
-    )
-}
 DEFAULT_ENCODER = "ViT-L-16-SigLIP-384"
-
-
-class OpenClipEncoder:
-    """An open_clip model as an image (and text) embedder.
-
-    Images are quantised to uint8 (as saved files would be) and go through open_clip's evaluation transform
-    for the model's release (PIL bicubic resize: `squash` both sides for SigLIP, short side + centre crop for
-    OpenAI CLIP; then the release's mean/std), so an image at the encoder's size is used as is.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Callable[[list[str]], torch.Tensor] | Callable[[], Callable] | None,
-        *,
-        name: str,
-        preprocess: dict[str, Any],
-        weights: str = "",
-        lazy_tokenizer: bool = False,
-    ) -> None:
-        import open_clip
-
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self._tokenizer = tokenizer
-        self._lazy_tokenizer = lazy_tokenizer
-        self.name = name
-        self.preprocess = dict(preprocess)
-        self.transform = open_clip.image_transform(
-            preprocess["size"],
-            is_train=False,
-            mean=preprocess["mean"],
-            std=preprocess["std"],
-            resize_mode=preprocess.get("resize_mode"),
-            interpolation=preprocess.get("interpolation"),
-        )
-        self.weights = weights
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> OpenClipEncoder:
-        self.model.to(device)
-        return self
-
-    @property
-    def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
-        if self._lazy_tokenizer:  # HF tokenizers are loaded (and their files resolved) only when text is needed
-            self._tokenizer = self._tokenizer()
-            self._lazy_tokenizer = False
-        if self._tokenizer is None:
-            raise TokbenchError(f"encoder {self.name} has no text tokenizer; zero-shot needs one")
-        return self._tokenizer
-
-    @torch.inference_mode()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.functional import to_pil_image
-
-        u8 = torch.floor(images.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
-        x = torch.stack([self.transform(to_pil_image(im)) for im in u8]).to(self.device)
-        dtype = next(self.model.parameters()).dtype
-        return self.model.encode_image(x.to(dtype)).float()
-
-    @torch.inference_mode()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
-        return self.model.encode_text(tokens).float()
-
-    def describe(self) -> dict[str, Any]:
-        p = self.preprocess
-        return {
-            "encoder": self.name,
-            "weights": self.weights,
-            "input": f"uint8-quantised, open_clip eval transform: {p['size']} px {p.get('interpolation')} "
-            f"resize ({p.get('resize_mode')}), mean {tuple(p['mean'])}, std {tuple(p['std'])}",
-        }
-
-
-def _hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callable[[], Callable]:
-    def load():
-        import tempfile
-
-        from open_clip.tokenizer import HFTokenizer
-
-        # Resolve the files one by one (explicit folder, TOKBENCH_WEIGHTS, HF cache, download) and gather them
-        # in one folder, which is what AutoTokenizer.from_pretrained reads.
-        paths = [resolve(spec.tokenizer, filename=f) for f in HF_TOKENIZER_FILES]
-        folder = Path(tempfile.mkdtemp(prefix="tokbench-tokenizer-"))
-        for p in paths:
-            (folder / p.name).symlink_to(p.resolve())
-        return HFTokenizer(
-            str(folder),
-            context_length=text_cfg.get("context_length", 77),
-            tokenizer_mode=text_cfg.get("tokenizer_mode"),
-            **text_cfg.get("tokenizer_kwargs", {}),
-        )
-
-    return load
-
-
-def pretrained_preprocess(spec: EncoderSpec) -> dict[str, Any]:
-    """mean, std, interpolation, resize_mode (and quick_gelu) of the spec's open_clip pretrained tag."""
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained) or {}
-    keys = ("mean", "std", "interpolation", "resize_mode", "quick_gelu")
-    return {k: cfg[k] for k in keys if k in cfg}
-
-
-_ENCODER_CACHE: dict[tuple[str, str], OpenClipEncoder] = {}
-
-
-def load_encoder(name: str, weights: str | Path | None = None) -> OpenClipEncoder:
-    """The open_clip encoder `name` (a key of `ENCODERS`), cached per process (one copy for all jobs)."""
-    if name not in ENCODERS:
-        raise TokbenchError(f"unknown semantic encoder {name!r}; choose one of {', '.join(ENCODERS)}")
-    spec = ENCODERS[name]
-    path = resolve(spec.weights, explicit=weights)  # raises WeightsUnavailable with the fetch instructions
-    key = (name, str(path))
-    if key in _ENCODER_CACHE:
-        return _ENCODER_CACHE[key]
-    import open_clip
-
-    pcfg = pretrained_preprocess(spec)
-    quick_gelu = bool(pcfg.pop("quick_gelu", False))
-    # The architecture from open_clip (with the release's preprocessing and activation, which a model built
-    # without its pretrained tag would not get); the weights through tokbench's safe reader, loaded strictly.
-    model = open_clip.create_model(
-        spec.model,
-        pretrained=None,
-        force_quick_gelu=quick_gelu,
-        force_preprocess_cfg=pcfg,
-        pretrained_image=False,
-        pretrained_text=False,
-    )
-    load_strict(model, read_state_dict(path), source=f"{path} ({spec.weights.name})")
-    text_cfg = open_clip.get_model_config(spec.model).get("text_cfg", {})
-    if spec.tokenizer is not None:
-        tokenizer, lazy = _hf_tokenizer_loader(spec, text_cfg), True
-    else:
-        tokenizer, lazy = open_clip.get_tokenizer(spec.model), False  # BPE vocabulary ships with open_clip
-    encoder = OpenClipEncoder(
-        model,
-        tokenizer,
-        name=f"open_clip {spec.model} ({spec.pretrained})",
-        preprocess=open_clip.get_model_preprocess_cfg(model),
-        weights=f"{spec.weights.source} -> {path}",
-        lazy_tokenizer=lazy,
-    )
-    _ENCODER_CACHE[key] = encoder
-    return encoder
-
-
-def _describe(encoder: Any) -> dict[str, Any]:
-    if hasattr(encoder, "describe"):
-        return dict(encoder.describe())
-    return {"encoder": getattr(encoder, "name", type(encoder).__name__)}
-
-
-def _move(encoder: Any, device: torch.device) -> None:
-    if hasattr(encoder, "to"):
-        encoder.to(device)
 
 
 class _EncoderMetric(BenchMetric):
@@ -292,7 +56,7 @@ class _EncoderMetric(BenchMetric):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings (B, D), float32, on the images' device."""
-        _move(self.encoder, images.device)
+        move_encoder(self.encoder, images.device)
         return F.normalize(self.encoder.encode_image(images).float(), dim=-1).to(images.device)
 
 
@@ -334,7 +98,7 @@ class SemanticSimilarity(_EncoderMetric):
         return {self.key: mean, f"{self.key}_std": var**0.5}
 
     def protocol(self) -> dict[str, Any]:
-        d = _describe(self.encoder)
+        d = describe_encoder(self.encoder)
         return {self.key: f"cosine of L2-normalised image embeddings, reconstruction vs original, mean over "
                 f"images; {d}"}
 
@@ -442,7 +206,7 @@ class ZeroShotAccuracy(_EncoderMetric):
             self.classnames, self.classnames_source = self._resolve_classnames(batch)
         key = (id(self.encoder), tuple(self.classnames), self.templates_label)
         if key not in _CLASSIFIER_CACHE:  # 1000 classes x 80 prompts: built once per encoder, reused by every job
-            _move(self.encoder, batch.originals.device)
+            move_encoder(self.encoder, batch.originals.device)
             weights = zero_shot_classifier(self.encoder, self.classnames, self.templates).cpu()
             _CLASSIFIER_CACHE[key] = (self.encoder, weights)
         return _CLASSIFIER_CACHE[key][1].to(batch.originals.device)
@@ -520,7 +284,7 @@ class ZeroShotAccuracy(_EncoderMetric):
         return out
 
     def protocol(self) -> dict[str, Any]:
-        d = _describe(self.encoder)
+        d = describe_encoder(self.encoder)
         n_cls = len(self.classnames) if self.classnames is not None else "?"
         return {
             self.key: f"zero-shot accuracy in % ({n_cls} classes from {self.classnames_source or 'not yet read'}; "
