@@ -139,7 +139,7 @@ def published_table(jobs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(none)_\n"
     header = "| " + " | ".join(df.columns) + " |"
@@ -329,18 +329,18 @@ def write_report(run_dir: str | Path) -> Path:
         f"- data: {', '.join(str(d.get('source')) for d in suite.get('data', []))}; batch size "
         f"{suite.get('batch_size')}, dtype {suite.get('dtype')}, seed {suite.get('seed')}",
     ]
-    md = "\n".join(header) + "\n\n## Results\n\n" + _markdown(table)
+    md = "\n".join(header) + "\n\n## Results\n\n" + markdown_table(table)
     md += ("\nNumbers in [brackets] are the published values the suite cites (see job.json for the source). "
            "`PSNR*`/`SSIM*` use the LlamaGen protocol (see below).\n")
     published = published_table(jobs)
     if not published.empty:
-        md += "\n## Published vs measured\n\n" + _markdown(published)
+        md += "\n## Published vs measured\n\n" + markdown_table(published)
     md += "\n## Protocols\n\n" + "".join(f"- **{k}**: {v}\n" for k, v in sorted(metric_notes.items()))
     md += "".join(f"- preprocessing **{k}**: {v}\n" for k, v in sorted(prep_notes.items()))
     if metric_skips:
         md += "\n## Metrics not computed\n\n" + "".join(
             f"- **{k}**: {short_reason(v)}\n" for k, v in sorted(metric_skips.items()))
-    md += "\n## Skipped or failed\n\n" + (_markdown(skipped.assign(reason=skipped["reason"].map(short_reason)))
+    md += "\n## Skipped or failed\n\n" + (markdown_table(skipped.assign(reason=skipped["reason"].map(short_reason)))
                                           if not skipped.empty else "_(none)_\n")
     bad_files = sum(int(j.get("images_skipped") or 0) for j in jobs)
     if bad_files:
