@@ -70,7 +70,7 @@ def test_llamagen_protocol_is_skimage_on_uint8_with_data_range_2():
     # LlamaGen's reconstruction_vq_ddp.py: the reconstruction (in [-1, 1]) saved as uint8 by
     # clamp(127.5*x+128), /255; the reference (x+1)/2 as it is; skimage metrics, restored image first
     q = lambda t: (torch.clamp(127.5 * (t * 2 - 1) + 128.0, 0, 255).to(torch.uint8).float() / 255)  # noqa: E731
-    ref_psnr = [peak_signal_noise_ratio(_hwc(q(b)).astype(np.float32), _hwc(a)) for a, b in zip(x, y)]
+    ref_psnr = [peak_signal_noise_ratio(_hwc(q(b)).astype(np.float32), _hwc(a).astype(np.float32)) for a, b in zip(x, y)]
     ref_ssim = [structural_similarity(_hwc(q(b)).astype(np.float32), _hwc(a), data_range=2.0, channel_axis=-1)
                 for a, b in zip(x, y)]
     np.testing.assert_allclose(psnr.last_rows["psnr_llamagen"].numpy(), ref_psnr, rtol=1e-9)

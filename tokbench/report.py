@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .runner import read_rows, write_json
+from .runner import read_rows, short_reason, write_json
 
 # Columns of the main table: (result key, header, format).
 MAIN_COLUMNS = [
@@ -113,15 +113,6 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
             row[header] = text
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def short_reason(reason: str) -> str:
-    """First line of a skip reason, plus the line that says how to fix it (the fetch command)."""
-    lines = [ln.strip() for ln in (reason or "").splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    fix = next((ln for ln in lines[1:] if "tokbench fetch" in ln), None)
-    return lines[0] + (f"; {fix}" if fix else "")
 
 
 def published_table(jobs: list[dict[str, Any]]) -> pd.DataFrame:

@@ -280,7 +280,7 @@ class Runner:
                 summary = self._run_job(job, job_dir, tok)
                 summaries.append(summary)
                 self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
-                         + (f" ({summary.get('reason', '')})" if summary["status"] != "ok" else ""))
+                         + (f" ({short_reason(summary.get('reason', ''))})" if summary["status"] != "ok" else ""))
         return summaries
 
     def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
@@ -487,6 +487,15 @@ class Runner:
         torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
                     "skipped": skipped, "metric_skips": metric_skips}, tmp)
         os.replace(tmp, path)
+
+
+def short_reason(reason: str) -> str:
+    """First line of a skip reason, plus the line that says how to fix it (the fetch command)."""
+    lines = [ln.strip() for ln in (reason or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    fix = next((ln for ln in lines[1:] if "tokbench fetch" in ln), None)
+    return lines[0] + (f"; {fix}" if fix else "")
 
 
 def resize_for_eval(originals: torch.Tensor, recon: torch.Tensor | None,
