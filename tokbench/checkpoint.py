@@ -6,9 +6,10 @@ that needs more than tensors and plain containers is refused with `UnsafeCheckpo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -181,3 +182,89 @@ def load_strict(
         raise CheckpointError("\n".join(parts))
     to_load = {k: state_dict[k].to(own[k].dtype) for k in own if k in state_dict}
     module.load_state_dict(to_load, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Random weights (speed benchmarks on machines without the release)
+# ---------------------------------------------------------------------------------------------------
+
+RANDOM_WEIGHTS = "random (speed benchmarks only)"
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS (weights='random'): the released architecture with seeded random parameters, for speed "
+    "benchmarks only; its reconstructions and features are meaningless"
+)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int = 0) -> Iterator[None]:
+    """Run a block under `torch.manual_seed(seed)` and restore the caller's CPU RNG state afterwards.
+
+    For library modules that initialise themselves in their constructor (transformers, open_clip, timm):
+    built inside this block, two builds give equal weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _materialise(module: torch.nn.Module, device: torch.device) -> None:
+    """Give every meta parameter and buffer real (uninitialised) storage on `device`; ties stay tied."""
+    done: dict[int, torch.Tensor] = {}
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_meta:
+                if id(p) not in done:
+                    done[id(p)] = torch.nn.Parameter(torch.empty_like(p, device=device), p.requires_grad)
+                m._parameters[name] = done[id(p)]
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_meta:
+                if id(b) not in done:
+                    done[id(b)] = torch.zeros_like(b, device=device)  # a meta buffer has no value to keep
+                m._buffers[name] = done[id(b)]
+
+
+def random_init(
+    module: torch.nn.Module,
+    seed: int = 0,
+    *,
+    keep: Iterable[str] = (),
+    std: float = 0.02,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """Deterministic random weights for `module` (built normally or on the meta device); returns it.
+
+    Meta tensors are first given storage on `device` (meta buffers become zeros: build modules whose
+    buffers hold constants on a real device). Then, under `seeded_rng(seed)`, every submodule with
+    torch's `reset_parameters` (or `_reset_parameters`, nn.MultiheadAttention) is reset by it (so
+    GroupNorm / LayerNorm / BatchNorm get weight 1, bias 0), a norm layer without one gets weight 1 and
+    bias 0, and any other parameter (class / position / latent tokens) is drawn from N(0, std).
+    Submodules named in `keep` (dotted names, e.g. "encoder_vqkd") are left as they are: library towers
+    built under `seeded_rng` keep their library's own init. Buffers that were real are left unchanged.
+    """
+    keep = tuple(keep)
+    names = {name for name, _ in module.named_modules()}
+    missing = [k for k in keep if k not in names]
+    if missing:
+        raise ValueError(f"random_init: no submodules {missing} in {type(module).__name__}")
+    skip = {id(m) for k in keep for m in module.get_submodule(k).modules()}
+    kept = [p for k in keep for p in module.get_submodule(k).parameters()]
+    if any(p.is_meta for p in kept):
+        raise ValueError("random_init: submodules in `keep` must be built on a real device (they are on meta)")
+    _materialise(module, torch.device(device))
+    with seeded_rng(seed), torch.no_grad():
+        for m in module.modules():
+            if id(m) in skip:
+                continue
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+                continue
+            is_norm = "norm" in type(m).__name__.lower()
+            for name, p in m.named_parameters(recurse=False):
+                if is_norm and name == "weight":
+                    p.fill_(1.0)
+                elif is_norm and name == "bias":
+                    p.zero_()
+                else:
+                    p.normal_(0.0, std)
+    return module

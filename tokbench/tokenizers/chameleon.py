@@ -31,7 +31,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..checkpoint import CheckpointError, detect_prefix, load_strict, read_state_dict
+from ..checkpoint import (
+    RANDOM_WEIGHTS,
+    RANDOM_WEIGHTS_NOTE,
+    CheckpointError,
+    detect_prefix,
+    load_strict,
+    random_init,
+    read_state_dict,
+    seeded_rng,
+)
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..protocols import register_protocol
 from ..registry import Family, Variant
@@ -735,21 +744,36 @@ def build(
         raise TokbenchError(f"unknown chameleon-vqgan options {sorted(options)}; known: dtype, resolution")
     if dtype not in DTYPES:
         raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if variant is None and weights is None:
+    random_weights = isinstance(weights, str) and weights == "random"
+    if variant is None and (weights is None or (random_weights and not config)):
         variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
-    path, resolve_shard = _resolve_weights(variant, weights)
-    config_source = "given" if config else "release default"
-    sibling = path.parent / "vqgan.yaml"
-    if not config and variant is None and sibling.is_file():  # an original-format tokenizer/ folder
-        from ..registry import read_config
+    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
+        config_source = "given" if config else "release default"
+        cfg = vqgan_config(config)
+        # a transformers-format release (weights under model.vqmodel.) has no decoder: stays encode only
+        hf_release = (
+            variant is not None
+            and variant.weights is not None
+            and variant.weights.prefix in TRANSFORMERS_PREFIXES
+        )
+        layout, with_decoder, ignored = "none", not hf_release, []
+        with torch.device("meta"):
+            model = ChameleonVQGAN(cfg, with_decoder=with_decoder)
+        random_init(model)
+    else:
+        path, resolve_shard = _resolve_weights(variant, weights)
+        config_source = "given" if config else "release default"
+        sibling = path.parent / "vqgan.yaml"
+        if not config and variant is None and sibling.is_file():  # an original-format tokenizer/ folder
+            from ..registry import read_config
 
-        config, config_source = read_config(sibling), str(sibling)
-    cfg = vqgan_config(config)
-    sd, layout = read_vqgan_state_dict(path, resolve_shard)
-    # transformers' converter drops the decoder ("we dont do image generation yet"): encode only, by design
-    with_decoder = layout == "original" or any(k.startswith("decoder.") for k in sd)
-    model = ChameleonVQGAN(cfg, with_decoder=with_decoder)
-    ignored = load_vqgan_weights(model, sd, source=f"{path.name} ({layout} layout)")
+            config, config_source = read_config(sibling), str(sibling)
+        cfg = vqgan_config(config)
+        sd, layout = read_vqgan_state_dict(path, resolve_shard)
+        # transformers' converter drops the decoder ("we dont do image generation yet"): encode only, by design
+        with_decoder = layout == "original" or any(k.startswith("decoder.") for k in sd)
+        model = ChameleonVQGAN(cfg, with_decoder=with_decoder)
+        ignored = load_vqgan_weights(model, sd, source=f"{path.name} ({layout} layout)")
 
     resolution = int(resolution or (variant.resolution if variant else None) or cfg.resolution)
     if resolution % cfg.downsample:
@@ -761,7 +785,7 @@ def build(
     import transformers
 
     source = {
-        "checkpoint": str(path),
+        **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path)}),
         "layout": layout,
         "config": config_source,
         "encoder": f"transformers {transformers.__version__} ChameleonVQVAEEncoder + VectorQuantizer",
@@ -769,7 +793,8 @@ def build(
     }
     if variant is not None and variant.weights is not None:
         source["release"] = variant.weights.source if variant.weights.repo_id else META_DOWNLOAD
-    notes = [
+    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
+    notes += [
         f"taming VQGAN, downsample {cfg.downsample}, codebook {cfg.n_embed} x {cfg.embed_dim} (plain squared "
         f"distance, no l2-normalisation); ids row-major on a {side}x{side} grid at {resolution}",
         "postprocessing: official clamp to [-1, 1] and (x+1)/2; the official code then truncates to uint8, "
@@ -1006,20 +1031,26 @@ def build_emu3(
         raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     from transformers import Emu3VQVAE
 
-    if variant is None and weights is None:
+    random_weights = isinstance(weights, str) and weights == "random"
+    if variant is None and (weights is None or (random_weights and not config)):
         variant = EMU3_VARIANTS[0]
     cfg = emu3_config(config)
-    if weights is not None:
-        path, resolve_shard = Path(weights).expanduser(), None
-        if not path.is_file():
-            raise TokbenchError(
-                f"weights file {str(path)!r} does not exist; pass BAAI/Emu3-VisionTokenizer's model.safetensors"
-            )
+    if random_weights:  # speed benchmarks without the release: transformers' own init, seeded
+        with seeded_rng(0):
+            model = Emu3VQVAE(cfg)
+        path, layout = None, "none"
     else:
-        path, resolve_shard = _resolve_weights(variant, None)
-    sd, layout = read_emu3_state_dict(path, resolve_shard)
-    model = Emu3VQVAE(cfg)
-    load_strict(model, sd, source=f"{path.name} ({layout} layout)")
+        if weights is not None:
+            path, resolve_shard = Path(weights).expanduser(), None
+            if not path.is_file():
+                raise TokbenchError(
+                    f"weights file {str(path)!r} does not exist; pass BAAI/Emu3-VisionTokenizer's model.safetensors"
+                )
+        else:
+            path, resolve_shard = _resolve_weights(variant, None)
+        sd, layout = read_emu3_state_dict(path, resolve_shard)
+        model = Emu3VQVAE(cfg)
+        load_strict(model, sd, source=f"{path.name} ({layout} layout)")
 
     f = 2 ** (len(cfg.channel_multiplier) - 1)
     resolution = int(resolution or (variant.resolution if variant else None) or 512)
@@ -1029,7 +1060,7 @@ def build_emu3(
     import transformers
 
     source = {
-        "checkpoint": str(path),
+        **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path)}),
         "layout": layout,
         "model": f"transformers {transformers.__version__} Emu3VQVAE",
     }
@@ -1047,7 +1078,8 @@ def build_emu3(
         dtype=dtype,
         source=source,
         notes=(
-            f"downsample {f}, codebook {cfg.codebook_size} x {cfg.embed_dim}; image repeated "
+            (f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
+            + f"downsample {f}, codebook {cfg.codebook_size} x {cfg.embed_dim}; image repeated "
             f"{cfg.temporal_downsample_factor}x in time; ids row-major on a {side}x{side} grid at {resolution}; "
             "Emu3's own processor resizes (BICUBIC) to a pixel budget keeping the aspect ratio, without a crop: "
             "on square inputs 'resize-crop' is the same resize; postprocessing truncates to uint8 officially, "

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CheckpointError, detect_prefix, load_strict, read_state_dict
+from ..checkpoint import (
+    RANDOM_WEIGHTS,
+    RANDOM_WEIGHTS_NOTE,
+    CheckpointError,
+    detect_prefix,
+    load_strict,
+    random_init,
+    read_state_dict,
+)
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact, resolve
@@ -869,13 +877,20 @@ def build(
     if dtype not in DTYPES:
         raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cfg = vq_config(config)
-    path, resolve_shard = _resolve_weights(variant, weights)
-    model = VQModel(cfg)
-    layout = load_vq_weights(model, path, resolve_shard)
+    random_weights = isinstance(weights, str) and weights == "random"
+    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
+        with torch.device("meta"):
+            model = VQModel(cfg)
+        random_init(model)
+        layout = "none"
+    else:
+        path, resolve_shard = _resolve_weights(variant, weights)
+        model = VQModel(cfg)
+        layout = load_vq_weights(model, path, resolve_shard)
     resolution = int(resolution or (variant.resolution if variant else None) or 256)
     side = resolution // cfg.downsample
     name = variant.name if variant is not None else "llamagen-vq"
-    source = {"checkpoint": str(path), "layout": layout}
+    source = {"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path), "layout": layout}
     if variant is not None and variant.weights is not None:
         source["release"] = variant.weights.source
     spec = TokenizerSpec(
@@ -890,7 +905,8 @@ def build(
         dtype=dtype,
         source=source,
         notes=(
-            f"downsample {cfg.downsample}, codebook {cfg.codebook_size} x {cfg.codebook_embed_dim}"
+            (f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
+            + f"downsample {cfg.downsample}, codebook {cfg.codebook_size} x {cfg.codebook_embed_dim}"
             f"{', l2-normalised codes' if cfg.codebook_l2_norm else ''}; ids row-major on a "
             f"{side}x{side} grid at {resolution}"
         ),

@@ -27,7 +27,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..checkpoint import CheckpointError, detect_prefix, load_strict, read_state_dict
+from ..checkpoint import (
+    RANDOM_WEIGHTS,
+    RANDOM_WEIGHTS_NOTE,
+    CheckpointError,
+    detect_prefix,
+    load_strict,
+    read_state_dict,
+    seeded_rng,
+)
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
 from ..protocols import drop_alpha, register_protocol
 from ..registry import Family, Variant
@@ -318,31 +326,45 @@ def build(
     if dtype_name not in dtypes:
         raise TokbenchError(f"dtype must be one of {sorted(dtypes)}, got {dtype_name!r}")
     artifact = variant.weights if variant is not None else None
-    if weights is None:
-        if artifact is None:
+    random_weights = isinstance(weights, str) and weights == "random"
+    if random_weights:  # speed benchmarks without the release: the library's own init, seeded
+        arch = config.get("arch")
+        if arch not in ARCHS:
             raise TokbenchError(
-                "loading the 'siglip' family by name needs weights=<checkpoint> and a config; or load a released "
-                "variant such as 'siglip-large-patch16-384' (see `tokbench list siglip*`)"
+                f"weights='random' needs config['arch'] (one of {ARCHS}) to know what to build, got {arch!r}; "
+                "load a released variant (`tokbench list siglip*`) or pass a full config"
             )
-        path = resolve(artifact)
-    elif artifact is not None:  # a file, or a folder holding the variant's file under its own name
-        path = resolve(artifact, explicit=weights)
+        _check_config(arch, config)
+        with seeded_rng(0):
+            model = build_janus_model(config) if arch == "janus" else build_transformers_model(config)
+            if arch == "janus":  # built with weight_init="skip", which leaves pos_embed uninitialised
+                model.init_weights()
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise TokbenchError(f"weights file {str(path)!r} does not exist")
-    arch = config.get("arch") or detect_arch(_checkpoint_keys(path))
-    if arch not in ARCHS:
-        raise TokbenchError(
-            f"cannot tell the SigLIP architecture of {path} (arch={arch!r}); set config['arch'] to one of {ARCHS}"
+        if weights is None:
+            if artifact is None:
+                raise TokbenchError(
+                    "loading the 'siglip' family by name needs weights=<checkpoint> and a config; or load a released "
+                    "variant such as 'siglip-large-patch16-384' (see `tokbench list siglip*`)"
+                )
+            path = resolve(artifact)
+        elif artifact is not None:  # a file, or a folder holding the variant's file under its own name
+            path = resolve(artifact, explicit=weights)
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise TokbenchError(f"weights file {str(path)!r} does not exist")
+        arch = config.get("arch") or detect_arch(_checkpoint_keys(path))
+        if arch not in ARCHS:
+            raise TokbenchError(
+                f"cannot tell the SigLIP architecture of {path} (arch={arch!r}); set config['arch'] to one of {ARCHS}"
+            )
+        config["arch"] = arch
+        _check_config(arch, config)
+        model = build_janus_model(config) if arch == "janus" else build_transformers_model(config)
+        sd, prefix = read_tower(path, arch, artifact if weights is None else None)
+        load_strict(
+            model, sd, source=f"{path} (keys under {prefix!r})", ignore_unexpected=_unused_keys(arch, config)
         )
-    config["arch"] = arch
-    _check_config(arch, config)
-    model = build_janus_model(config) if arch == "janus" else build_transformers_model(config)
-    sd, prefix = read_tower(path, arch, artifact if weights is None else None)
-    load_strict(
-        model, sd, source=f"{path} (keys under {prefix!r})", ignore_unexpected=_unused_keys(arch, config)
-    )
     model = model.to(dtypes[dtype_name])
     for p in model.parameters():
         p.requires_grad_(False)
@@ -361,12 +383,13 @@ def build(
         preprocessing=preprocessing or ("janus-resize-pad" if arch == "janus" else "resize"),
         dtype=dtype_name,
         source={
-            "checkpoint": str(path),
-            "keys": f"{prefix}*",
+            **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path), "keys": f"{prefix}*"}),
             "model": _describe_model(arch, config),
             **({"artifact": artifact.source} if artifact is not None and weights is None else {}),
+            **({"release": artifact.source} if artifact is not None and random_weights else {}),
         },
-        notes=f"continuous features (B, {grid * grid}, {width}); no decoder; select_layer="
+        notes=(f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
+        + f"continuous features (B, {grid * grid}, {width}); no decoder; select_layer="
         f"{config.get('select_layer', -1)}"
         + (", final norm applied" if arch == "janus" or config.get("post_norm", True) else ""),
     )

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import detect_prefix, load_strict, read_state_dict
+from ..checkpoint import (
+    RANDOM_WEIGHTS,
+    RANDOM_WEIGHTS_NOTE,
+    detect_prefix,
+    load_strict,
+    random_init,
+    read_state_dict,
+)
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
@@ -861,11 +868,12 @@ def _make_builder(family: str, default_variant: str):
                 f"unknown {family} options {sorted(options)}; known: dtype, strict_length_assertion "
                 "(encode takes n_tokens)"
             )
-        if variant is None and weights is None and not config:
+        random_weights = isinstance(weights, str) and weights == "random"
+        if variant is None and (weights is None or random_weights) and not config:
             variant = next(v for v in FAMILIES_BY_NAME[family].variants if v.name == default_variant)
             config = dict(variant.config)
         cfg_dict = dict(config or {})
-        if not cfg_dict and weights is not None:
+        if not cfg_dict and weights is not None and not random_weights:
             sibling = Path(weights).expanduser().parent / "config.json"
             if not sibling.is_file():
                 raise TokbenchError(
@@ -877,18 +885,24 @@ def _make_builder(family: str, default_variant: str):
         if strict is not None:
             cfg = replace(cfg, strict_length_assertion=bool(strict))
 
-        if variant is not None and variant.weights is not None:
-            path = resolve(variant.weights, weights)
-            source = {"weights": variant.weights.source, "file": str(path)}
-        elif weights is not None:
-            path = Path(weights).expanduser()
-            source = {"file": str(path)}
+        if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
+            model = random_init(build_model(cfg, device="meta"))
+            source = {"weights": RANDOM_WEIGHTS}
+            if variant is not None and variant.weights is not None:
+                source["release"] = variant.weights.source
         else:
-            raise TokbenchError(f"{family} loaded by family name needs weights=<checkpoint file>")
-        sd = checkpoint_filter(read_state_dict(path))
+            if variant is not None and variant.weights is not None:
+                path = resolve(variant.weights, weights)
+                source = {"weights": variant.weights.source, "file": str(path)}
+            elif weights is not None:
+                path = Path(weights).expanduser()
+                source = {"file": str(path)}
+            else:
+                raise TokbenchError(f"{family} loaded by family name needs weights=<checkpoint file>")
+            sd = checkpoint_filter(read_state_dict(path))
 
-        model = build_model(cfg, device="meta").to_empty(device="cpu")
-        load_strict(model, sd, source=str(path))
+            model = build_model(cfg, device="meta").to_empty(device="cpu")
+            load_strict(model, sd, source=str(path))
         name = variant.name if variant is not None else family
         codebook = cfg.codebook_size if cfg.quantize_mode == "vq" else None
         spec = TokenizerSpec(
@@ -903,7 +917,7 @@ def _make_builder(family: str, default_variant: str):
             preprocessing="resize-crop",
             dtype=dtype if dtype == "float32" else f"{dtype} autocast (quantiser float32)",
             source={"upstream": UPSTREAM[family], **source},
-            notes=_describe(cfg),
+            notes=(f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "") + _describe(cfg),
         )
         return TiTokTokenizer(model, spec, dtype=dtype).to(device)
 

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_strict, read_state_dict
+from ..checkpoint import (
+    RANDOM_WEIGHTS,
+    RANDOM_WEIGHTS_NOTE,
+    load_strict,
+    random_init,
+    read_state_dict,
+    seeded_rng,
+)
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
@@ -737,20 +744,27 @@ def _build(
     if dtype_name not in DTYPES:
         raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     cfg = TokenFlowConfig.from_dict(config or {})
-    if weights is None:
-        if variant is None or variant.weights is None:
-            raise TokbenchError(
-                "loading the 'tokenflow' family by name needs weights=<checkpoint> and config=<ModelArgs dict>; "
-                f"or load a released variant: {', '.join(v.name for v in VARIANTS)}"
-            )
-        weights = resolve(variant.weights)
-    model = TokenFlowModel(cfg)
-    sd = release_to_module_keys(read_state_dict(weights), model.state_dict().keys())
-    load_strict(model, sd, source=f"TokenFlow checkpoint {weights}")
+    random_weights = isinstance(weights, str) and weights == "random"
+    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
+        with seeded_rng(0):  # the semantic tower (open_clip / transformers) keeps its library's own init
+            model = TokenFlowModel(cfg)
+        random_init(model, keep=("encoder_vqkd",))
+    else:
+        if weights is None:
+            if variant is None or variant.weights is None:
+                raise TokbenchError(
+                    "loading the 'tokenflow' family by name needs weights=<checkpoint> and config=<ModelArgs dict>; "
+                    f"or load a released variant: {', '.join(v.name for v in VARIANTS)}"
+                )
+            weights = resolve(variant.weights)
+        model = TokenFlowModel(cfg)
+        sd = release_to_module_keys(read_state_dict(weights), model.state_dict().keys())
+        load_strict(model, sd, source=f"TokenFlow checkpoint {weights}")
     model = model.to(DTYPES[dtype_name])
     if preprocessing is None:
         preprocessing = "pad-square" if cfg.teacher == SIGLIP_TEACHER else "adm-center-crop"
     name = variant.name if variant is not None else f"tokenflow-{cfg.teacher}"
+    source_of_release = variant.weights.source if variant is not None and variant.weights else "none"
     spec = TokenizerSpec(
         name=name,
         family="tokenflow",
@@ -764,9 +778,11 @@ def _build(
         source={
             "code": "github.com/ByteFlow-AI/TokenFlow tokenflow/tokenizer/vq_model.py",
             "weights": str(variant.weights.source if variant is not None and variant.weights else weights),
+            **({"release": source_of_release, "weights": RANDOM_WEIGHTS} if random_weights else {}),
         },
         notes=(
-            f"teacher {cfg.teacher}; {len(cfg.scales)} scales {list(cfg.scales)}; one shared index over a "
+            (f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
+            + f"teacher {cfg.teacher}; {len(cfg.scales)} scales {list(cfg.scales)}; one shared index over a "
             f"{cfg.semantic_code_dim}-d semantic and a {cfg.codebook_embed_dim}-d pixel codebook"
             + (
                 f"; pixel branch at {cfg.pixel_branch_factor * cfg.grid} px, output {cfg.output_size} px"
