@@ -278,3 +278,17 @@ def test_get_artifact_also_finds_tokenizer_variant_weights(monkeypatch):
     assert weights.artifacts()["toy-vq-weights"] is art  # listed under its own name
     assert weights.get_artifact("toy-vq-weights") is art
     assert weights.get_artifact("toy-vq-256") is art  # or asked for by the variant's name
+
+
+def test_read_under_prefix_finds_the_model_in_any_container(tmp_path):
+    from tokbench.checkpoint import read_under_prefix
+
+    tensors = {"gen_vision_model.quantize.embedding.weight": torch.ones(4, 2), "language_model.x": torch.zeros(3)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    torch.save({"state_dict": tensors}, tmp_path / "m.ckpt")
+    for name in ("m.safetensors", "m.ckpt"):
+        sd, prefix = read_under_prefix(tmp_path / name, ("", "gen_vision_model."), "quantize.embedding.weight",
+                                       what="toy VQ")
+        assert prefix == "gen_vision_model." and list(sd) == ["quantize.embedding.weight"]
+    with pytest.raises(CheckpointError, match=r"holds no toy VQ: no key 'vqmodel.probe'.*language_model.x"):
+        read_under_prefix(tmp_path / "m.ckpt", ("vqmodel.",), "probe", what="toy VQ")

@@ -135,6 +135,56 @@ def read_state_dict(
     return sd
 
 
+def checkpoint_keys(path: str | Path) -> list[str] | None:
+    """Tensor names of a safetensors file or a sharded `*.index.json`, read without the tensors;
+    None for a torch pickle (whose names need the file unpickled)."""
+    path = Path(path)
+    if path.name.endswith(".index.json"):
+        return list(json.loads(path.read_text()).get("weight_map", {}))
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return list(f.keys())
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"could not read safetensors file {path}: {type(e).__name__}: {e}") from None
+    return None
+
+
+def read_under_prefix(
+    path: str | Path,
+    candidates: Iterable[str],
+    probe: str,
+    *,
+    what: str,
+    resolve_shard: Callable[[str], Path] | None = None,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of one model inside a release file, and the key prefix they were stored under.
+
+    The prefix is the first of `candidates` ('' = bare keys) under which `probe` exists. Safetensors
+    files and sharded indexes are searched by name and only the matching tensors (and shards) are read;
+    a pickle is unpickled once. `what` names the model in the error when no candidate matches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    candidates = tuple(candidates)
+    keys = checkpoint_keys(path)
+    full = None
+    if keys is None:
+        full = read_state_dict(path)
+        keys = list(full)
+    prefix = detect_prefix(keys, candidates, probe)
+    if prefix is None:
+        shown = ", ".join(sorted(keys)[:8])
+        where = " or ".join(repr(p + probe) for p in candidates)
+        raise CheckpointError(f"{path} holds no {what}: no key {where} (its first keys: {shown})")
+    if full is None:
+        return read_state_dict(path, prefix=prefix or None, resolve_shard=resolve_shard), prefix
+    return {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}, prefix
+
+
 def detect_prefix(keys: Iterable[str], candidates: Iterable[str], probe: str) -> str | None:
     """The first candidate prefix such that `prefix + probe` is among `keys` ('' = bare keys)."""
     keys = set(keys)

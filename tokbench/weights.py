@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -249,6 +249,11 @@ def fetch(artifact: Artifact | str, to: str | os.PathLike | None = None) -> list
         for shard in shards_for_prefix(main, artifact.prefix):
             paths.append(resolve(artifact, filename=_sibling(artifact.filename, shard), to=to))
     return paths
+
+
+def shard_resolver(artifact: Artifact) -> Callable[[str], Path]:
+    """For a sharded release: shard file name -> its resolved path (fetched on demand, like the index)."""
+    return lambda shard: resolve(artifact, filename=_sibling(artifact.filename, shard))
 
 
 def _sibling(filename: str | None, name: str) -> str:

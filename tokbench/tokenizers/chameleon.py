@@ -16,11 +16,10 @@ the transformers conversion (`model.vqmodel.*`).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,15 @@ from torch import nn
 from ..checkpoint import (
     RANDOM_WEIGHTS,
     RANDOM_WEIGHTS_NOTE,
-    CheckpointError,
-    detect_prefix,
     load_strict,
     random_init,
-    read_state_dict,
+    read_under_prefix,
     seeded_rng,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..protocols import register_protocol
 from ..registry import Family, Variant
-from ..weights import Artifact, WeightsUnavailable, local_path, resolve
+from ..weights import Artifact, WeightsUnavailable, local_path, resolve, shard_resolver
 
 FAMILY_NAME = "chameleon-vqgan"
 GROUP_NORM_GROUPS = 32  # hard-coded by the official `Normalize`
@@ -481,23 +478,6 @@ PROBE_KEY = "quantize.embedding.weight"
 TRAINING_PREFIXES = ("loss.",)  # the VQLPIPSWithDiscriminator's LPIPS net, discriminator and logvar
 
 
-def _peek_keys(path: Path) -> list[str] | None:
-    """Key names without reading tensors (index / safetensors), or None when the file must be read whole."""
-    if path.name.endswith(".index.json"):
-        return list(json.loads(path.read_text()).get("weight_map", {}))
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return list(f.keys())
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
-                f"could not read safetensors file {path}: {type(e).__name__}: {e}"
-            ) from None
-    return None
-
-
 def read_vqgan_state_dict(
     path: str | Path, resolve_shard: Callable[[str], Path] | None = None
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -505,30 +485,12 @@ def read_vqgan_state_dict(
 
     From a sharded transformers checkpoint only the shards holding `model.vqmodel.*` are read.
     """
-    path = Path(path)
-    keys = _peek_keys(path)
-    if keys is not None:
-        prefix = detect_prefix(keys, ("", *TRANSFORMERS_PREFIXES), PROBE_KEY)
-        if prefix is None:
-            raise CheckpointError(_no_vqgan_message(path, keys))
-        sd = read_state_dict(path, prefix=prefix or None, resolve_shard=resolve_shard)
-    else:
-        sd = read_state_dict(path)  # a pickle: Lightning {"state_dict": ...} or a bare state dict
-        prefix = detect_prefix(sd, ("", *TRANSFORMERS_PREFIXES), PROBE_KEY)
-        if prefix is None:
-            raise CheckpointError(_no_vqgan_message(path, list(sd)))
-        if prefix:
-            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    sd, prefix = read_under_prefix(
+        path, ("", *TRANSFORMERS_PREFIXES), PROBE_KEY, resolve_shard=resolve_shard,
+        what="Chameleon VQGAN (pass tokenizer/vqgan.ckpt of a Chameleon/Anole release, or a transformers-format "
+        "Chameleon checkpoint, model.safetensors.index.json)",
+    )  # fmt: skip
     return sd, ("transformers" if prefix else "original")
-
-
-def _no_vqgan_message(path: Path, keys: Sequence[str]) -> str:
-    shown = ", ".join(list(keys)[:6])
-    return (
-        f"{path} holds no Chameleon VQGAN: no `{PROBE_KEY}` bare or under {list(TRANSFORMERS_PREFIXES)} "
-        f"(first keys: {shown}). Pass tokenizer/vqgan.ckpt of a Chameleon/Anole release, or a transformers-format "
-        "Chameleon checkpoint (model.safetensors.index.json)."
-    )
 
 
 def ignored_training_keys(sd: Mapping[str, torch.Tensor]) -> list[str]:
@@ -717,13 +679,7 @@ def _resolve_weights(
         if path is None:
             raise _meta_unavailable(artifact, "not found locally")
         return path, None
-    path = resolve(artifact)
-    parent = Path(artifact.filename).parent if artifact.filename else Path()
-
-    def resolve_shard(name: str) -> Path:
-        return resolve(artifact, filename=str(parent / name) if str(parent) != "." else name)
-
-    return path, resolve_shard
+    return resolve(artifact), shard_resolver(artifact)
 
 
 def build(
@@ -916,23 +872,11 @@ def read_emu3_state_dict(
     path: str | Path, resolve_shard: Callable[[str], Path] | None = None
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Emu3VQVAE tensors under transformers' names, and the layout they came in ("baai" / "transformers")."""
-    path = Path(path)
-    keys = _peek_keys(path)
-    if keys is None:
-        sd = read_state_dict(path)
-        keys = list(sd)
-    else:
-        sd = None
-    prefix = detect_prefix(keys, EMU3_PREFIXES, EMU3_PROBE)
-    if prefix is None:
-        raise CheckpointError(
-            f"{path} holds no Emu3 vision tokenizer: no `{EMU3_PROBE}` bare or under {list(EMU3_PREFIXES[1:])}. "
-            "Pass BAAI/Emu3-VisionTokenizer's model.safetensors or a transformers-format Emu3 checkpoint."
-        )
-    if sd is None:
-        sd = read_state_dict(path, prefix=prefix or None, resolve_shard=resolve_shard)
-    elif prefix:
-        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    sd, _ = read_under_prefix(
+        path, EMU3_PREFIXES, EMU3_PROBE, resolve_shard=resolve_shard,
+        what="Emu3 vision tokenizer (pass BAAI/Emu3-VisionTokenizer's model.safetensors or a transformers-format "
+        "Emu3 checkpoint)",
+    )  # fmt: skip
     if "encoder.down.0.block.0.conv1.weight" in sd or "encoder.mid.block_1.conv1.weight" in sd:
         return emu3_from_baai_keys(sd), "baai"
     return dict(sd), "transformers"

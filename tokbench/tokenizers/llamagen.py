@@ -11,7 +11,6 @@ families that ship the same pixel CNN (e.g. TokenFlow).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,13 @@ from torch import nn
 from ..checkpoint import (
     RANDOM_WEIGHTS,
     RANDOM_WEIGHTS_NOTE,
-    CheckpointError,
-    detect_prefix,
     load_strict,
     random_init,
-    read_state_dict,
+    read_under_prefix,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..registry import Family, Variant
-from ..weights import Artifact, register_artifact, resolve
+from ..weights import Artifact, register_artifact, resolve, shard_resolver
 
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPS = 1e-6
@@ -532,23 +529,6 @@ def from_transformers_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return out
 
 
-def _key_names(path: Path) -> list[str] | None:
-    """Tensor names of a safetensors file or a sharded index without reading tensors (None: a pickle)."""
-    if path.name.endswith(".index.json"):
-        return list(json.loads(path.read_text()).get("weight_map", {}))
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return list(f.keys())
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
-                f"could not read safetensors file {path}: {type(e).__name__}: {e}"
-            ) from None
-    return None
-
-
 def read_vq_state_dict(
     path: str | Path, resolve_shard: Callable[[str], Path] | None = None
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -557,26 +537,10 @@ def read_vq_state_dict(
     Only the tokenizer's tensors are read from safetensors files and sharded indexes (only the shards
     that hold them); a pickle is opened once with `weights_only=True` and memory-mapped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
-    names = _key_names(path)
-    full = None
-    if names is None:
-        full = read_state_dict(path)
-        names = list(full)
-    prefix = detect_prefix(names, KEY_PREFIXES, _PROBE_KEY)
-    if prefix is None:
-        sample = ", ".join(sorted(names)[:8])
-        raise CheckpointError(
-            f"{path} holds no LlamaGen/Janus VQ tokenizer: no key ends in {_PROBE_KEY!r} under any of the "
-            f"prefixes {list(KEY_PREFIXES)} (first keys: {sample}). Pass the tokenizer checkpoint "
-            "(vq_ds16_c2i.pt, or a Janus model file holding gen_vision_model.*)"
-        )
-    if full is None:
-        sd = read_state_dict(path, prefix=prefix or None, resolve_shard=resolve_shard)
-    else:
-        sd = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+    sd, prefix = read_under_prefix(
+        path, KEY_PREFIXES, _PROBE_KEY, resolve_shard=resolve_shard,
+        what="LlamaGen/Janus VQ tokenizer (pass vq_ds16_c2i.pt, or a Janus model file holding gen_vision_model.*)",
+    )  # fmt: skip
     layout = {"": "llamagen", "gen_vision_model.": "janus", "module.": "ddp"}.get(prefix, "transformers")
     if is_transformers_layout(sd):
         sd = from_transformers_keys(sd)
@@ -852,14 +816,7 @@ def _resolve_weights(
             "llamagen-vq needs weights: pass weights=<vq_ds16_c2i.pt or a Janus model file>, or load a released "
             f"variant by name ({', '.join(v.name for v in VARIANTS)})"
         )
-    artifact = variant.weights
-    path = resolve(artifact)
-    parent = Path(artifact.filename).parent if artifact.filename else Path()
-
-    def resolve_shard(name: str) -> Path:
-        return resolve(artifact, filename=str(parent / name) if str(parent) != "." else name)
-
-    return path, resolve_shard
+    return resolve(variant.weights), shard_resolver(variant.weights)
 
 
 def build(

@@ -30,16 +30,17 @@ from PIL import Image
 from ..checkpoint import (
     RANDOM_WEIGHTS,
     RANDOM_WEIGHTS_NOTE,
-    CheckpointError,
+    checkpoint_keys,
     detect_prefix,
     load_strict,
     read_state_dict,
+    read_under_prefix,
     seeded_rng,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
 from ..protocols import drop_alpha, register_protocol
 from ..registry import Family, Variant
-from ..weights import Artifact, resolve
+from ..weights import Artifact, resolve, shard_resolver
 
 ARCHS = ("transformers", "janus")
 
@@ -156,17 +157,9 @@ def build_janus_model(config: Mapping[str, Any]) -> torch.nn.Module:
 
 
 def _checkpoint_keys(path: Path) -> list[str]:
-    """Tensor names in a checkpoint without reading the tensors (safetensors header / index / mmap)."""
-    import json
-
-    if path.name.endswith(".index.json"):
-        return list(json.loads(path.read_text()).get("weight_map", {}))
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return list(f.keys())
-    return list(read_state_dict(path))
+    """Tensor names, from the safetensors header or index when there is one, else from the pickle."""
+    keys = checkpoint_keys(path)
+    return keys if keys is not None else list(read_state_dict(path))
 
 
 def detect_arch(keys: list[str]) -> str | None:
@@ -181,25 +174,11 @@ def detect_arch(keys: list[str]) -> str | None:
 
 def read_tower(path: Path, arch: str, artifact: Artifact | None) -> tuple[dict[str, torch.Tensor], str]:
     """The vision tower's tensors (prefix stripped) and the prefix they were stored under."""
-    keys = _checkpoint_keys(path)
     candidates, probe = PREFIXES[arch]
-    prefix = detect_prefix(keys, candidates, probe)
-    if prefix is None:
-        sample = ", ".join(keys[:6])
-        raise CheckpointError(
-            f"{path} holds no {arch} SigLIP vision tower: expected a key like "
-            f"{candidates[0] + probe!r}; its first keys are {sample}. Check the file and the config's `arch`."
-        )
-
-    def fetch_shard(name: str) -> Path:
-        if artifact is None:
-            raise CheckpointError(
-                f"shard {name} of {path} is missing next to the index; put it in {path.parent}"
-            )
-        parent = Path(artifact.filename or "").parent
-        return resolve(artifact, filename=str(parent / name) if str(parent) != "." else name)
-
-    sd = read_state_dict(path, prefix=prefix or None, resolve_shard=fetch_shard)
+    sd, prefix = read_under_prefix(
+        path, candidates, probe, resolve_shard=shard_resolver(artifact) if artifact is not None else None,
+        what=f"{arch} SigLIP vision tower (check the file and the config's `arch`)",
+    )  # fmt: skip
     return sd, prefix
 
 
