@@ -76,6 +76,7 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
             "data": j["data"]["name"], "images": j.get("images_evaluated"), "skipped_images": j.get("images_skipped"),
             "resolution": j.get("resolution"), "eval_resolution": j.get("eval_resolution"),
             "protocol": j.get("protocol"), "dtype": j.get("dtype"),
+            "weights": (spec.get("source") or {}).get("weights"),
             "device": j.get("device", {}).get("device"),
         }
         rec.update(j.get("results", {}))
@@ -103,7 +104,10 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         res = r["resolution"]
         if pd.notna(r.get("eval_resolution")) and r.get("eval_resolution"):
             res = f"{res}->{int(r['eval_resolution'])}"  # metrics measured after a resize
-        row = {"tokenizer": r["tokenizer"] + (f" ({r['params']})" if r["params"] else ""), "data": r["data"],
+        label = r["tokenizer"] + (f" ({r['params']})" if r["params"] else "")
+        if str(r.get("weights") or "").startswith("random"):
+            label += " [random weights: speed only]"
+        row = {"tokenizer": label, "data": r["data"],
                "res": res, "protocol": r["protocol"]}
         pub = published.get(r["job"], {})
         for key, header, fmt in cols:
