@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tokbench-installed
 
-.PHONY: setup run test lint report clean
+.PHONY: setup run test test-slow lint report clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-slow: setup
+	TOKBENCH_SLOW_TESTS=1 $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check tokbench tests
