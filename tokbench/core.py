@@ -173,3 +173,74 @@ class ModuleTokenizer(Tokenizer):
 
     def _move(self, device: torch.device) -> None:
         self.model.to(device)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class GridVQTokenizer(ModuleTokenizer):
+    """A VQ tokenizer over a 2D grid whose model works on [-1, 1] images: ids (B, h*w), row-major (y, x).
+
+    Subclasses give `downsample`, `codebook_size`, `encode_grid(x) -> ids (B, h, w)` and
+    `decode_grid(ids (B, h, w)) -> images in [-1, 1]`; this class checks inputs, maps [0, 1] to the
+    model's range (x * 2 - 1, i.e. Normalize(0.5, 0.5)) and back ((x + 1) / 2, clamped to [0, 1]).
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False).to(dtype)
+        self.dtype = dtype
+        self.spec = spec
+
+    downsample: int
+    codebook_size: int
+
+    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
+        if options:
+            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+        check_images(images)
+        h, w = images.shape[-2:]
+        f = self.downsample
+        if h % f or w % f:
+            raise TokbenchError(
+                f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
+                f"preprocess to {self.spec.resolution}x{self.spec.resolution} (protocol '{self.spec.preprocessing}')"
+            )
+        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
+        ids = self.encode_grid(x)
+        return Tokens(
+            ids=ids.reshape(ids.shape[0], -1),
+            grid=(int(ids.shape[1]), int(ids.shape[2])),
+            codebook_size=self.codebook_size,
+            meta={"dtype": str(self.dtype).replace("torch.", ""), "size": (int(h), int(w))},
+        )
+
+    def grid_ids(self, tokens: Tokens) -> torch.Tensor:
+        """Validated ids as (B, h, w); a missing grid is taken as square (as Janus and Chameleon generate)."""
+        if tokens.ids is None:
+            raise TokbenchError(f"{self.spec.name} decodes discrete ids; got continuous Tokens.features")
+        ids = tokens.ids.to(self.device).long()
+        grid = tokens.grid
+        if grid is None:
+            side = math.isqrt(ids.shape[1])
+            if side * side != ids.shape[1]:
+                raise TokbenchError(f"Tokens.grid is unset and {ids.shape[1]} ids do not form a square grid")
+            grid = (side, side)
+        if grid[0] * grid[1] != ids[0].numel():
+            raise TokbenchError(f"Tokens.grid {grid} does not match {ids[0].numel()} ids per image")
+        k = self.codebook_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+            raise TokbenchError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
+        return ids.view(ids.shape[0], grid[0], grid[1])
+
+    @torch.inference_mode()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        x = self.decode_grid(self.grid_ids(tokens)).float()
+        return ((x + 1) / 2).clamp(0, 1)

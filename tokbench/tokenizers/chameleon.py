@@ -16,7 +16,6 @@ the transformers conversion (`model.vqmodel.*`).
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -38,7 +37,7 @@ from ..checkpoint import (
     read_under_prefix,
     seeded_rng,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..core import DTYPES, GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for
 from ..protocols import register_protocol
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, local_path, resolve, shard_resolver
@@ -509,44 +508,26 @@ def load_vqgan_weights(model: ChameleonVQGAN, sd: Mapping[str, torch.Tensor], so
 # Tokenizer adapter
 # ---------------------------------------------------------------------------------------------------
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ChameleonVQGANTokenizer(ModuleTokenizer):
+class ChameleonVQGANTokenizer(GridVQTokenizer):
     """Chameleon / Anole image tokenizer: images [0, 1] <-> ids (B, h*w), row-major (y, x).
 
     The model sees x * 2 - 1 (the official x/255*2-1); `decode` applies the official clamp to [-1, 1] and
     (x + 1) / 2, but returns floats: the official `_pil_from_chw_tensor` then truncates to uint8.
     """
 
-    def __init__(
-        self, model: ChameleonVQGAN, spec: TokenizerSpec, dtype: torch.dtype = torch.float32
-    ) -> None:
-        super().__init__()
-        self.model = model.eval().requires_grad_(False).to(dtype)
-        self.dtype = dtype
-        self.spec = spec
+    @property
+    def downsample(self) -> int:
+        return self.model.config.downsample
 
-    @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
-        check_images(images)
-        h, w = images.shape[-2:]
-        f = self.model.config.downsample
-        if h % f or w % f:
-            raise TokbenchError(
-                f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
-                f"preprocess to {self.spec.resolution}x{self.spec.resolution} (protocol 'chameleon')"
-            )
-        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
-        ids = self.model.encode_ids(x)
-        return Tokens(
-            ids=ids.reshape(ids.shape[0], -1),
-            grid=(int(ids.shape[1]), int(ids.shape[2])),
-            codebook_size=self.model.config.n_embed,
-            meta={"dtype": str(self.dtype).replace("torch.", ""), "size": (int(h), int(w))},
-        )
+    @property
+    def codebook_size(self) -> int:
+        return self.model.config.n_embed
+
+    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_ids(x)
+
+    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_ids(ids)
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:
@@ -556,22 +537,7 @@ class ChameleonVQGANTokenizer(ModuleTokenizer):
                 "encoder and quantizer but not its decoder. Load 'chameleon-vqgan-anole' (Anole's "
                 "tokenizer/vqgan.ckpt, the same tokenizer with its decoder) to reconstruct images."
             )
-        if tokens.ids is None:
-            raise TokbenchError(f"{self.spec.name} decodes discrete ids; got continuous Tokens.features")
-        ids = tokens.ids.to(self.device).long()
-        grid = tokens.grid
-        if grid is None:  # the official pil_from_img_toks assumes a square grid (32 x 32)
-            side = math.isqrt(ids.shape[1])
-            if side * side != ids.shape[1]:
-                raise TokbenchError(f"Tokens.grid is unset and {ids.shape[1]} ids do not form a square grid")
-            grid = (side, side)
-        if grid[0] * grid[1] != ids[0].numel():
-            raise TokbenchError(f"Tokens.grid {grid} does not match {ids[0].numel()} ids per image")
-        k = self.model.config.n_embed
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-            raise TokbenchError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
-        x = self.model.decode_ids(ids.view(ids.shape[0], grid[0], grid[1])).float()
-        return (x.clamp(-1, 1) + 1) / 2
+        return super().decode(tokens)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -882,7 +848,7 @@ def read_emu3_state_dict(
     return dict(sd), "transformers"
 
 
-class Emu3VQTokenizer(ModuleTokenizer):
+class Emu3VQTokenizer(GridVQTokenizer):
     """Emu3's vision tokenizer on still images: [0, 1] <-> ids (B, h*w), row-major, downsample 2^(L-1).
 
     An image is repeated `temporal_downsample_factor` times in time, as the official `encode` does; the model
@@ -890,53 +856,20 @@ class Emu3VQTokenizer(ModuleTokenizer):
     postprocessing then truncates to uint8; tokbench keeps floats).
     """
 
-    def __init__(self, model: nn.Module, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.model = model.eval().requires_grad_(False).to(dtype)
-        self.dtype = dtype
-        self.spec = spec
-
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.model.config.channel_multiplier) - 1)
 
-    @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
-        check_images(images)
-        h, w = images.shape[-2:]
-        f = self.downsample
-        if h % f or w % f:
-            raise TokbenchError(f"{self.spec.name} needs image sides divisible by {f}, got {h}x{w}")
-        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
-        sizes = torch.tensor([[h, w]] * x.shape[0])
-        ids = torch.stack(list(self.model.encode(x, image_sizes=sizes).image_tokens))
-        return Tokens(
-            ids=ids.reshape(ids.shape[0], -1),
-            grid=(int(ids.shape[1]), int(ids.shape[2])),
-            codebook_size=int(self.model.config.codebook_size),
-            meta={"dtype": str(self.dtype).replace("torch.", ""), "size": (int(h), int(w))},
-        )
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.config.codebook_size)
 
-    @torch.inference_mode()
-    def decode(self, tokens: Tokens) -> torch.Tensor:
-        if tokens.ids is None:
-            raise TokbenchError(f"{self.spec.name} decodes discrete ids; got continuous Tokens.features")
-        ids = tokens.ids.to(self.device).long()
-        grid = tokens.grid
-        if grid is None:
-            side = math.isqrt(ids.shape[1])
-            if side * side != ids.shape[1]:
-                raise TokbenchError(f"Tokens.grid is unset and {ids.shape[1]} ids do not form a square grid")
-            grid = (side, side)
-        if grid[0] * grid[1] != ids[0].numel():
-            raise TokbenchError(f"Tokens.grid {grid} does not match {ids[0].numel()} ids per image")
-        k = int(self.model.config.codebook_size)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-            raise TokbenchError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
-        x = self.model.decode(ids.view(ids.shape[0], grid[0], grid[1])).float()
-        return (x.clamp(-1, 1) + 1) / 2
+    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = torch.tensor([list(x.shape[-2:])] * x.shape[0])
+        return torch.stack(list(self.model.encode(x, image_sizes=sizes).image_tokens))
+
+    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(ids)
 
 
 EMU3_VQ = Artifact(

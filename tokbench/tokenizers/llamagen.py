@@ -27,7 +27,7 @@ from ..checkpoint import (
     random_init,
     read_under_prefix,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..core import DTYPES, GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact, resolve, shard_resolver
 
@@ -569,10 +569,7 @@ def load_vq_weights(
 # Tokenizer adapter, released variants, family
 # ---------------------------------------------------------------------------------------------------
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class LlamaGenVQTokenizer(ModuleTokenizer):
+class LlamaGenVQTokenizer(GridVQTokenizer):
     """LlamaGen VQ-16/VQ-8 (Janus `gen_vision_model`): images [0, 1] <-> ids (B, h*w), row-major (y, x).
 
     The model sees [-1, 1] (x * 2 - 1, the official `Normalize(0.5, 0.5)`); decoded images are mapped
@@ -582,55 +579,22 @@ class LlamaGenVQTokenizer(ModuleTokenizer):
     """
 
     def __init__(self, model: VQModel, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.model = model.eval().requires_grad_(False).to(dtype)
+        super().__init__(model, spec, dtype)
         self.model.decoder.set_upsample_bf16(dtype == torch.bfloat16)
-        self.dtype = dtype
-        self.spec = spec
 
     @property
     def downsample(self) -> int:
         return self.model.config.downsample
 
-    @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
-        check_images(images)
-        h, w = images.shape[-2:]
-        f = self.downsample
-        if h % f or w % f:
-            raise TokbenchError(
-                f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
-                f"resize or crop to e.g. {self.spec.resolution}x{self.spec.resolution}"
-            )
-        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
-        ids = self.model.encode_ids(x)
-        return Tokens(
-            ids=ids.reshape(ids.shape[0], -1),
-            grid=(int(ids.shape[1]), int(ids.shape[2])),
-            codebook_size=self.model.config.codebook_size,
-            meta={"dtype": str(self.dtype).replace("torch.", ""), "size": (int(h), int(w))},
-        )
+    @property
+    def codebook_size(self) -> int:
+        return self.model.config.codebook_size
 
-    @torch.inference_mode()
-    def decode(self, tokens: Tokens) -> torch.Tensor:
-        if tokens.ids is None:
-            raise TokbenchError(f"{self.spec.name} decodes discrete ids; got continuous Tokens.features")
-        ids = tokens.ids.to(self.device).long()
-        grid = tokens.grid
-        if grid is None:  # square grid by default, as Janus generates (24 x 24 at 384)
-            side = int(round(ids.shape[1] ** 0.5))
-            if side * side != ids.shape[1]:
-                raise TokbenchError(f"Tokens.grid is unset and {ids.shape[1]} ids do not form a square grid")
-            grid = (side, side)
-        if grid[0] * grid[1] != ids[0].numel():
-            raise TokbenchError(f"Tokens.grid {grid} does not match {ids[0].numel()} ids per image")
-        k = self.model.config.codebook_size
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-            raise TokbenchError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
-        x = self.model.decode_code(ids, grid).float()
-        return ((x + 1) / 2).clamp(0, 1)
+    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_ids(x)
+
+    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_code(ids.flatten(1), tuple(ids.shape[1:]))
 
 
 def _artifact(
