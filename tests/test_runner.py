@@ -126,7 +126,7 @@ def test_run_and_report_end_to_end(tmp_path, capsys):
 
 
 KILLER = textwrap.dedent("""\
-    import os, sys
+    import os, signal, sys
     from tokbench.registry import Family, register_family
     from tokbench.tokenizers.codecs import CodecTokenizer
 
@@ -135,7 +135,10 @@ KILLER = textwrap.dedent("""\
         def encode(self, images, **kw):
             Killer.calls += 1
             if Killer.calls == int(os.environ.get("KILL_AT", "0")):
-                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
+                if os.environ.get("KILL_HOW") == "ctrl-c":
+                    os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C
+                else:
+                    os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
             return super().encode(images, **kw)
 
     register_family(Family("killer-jpeg", build=lambda **k: Killer("jpeg", 40, name="killer-jpeg")))
@@ -144,7 +147,8 @@ KILLER = textwrap.dedent("""\
     """)
 
 
-def test_resume_after_kill_gives_the_same_rows(tmp_path):
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_resume_after_kill_gives_the_same_rows(tmp_path, how):
     folder = make_folder(tmp_path / "imgs", n=9, corrupt=True)
     suite = tmp_path / "s.yaml"
     suite.write_text(textwrap.dedent(f"""\
@@ -158,10 +162,14 @@ def test_resume_after_kill_gives_the_same_rows(tmp_path):
         """))
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    env = {**os.environ, "KILL_AT": "4"}  # warm-up + 3 batches: dies in the middle of the data set
+    env = {**os.environ, "KILL_AT": "4", "KILL_HOW": how}  # warm-up + 3 batches: stops mid data set
     cmd = [sys.executable, str(script), "run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 137, first.stderr
+    if how == "kill":
+        assert first.returncode == 137, first.stderr
+    else:  # stops at the end of the batch, with its state saved, and says how to go on
+        assert first.returncode == 130, first.stderr
+        assert "interrupted; re-run the same command to resume" in first.stderr
     job_dir = next((tmp_path / "run" / "jobs").iterdir())
     assert (job_dir / "state.pt").is_file() and not (job_dir / "summary.json").exists()
     partial = read_rows(job_dir / "rows.jsonl")

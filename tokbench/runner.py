@@ -19,7 +19,9 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -206,6 +208,29 @@ def _download_policy(allowed: bool):
     return nullcontext() if allowed else no_downloads("this suite does not download weights (download: false)")
 
 
+class _InterruptAtBatchEnd:
+    """While a job runs, a first Ctrl-C asks it to stop at the end of the current batch (after saving
+    its state); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _InterruptAtBatchEnd:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 class Runner:
     def __init__(self, suite: Suite, out_dir: Path, progress: bool = True,
                  log: Callable[[str], None] = print) -> None:
@@ -384,12 +409,11 @@ class Runner:
         warmed = False
         last_save = time.monotonic()
         position = start
+        interrupt = _InterruptAtBatchEnd()
         try:
-            with open(rows_path, "a") as rows_file, torch.inference_mode():
+            with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
                 for batch in iterate_batches(ds, protocol, resolution, suite.batch_size, start, suite.num_workers):
-                    skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
                     n = len(batch.records)
-                    position_after = position + n + len(batch.skipped)
                     if n:
                         images = batch.images.to(self.device)
                         if not warmed:  # one untimed pass: lazy init, cudnn autotune, allocator
@@ -423,17 +447,24 @@ class Runner:
                             row.update({k: _scalar(v[j]) for k, v in row_values.items()})
                             rows_file.write(json.dumps(row) + "\n")
                         rows_file.flush()
-                        self._save_examples(images_dir, batch.index, images, recon)
-                    position = position_after
+                    # The batch is fully counted: metrics, rows, skips and position move together.
+                    skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
+                    position += n + len(batch.skipped)
                     bar.update(n + len(batch.skipped))
-                    if time.monotonic() - last_save >= suite.checkpoint_seconds:
+                    if n:
+                        self._save_examples(images_dir, batch.index, images, recon)
+                    if interrupt.requested or time.monotonic() - last_save >= suite.checkpoint_seconds:
                         os.fsync(rows_file.fileno())
                         self._save_state(state_path, position, metrics, skipped, metric_skips)
                         last_save = time.monotonic()
-        except (TokbenchError, RuntimeError, ValueError) as e:
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
+        except (TokbenchError, RuntimeError, ValueError, OSError) as e:
             bar.close()
             if position > start:
                 self._save_state(state_path, position, metrics, skipped, metric_skips)
+            if interrupt.requested:  # Ctrl-C also stops the data-loading workers, which surfaces here
+                raise KeyboardInterrupt from None
             return self._skip(job_dir, job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
                               status="failed")
         bar.close()
