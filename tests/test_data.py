@@ -122,3 +122,28 @@ def test_missing_data_is_a_clear_error(tmp_path):
 def test_pil_to_tensor_range():
     t = pil_to_tensor(Image.fromarray(np.full((2, 3, 3), 255, np.uint8)))
     assert t.shape == (3, 2, 3) and t.max() == 1.0 and t.dtype == torch.float32
+
+
+def test_imagenet_val_layouts(tmp_path):
+    wnids = ["n01440764", "n01443537", "n01484850"]
+    nested = tmp_path / "nested"
+    for w in wnids:
+        (nested / w).mkdir(parents=True)
+        Image.fromarray(_rgb(8, 8)).save(nested / w / f"ILSVRC2012_val_{w}.JPEG")
+    ds = open_dataset(f"imagenet-val:{nested}")
+    assert [r.label for r in ds.records] == [0, 1, 2] and ds.class_names == wnids  # 3 classes: names are ids
+
+    flat = tmp_path / "flat" / "val"
+    flat.mkdir(parents=True)
+    truth = {"ILSVRC2012_val_00000001": "n01484850", "ILSVRC2012_val_00000002": "n01440764"}
+    for stem in truth:
+        Image.fromarray(_rgb(8, 8)).save(flat / f"{stem}.JPEG")
+    ds = open_dataset(f"imagenet-val:{flat}")
+    assert [r.label for r in ds.records] == [None, None]  # no label file: unlabelled
+    (flat.parent / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n"
+        + "".join(f"{k},{v} 10 20 30 40 {v} 1 2 3 4\n" for k, v in truth.items())
+    )
+    ds = open_dataset(f"imagenet-val:{flat}")
+    # labels index the sorted WordNet ids, the same order as class sub-folders
+    assert [r.label for r in ds.records] == [1, 0] and ds.class_names == ["n01440764", "n01484850"]

@@ -142,25 +142,44 @@ def _folder(path: str, name: str) -> ImageDataset:
     return ImageDataset(name, f"folder:{root}", records)
 
 
+IMAGENET_VAL_LABELS = "LOC_val_solution.csv"  # Kaggle's ImageNet release: ImageId,PredictionString (wnid first)
+
+
 def _imagenet_val(path: str) -> ImageDataset:
-    """ImageNet validation images, flat (no labels) or in class sub-folders (labels = sorted folder
-    index, the torchvision ImageFolder order; class names for WordNet-id folders from open_clip)."""
+    """ImageNet validation images in class sub-folders (labels = sorted folder index, the torchvision
+    ImageFolder order) or flat; flat images get labels from a `LOC_val_solution.csv` in the folder or
+    its parent, with the same sorted-WordNet-id order. 1000 WordNet ids get open_clip's class names."""
     ds = _folder(path, "imagenet-val")
     root = Path(path).expanduser()
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        return ImageDataset("imagenet-val", f"imagenet-val:{root}", ds.records)
-    index = {c: i for i, c in enumerate(classes)}
-    records = []
-    for r in ds.records:
-        top = Path(r.id).parts[0]
-        records.append(ImageRecord(r.path, r.id, label=index.get(top), caption=r.caption))
+    if classes:
+        index = {c: i for i, c in enumerate(classes)}
+        records = [ImageRecord(r.path, r.id, index.get(Path(r.id).parts[0]), r.caption) for r in ds.records]
+    else:
+        wnid_of = _loc_val_solution(root)
+        if wnid_of is None:
+            return ImageDataset("imagenet-val", f"imagenet-val:{root}", ds.records)
+        classes = sorted(set(wnid_of.values()))
+        index = {c: i for i, c in enumerate(classes)}
+        records = [ImageRecord(r.path, r.id, index.get(wnid_of.get(Path(r.id).stem, "")), r.caption)
+                   for r in ds.records]
     names = classes
     if len(classes) == 1000 and all(c.startswith("n") and c[1:].isdigit() for c in classes):
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         names = list(IMAGENET_CLASSNAMES)
     return ImageDataset("imagenet-val", f"imagenet-val:{root}", records, class_names=names)
+
+
+def _loc_val_solution(root: Path) -> dict[str, str] | None:
+    """image stem -> WordNet id, from LOC_val_solution.csv beside or above the images (None if absent)."""
+    import csv
+
+    for candidate in (root / IMAGENET_VAL_LABELS, root.parent / IMAGENET_VAL_LABELS):
+        if candidate.is_file():
+            with open(candidate, newline="") as f:
+                return {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(f)}
+    return None
 
 
 def open_dataset(spec: str, limit: int | None = None) -> ImageDataset:
