@@ -325,8 +325,10 @@ def write_report(run_dir: str | Path) -> Path:
         f"{suite.get('batch_size')}, dtype {suite.get('dtype')}, seed {suite.get('seed')}",
     ]
     md = "\n".join(header) + "\n\n## Results\n\n" + markdown_table(table)
-    md += ("\nNumbers in [brackets] are the published values the suite cites (see job.json for the source). "
-           "`PSNR*`/`SSIM*` use the LlamaGen protocol (see below).\n")
+    if any(j.get("published") for j in jobs if j.get("status") == "ok"):
+        md += "\nNumbers in [brackets] are the published values the suite cites (sources below).\n"
+    if any(k.endswith("_llamagen") for k in metric_notes):
+        md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
     published = published_table(jobs)
     if not published.empty:
         md += "\n## Published vs measured\n\n" + markdown_table(published)
@@ -363,7 +365,8 @@ def write_report(run_dir: str | Path) -> Path:
         "<ul class='note'>" + "".join(f"<li>{html.escape(h[2:])}</li>" for h in header if h.startswith("- ")) + "</ul>",
         "<h2>Results</h2>",
         table.to_html(index=False, table_id="results", border=0) if not table.empty else "<p>(no results)</p>",
-        "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol.</p>",
+        "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol "
+        "(see Protocols).</p>",
         ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
          if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"
