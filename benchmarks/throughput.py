@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             if c in df.columns]
     shown = df[cols].astype(object).map(
         lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and v != v)
-        else (f"{v:.1f}" if isinstance(v, float) else v))
+        else (f"{v:.4g}" if isinstance(v, float) else v))
     (out / "throughput.md").write_text(header + markdown_table(shown))
     print(f"\nwrote {out / 'throughput.csv'} and {out / 'throughput.md'}")
     return 0
