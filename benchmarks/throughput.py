@@ -79,6 +79,15 @@ def measure(tok: tokbench.Tokenizer, batch: int, size: int, device: torch.device
     return row
 
 
+def _cell(v: object) -> object:
+    """Table text: no exponents; small rates (a CPU's images/s) keep three significant digits."""
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return ""
+    if not isinstance(v, float):
+        return v
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 1 else f"{v:.3g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokenizers", nargs="+", default=["jpeg-q75", "webp-q75", "avif-q75"])
@@ -141,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         "encode_images_per_s", "decode_images_per_s", "encode_tokens_per_s", "encode_p50_ms",
                         "encode_p95_ms", "decode_p50_ms", "decode_p95_ms", "peak_memory_mb", "status")
             if c in df.columns]
-    shown = df[cols].astype(object).map(
-        lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and v != v)
-        else (f"{v:.4g}" if isinstance(v, float) else v))
+    shown = df[cols].astype(object).map(_cell)
     (out / "throughput.md").write_text(header + markdown_table(shown))
     print(f"\nwrote {out / 'throughput.csv'} and {out / 'throughput.md'}")
     return 0
