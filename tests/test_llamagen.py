@@ -265,7 +265,7 @@ def test_variant_spec_and_registry() -> None:
     assert s.preprocessing == "adm-center-crop" and s.normalisation == "[-1, 1]" and s.dtype == "float32"
     fam, variant = tokbench.registry.find("llamagen-vq16-c2i")
     assert fam.name == "llamagen-vq" and variant.resolution == 256
-    assert dict(variant.published) == {"rfid": 2.19, "psnr": 20.79, "ssim": 0.675}
+    assert dict(variant.published) == {"rfid_torch_fidelity": 2.19, "psnr_llamagen": 20.79, "ssim_llamagen": 0.675}
     assert (
         variant.weights.repo_id == "FoundationVision/LlamaGen"
         and variant.weights.filename == "vq_ds16_c2i.pt"

@@ -250,7 +250,7 @@ def test_every_variant_is_registered_and_in_a_manifest():
     names = set(tokbench.list_tokenizers("one-d-piece-*")) | set(tokbench.list_tokenizers("titok-*"))
     assert names == {v.name for v in (*ONE_D_PIECE_VARIANTS, *TITOK_VARIANTS)}
     assert {v.weights.repo_id for v in (*ONE_D_PIECE_VARIANTS, *TITOK_VARIANTS)} == set(_MANIFEST)
-    published = {v.name: v.published["rfid"] for v in (*ONE_D_PIECE_VARIANTS, *TITOK_VARIANTS)}
+    published = {v.name: v.published["rfid_torch_fidelity"] for v in (*ONE_D_PIECE_VARIANTS, *TITOK_VARIANTS)}
     assert published["one-d-piece-l-256"] == 1.08 and published["titok-l32"] == 2.21
 
 

@@ -272,4 +272,4 @@ def test_variants_registered():
     assert names == ["tokenflow-clipb-32k-enhanced", "tokenflow-siglip-32k"]
     for v in VARIANTS:
         assert v.weights.repo_id == "ByteFlow-AI/TokenFlow"
-        assert set(v.published) == {"rfid", "psnr", "ssim"}
+        assert set(v.published) == {"rfid_pytorch_fid", "psnr_llamagen", "ssim_llamagen"}

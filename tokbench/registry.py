@@ -26,8 +26,9 @@ class Variant:
     """A released checkpoint: which config builds it, where its weights come from, what was published.
 
     `config` holds the official constructor arguments; `options` adapter settings (dtype, codec format
-    and quality, preprocessing); `published` the numbers the authors report, keyed by metric name, with
-    `published_source` naming where they come from.
+    and quality, preprocessing); `published` the numbers the authors report, keyed by the result they
+    compare with under the protocol they were measured with (`psnr_llamagen`, `rfid_torch_fidelity`),
+    with `published_source` naming where they come from.
     """
 
     name: str

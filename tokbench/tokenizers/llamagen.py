@@ -635,7 +635,7 @@ VARIANTS = (
         resolution=256,
         description="LlamaGen VQ-16 tokenizer trained on ImageNet (16x16 tokens at 256, codebook 16384 x 8)",
         paper=_LLAMAGEN_PAPER,
-        published={"rfid": 2.19, "psnr": 20.79, "ssim": 0.675},
+        published={"rfid_torch_fidelity": 2.19, "psnr_llamagen": 20.79, "ssim_llamagen": 0.675},
         published_source=_LLAMAGEN_TABLE + ", 16x16 tokens at 256x256",
     ),
     Variant(
@@ -646,7 +646,7 @@ VARIANTS = (
         resolution=384,
         description="vq_ds16_c2i run at 384 (24x24 tokens); the official eval resizes to 256 before metrics",
         paper=_LLAMAGEN_PAPER,
-        published={"rfid": 0.94, "psnr": 21.94, "ssim": 0.726},
+        published={"rfid_torch_fidelity": 0.94, "psnr_llamagen": 21.94, "ssim_llamagen": 0.726},
         published_source=_LLAMAGEN_TABLE + ", 24x24 tokens (384 input, bicubic to 256 for evaluation)",
     ),
     Variant(
@@ -674,7 +674,7 @@ VARIANTS = (
         resolution=256,
         description="LlamaGen VQ-8 tokenizer trained on ImageNet (32x32 tokens at 256, ch_mult 1,2,2,4)",
         paper=_LLAMAGEN_PAPER,
-        published={"rfid": 0.59},
+        published={"rfid_torch_fidelity": 0.59},
         published_source="LlamaGen README, VQ-VAE models table (vq_ds8_c2i, 32x32 tokens, rFID at 256x256)",
     ),
     Variant(

@@ -741,7 +741,7 @@ def _odp_variant(size: str, vit: str, rfid: float) -> Variant:
             "4096, decoded through the fine-tuned MaskGIT-VQGAN"
         ),
         paper=ONE_D_PIECE_PAPER,
-        published={"rfid": rfid},
+        published={"rfid_torch_fidelity": rfid},
         published_source=ONE_D_PIECE_SOURCE,
     )
 
@@ -761,7 +761,7 @@ def _titok_variant(name: str, repo: str, description: str, rfid: float, config: 
         resolution=256,
         description=description,
         paper=TITOK_PAPER,
-        published={"rfid": rfid},
+        published={"rfid_torch_fidelity": rfid},
         published_source=TITOK_SOURCE,
     )
 

@@ -821,7 +821,7 @@ VARIANTS: tuple[Variant, ...] = (
         resolution=256,
         description="TokenFlow, CLIP ViT-B/16 teacher, enhanced decoder: 256 px, 9 scales to 16x16, 817 ids, K=32768",
         paper=PAPER,
-        published={"rfid": 1.37, "psnr": 21.41, "ssim": 0.687},
+        published={"rfid_pytorch_fid": 1.37, "psnr_llamagen": 21.41, "ssim_llamagen": 0.687},
         published_source=TABLE2 + ", 256 px",
     ),
     Variant(
@@ -850,7 +850,7 @@ VARIANTS: tuple[Variant, ...] = (
             "pixel branch at 432 px, output resized to 384"
         ),
         paper=PAPER,
-        published={"rfid": 0.63, "psnr": 22.77, "ssim": 0.731},
+        published={"rfid_pytorch_fid": 0.63, "psnr_llamagen": 22.77, "ssim_llamagen": 0.731},
         published_source=TABLE2 + ", 384 px",
     ),
 )
