@@ -18,7 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from tokbench.cli import main as cli
 from tokbench.data import open_image
 from tokbench.protocols import get_protocol
-from tokbench.report import load_run
+from tokbench.report import load_run, write_report
 from tokbench.runner import read_rows, run_suite
 from tokbench.suite import load_suite, parse_suite
 
@@ -246,3 +246,37 @@ def test_eval_resolution_resizes_before_metrics_but_not_bpp(tmp_path):
     ref = 10 * torch.log10(1 / (xe - ye).pow(2).mean())
     assert rows[1]["psnr"] == pytest.approx(float(ref), rel=1e-6)
     assert rows[1]["bpp"] == pytest.approx(float(tokens.bits_per_image[0]) / (32 * 32))
+
+
+FIXTURES = Path(__file__).parent / "data"
+
+
+def test_neural_tokenizers_through_the_runner(tmp_path):
+    """Golden-fixture checkpoints run through suites as users run released ones: ids, rate, sweeps."""
+    import math
+
+    folder = make_folder(tmp_path / "imgs", n=3, corrupt=False)
+    suite = parse_suite({
+        "name": "neural", "data": [f"folder:{folder}"], "batch_size": 2,
+        "metrics": ["psnr", "bpp", "codebook", "speed"],
+        "tokenizers": [
+            {"name": "llamagen-vq", "label": "vq16-fixture", "resolution": 96,
+             "weights": str(FIXTURES / "llamagen_vq16" / "vq_ds16_c2i.pt"),
+             "config": str(FIXTURES / "llamagen_vq16" / "config.json")},
+            {"name": "one-d-piece", "label": "odp-fixture", "resolution": 64, "sweep": {"n_tokens": [1, 4]},
+             "weights": str(FIXTURES / "one_d_piece" / "pytorch_model.bin"),
+             "config": str(FIXTURES / "one_d_piece" / "config.json")},
+        ],
+    })  # fmt: skip
+    summaries = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert [s["status"] for s in summaries] == ["ok", "ok", "ok"], [s.get("reason") for s in summaries]
+    vq, odp1, odp4 = (s["results"] for s in summaries)
+    # 96 px / 16 = 6x6 ids from a 1024-code book: 36 * 10 bits over 96*96 pixels
+    assert vq["tokens_per_image"] == 36 and vq["bpp"] == pytest.approx(36 * 10 / 96**2)
+    assert 0 < vq["codebook_usage"] <= 1 and vq["code_entropy"] <= math.log2(1024)
+    k = summaries[1]["spec"]["codebook_size"]
+    assert odp1["tokens_per_image"] == 1 and odp4["tokens_per_image"] == 4
+    assert odp4["bpp"] == pytest.approx(4 * math.log2(k) / 64**2)
+    assert summaries[1]["spec"]["variable_length"] and summaries[1]["params"] == {"n_tokens": 1}
+    report = write_report(tmp_path / "run")
+    assert (report / "tokens_psnr.png").is_file()  # quality against tokens, for the n_tokens sweep
