@@ -280,3 +280,18 @@ def test_neural_tokenizers_through_the_runner(tmp_path):
     assert summaries[1]["spec"]["variable_length"] and summaries[1]["params"] == {"n_tokens": 1}
     report = write_report(tmp_path / "run")
     assert (report / "tokens_psnr.png").is_file()  # quality against tokens, for the n_tokens sweep
+
+
+def test_glob_entries_stand_for_the_variants_present(tmp_path, monkeypatch):
+    from tokbench.runner import plan_jobs
+
+    weights = tmp_path / "w"
+    for name, file in (("janus-pro-1b-vq", "pytorch_model.bin"), ("titok-l32", "model.safetensors")):
+        (weights / name).mkdir(parents=True)
+        (weights / name / file).write_bytes(b"stand-in")
+    monkeypatch.setenv("TOKBENCH_WEIGHTS", str(weights))
+    suite = parse_suite({"tokenizers": ["jpeg-q50", "titok-l32", {"name": "*", "options": {"dtype": "bfloat16"}},
+                                       {"name": "janus*"}]})
+    names = [(j.entry.name, j.entry.options) for j in plan_jobs(suite)]
+    # titok-l32 is named explicitly; the glob adds only janus-pro-1b-vq, once, with the glob's options
+    assert names == [("jpeg-q50", {}), ("titok-l32", {}), ("janus-pro-1b-vq", {"dtype": "bfloat16"})]

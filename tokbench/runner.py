@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,7 @@ def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list
         entries = [e for e in entries if e.name in tokenizer_names or e.label in tokenizer_names]
         known = {e.name for e in suite.tokenizers} | {e.label for e in suite.tokenizers}
         entries += [TokenizerEntry(name=n) for n in tokenizer_names if n not in known]
+    entries = expand_globs(entries)
     data_entries = [(d.source, d.limit) for d in suite.data]
     if data:
         data_entries = [(d, None) for d in data]
@@ -182,6 +183,25 @@ def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list
             for source, limit in data_entries:
                 jobs.append(Job(entry, point, {}, source, limit))
     return jobs
+
+
+def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
+    """An entry whose name is a glob (`"*"`, `"janus*"`) stands for every released variant it matches
+    whose weights are already on this machine and that no other entry names; the rest are left out."""
+    from .registry import variants
+    from .weights import is_available
+
+    named = {e.name for e in entries if not any(c in e.name for c in "*?[")}
+    out = []
+    for e in entries:
+        if not any(c in e.name for c in "*?["):
+            out.append(e)
+            continue
+        for v in variants(e.name):
+            if v.name not in named and v.weights is not None and is_available(v.weights):
+                named.add(v.name)
+                out.append(replace(e, name=v.name, label=v.name))
+    return out
 
 
 class Progress:
