@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tokbench-installed
 
-.PHONY: setup run test test-slow lint report clean
+.PHONY: setup run test test-slow lint report results clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ lint: setup
 # Rebuild the committed quick report from its run folder (no re-run).
 report: setup
 	$(BIN)/tokbench report results/quick
+
+# Measure again what results/ holds (the committed quick run and the CPU throughput table).
+results: setup
+	rm -rf results/quick
+	$(BIN)/tokbench run --out results/quick --quiet
+	$(BIN)/python benchmarks/throughput.py --random-weights --tokenizers jpeg-q75 webp-q75 avif-q75 \
+	    llamagen-vq16-c2i janus-pro-1b-vq chameleon-vqgan-anole tokenflow-clipb-32k-enhanced \
+	    one-d-piece-l-256 titok-l32 siglip-large-patch16-384 --batch-sizes 1 --warmup 1 --iters 3 \
+	    --device cpu --out results/throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tokbench.egg-info

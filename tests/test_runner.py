@@ -295,3 +295,23 @@ def test_glob_entries_stand_for_the_variants_present(tmp_path, monkeypatch):
     names = [(j.entry.name, j.entry.options) for j in plan_jobs(suite)]
     # titok-l32 is named explicitly; the glob adds only janus-pro-1b-vq, once, with the glob's options
     assert names == [("jpeg-q50", {}), ("titok-l32", {}), ("janus-pro-1b-vq", {"dtype": "bfloat16"})]
+
+
+def test_a_run_from_another_environment_is_measured_again_not_resumed(tmp_path):
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    suite = parse_suite({"name": "env", "data": [f"folder:{folder}"], "resolution": 32, "metrics": ["psnr"],
+                         "tokenizers": ["jpeg-q40"]})
+    out = tmp_path / "run"
+    logs: list[str] = []
+    run_suite(suite, out, progress=False, log=logs.append)
+    run_suite(suite, out, progress=False, log=logs.append)
+    assert "already done" in logs[-1]  # same machine: resumed
+    record = json.loads((out / "run.json").read_text())
+    record["versions"]["torch"] = "0.0-elsewhere"
+    (out / "run.json").write_text(json.dumps(record))
+    (marker := next((out / "jobs").iterdir()) / "from-elsewhere").write_text("x")
+    logs.clear()
+    (summary,) = run_suite(suite, out, progress=False, log=logs.append)
+    assert "measuring again here" in logs[0] and summary["status"] == "ok" and "already done" not in logs[-1]
+    assert not marker.exists()
+    assert json.loads((out / "run.json").read_text())["versions"]["torch"] != "0.0-elsewhere"

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokenizers", nargs="+", help="only these tokenizers (suite names or any variant name)")
     r.add_argument("--data", nargs="+", help="data sets instead of the suite's: samples, folder:PATH, "
                    "imagenet-val:PATH")
-    r.add_argument("--out", help="run folder (default results/<suite name>); re-running resumes it")
+    r.add_argument("--out", help="run folder (default results/<suite name>); re-running resumes it on the same "
+                   "machine and measures again on another")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps, auto")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--limit", type=int, help="at most this many images per data set")

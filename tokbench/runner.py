@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -262,12 +263,21 @@ class Runner:
     def _write_run_record(self, jobs: list[Job]) -> None:
         path = self.out / "run.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
+        now_device, now_versions = device_description(self.device), package_versions()
+        if old and (old.get("device") != now_device or old.get("versions") != now_versions):
+            # Numbers from another machine or software stack are not resumed into this one's: measure again.
+            self.log(f"{self.out} holds a run made with other hardware or package versions "
+                     f"({old.get('device', {}).get('cpu')}, torch {old.get('versions', {}).get('torch')}); "
+                     "measuring again here")
+            shutil.rmtree(self.out / "jobs", ignore_errors=True)
+            (self.out / "jobs").mkdir()
+            old = {}
         record = {
             "suite": self.suite.as_dict(),
             "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": package_versions(),
-            "device": device_description(self.device),
+            "versions": now_versions,
+            "device": now_device,
             "git_revision": git_revision(),
             "command": old.get("command") or " ".join(os.sys.argv),
             "jobs": [j.id(self.suite) for j in jobs],
