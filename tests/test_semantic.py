@@ -277,3 +277,31 @@ def test_offline_named_encoder_is_a_clear_error(tmp_path, monkeypatch):
         build_metric("zeroshot")
     with pytest.raises(TokbenchError, match="unknown semantic encoder"):
         build_metric("semantic-similarity", encoder="ViT-Q-99")
+
+
+def test_hf_text_tokenizer_files_are_resolved_and_loaded(tmp_path, monkeypatch):
+    """SigLIP text towers read tokenizer.json & co. through the resolver (here: TOKBENCH_WEIGHTS)."""
+    import json as _json
+
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from tokbench.metrics.encoders import HF_TOKENIZER_FILES, EncoderSpec, _hf_tokenizer_loader
+    from tokbench.weights import Artifact
+
+    art = Artifact(name="toy-tokenizer", repo_id="o/toy", filename="tokenizer.json")
+    folder = tmp_path / "w" / art.name
+    folder.mkdir(parents=True)
+    tok = HFTok(WordLevel({"<pad>": 0, "<unk>": 1, "a": 2, "photo": 3, "of": 4, "cat": 5}, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(_json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "unk_token": "<unk>"}))
+    (folder / "special_tokens_map.json").write_text(_json.dumps({"pad_token": "<pad>", "unk_token": "<unk>"}))
+    assert {p.name for p in folder.iterdir()} == set(HF_TOKENIZER_FILES)
+    monkeypatch.setenv("TOKBENCH_WEIGHTS", str(tmp_path / "w"))
+    spec = EncoderSpec("toy", "toy-model", "none", weights=art, tokenizer=art)
+    tokenize = _hf_tokenizer_loader(spec, {"context_length": 6})()
+    ids = tokenize(["a photo of a cat"])
+    assert ids.tolist() == [[2, 3, 4, 2, 5, 0]]  # padded to the context length

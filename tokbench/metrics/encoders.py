@@ -255,15 +255,16 @@ def _hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callabl
         # Resolve the files one by one (explicit folder, TOKBENCH_WEIGHTS, HF cache, download) and gather them
         # in one folder, which is what AutoTokenizer.from_pretrained reads.
         paths = [resolve(spec.tokenizer, filename=f) for f in HF_TOKENIZER_FILES]
-        folder = Path(tempfile.mkdtemp(prefix="tokbench-tokenizer-"))
-        for p in paths:
-            (folder / p.name).symlink_to(p.resolve())
-        return HFTokenizer(
-            str(folder),
-            context_length=text_cfg.get("context_length", 77),
-            tokenizer_mode=text_cfg.get("tokenizer_mode"),
-            **text_cfg.get("tokenizer_kwargs", {}),
-        )
+        with tempfile.TemporaryDirectory(prefix="tokbench-tokenizer-") as tmp:  # read at construction
+            folder = Path(tmp)
+            for p in paths:
+                (folder / p.name).symlink_to(p.resolve())
+            return HFTokenizer(
+                str(folder),
+                context_length=text_cfg.get("context_length", 77),
+                tokenizer_mode=text_cfg.get("tokenizer_mode"),
+                **text_cfg.get("tokenizer_kwargs", {}),
+            )
 
     return load
 
