@@ -178,6 +178,13 @@ class ModuleTokenizer(Tokenizer):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `dtype` option ("float32", "bfloat16", "float16"), or a clear error."""
+    if name not in DTYPES:
+        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
 class GridVQTokenizer(ModuleTokenizer):
     """A VQ tokenizer over a 2D grid whose model works on [-1, 1] images: ids (B, h*w), row-major (y, x).
 

@@ -37,7 +37,7 @@ from ..checkpoint import (
     read_under_prefix,
     seeded_rng,
 )
-from ..core import DTYPES, GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for
+from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, torch_dtype
 from ..protocols import register_protocol
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, local_path, resolve, shard_resolver
@@ -664,8 +664,7 @@ def build(
     """
     if options:
         raise TokbenchError(f"unknown chameleon-vqgan options {sorted(options)}; known: dtype, resolution")
-    if dtype not in DTYPES:
-        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype(dtype)  # a bad dtype fails before the model is built
     random_weights = isinstance(weights, str) and weights == "random"
     if variant is None and (weights is None or (random_weights and not config)):
         variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
@@ -743,7 +742,7 @@ def build(
         source=source,
         notes="; ".join(notes),
     )
-    tokenizer = ChameleonVQGANTokenizer(model, spec, DTYPES[dtype])
+    tokenizer = ChameleonVQGANTokenizer(model, spec, torch_dtype(dtype))
     tokenizer.ignored_keys = ignored
     return tokenizer
 
@@ -904,8 +903,7 @@ def build_emu3(
     """transformers' Emu3VQVAE from `config`, strictly loaded from BAAI's or transformers' layout."""
     if options:
         raise TokbenchError(f"unknown emu3-vq options {sorted(options)}; known: dtype, resolution")
-    if dtype not in DTYPES:
-        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype(dtype)  # a bad dtype fails before the model is built
     from transformers import Emu3VQVAE
 
     random_weights = isinstance(weights, str) and weights == "random"
@@ -963,7 +961,7 @@ def build_emu3(
             "tokbench keeps floats"
         ),
     )
-    return Emu3VQTokenizer(model, spec, DTYPES[dtype])
+    return Emu3VQTokenizer(model, spec, torch_dtype(dtype))
 
 
 FAMILY = Family(

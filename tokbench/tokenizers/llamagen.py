@@ -27,7 +27,7 @@ from ..checkpoint import (
     random_init,
     read_under_prefix,
 )
-from ..core import DTYPES, GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for
+from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact, resolve, shard_resolver
 
@@ -795,8 +795,7 @@ def build(
     """Build the VQ model from `config`, load a checkpoint in any released layout, wrap it as a tokenizer."""
     if options:
         raise TokbenchError(f"unknown llamagen-vq options {sorted(options)}; known: dtype, resolution")
-    if dtype not in DTYPES:
-        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype(dtype)  # a bad dtype fails before the model is built
     cfg = vq_config(config)
     random_weights = isinstance(weights, str) and weights == "random"
     if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
@@ -832,7 +831,7 @@ def build(
             f"{side}x{side} grid at {resolution}"
         ),
     )
-    return LlamaGenVQTokenizer(model, spec, DTYPES[dtype])
+    return LlamaGenVQTokenizer(model, spec, torch_dtype(dtype))
 
 
 FAMILY = Family(

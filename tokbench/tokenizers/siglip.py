@@ -37,7 +37,7 @@ from ..checkpoint import (
     read_under_prefix,
     seeded_rng,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
 from ..protocols import drop_alpha, register_protocol
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve, shard_resolver
@@ -301,9 +301,7 @@ def build(
     preprocessing = options.pop("preprocessing", None)
     if options:
         raise TokbenchError(f"unknown SigLIP options {sorted(options)}; it takes dtype, preprocessing")
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype_name not in dtypes:
-        raise TokbenchError(f"dtype must be one of {sorted(dtypes)}, got {dtype_name!r}")
+    torch_dtype(dtype_name)  # a bad dtype fails before the model is built
     artifact = variant.weights if variant is not None else None
     random_weights = isinstance(weights, str) and weights == "random"
     if random_weights:  # speed benchmarks without the release: the library's own init, seeded
@@ -344,7 +342,7 @@ def build(
         load_strict(
             model, sd, source=f"{path} (keys under {prefix!r})", ignore_unexpected=_unused_keys(arch, config)
         )
-    model = model.to(dtypes[dtype_name])
+    model = model.to(torch_dtype(dtype_name))
     for p in model.parameters():
         p.requires_grad_(False)
     grid = int(config["image_size"]) // int(config["patch_size"])

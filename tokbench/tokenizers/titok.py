@@ -43,7 +43,7 @@ from ..checkpoint import (
     random_init,
     read_state_dict,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
 
@@ -561,7 +561,6 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 # Tokenizer adapter
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TiTokTokenizer(ModuleTokenizer):
@@ -581,14 +580,13 @@ class TiTokTokenizer(ModuleTokenizer):
         self.model = model.eval().requires_grad_(False)
         self.cfg = model.cfg
         self.spec = spec
-        if dtype not in _DTYPES:
-            raise TokbenchError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        torch_dtype(dtype)  # a bad dtype fails before the model is built
         self.dtype = dtype
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.dtype])
+        return torch.autocast(device_type=self.device.type, dtype=torch_dtype(self.dtype))
 
     def _n_tokens(self, n_tokens: int | None) -> int:
         k_max = self.cfg.num_latent_tokens

@@ -38,7 +38,7 @@ from ..checkpoint import (
     read_state_dict,
     seeded_rng,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
 from .llamagen import Decoder, Encoder
@@ -635,7 +635,6 @@ def release_to_module_keys(
 # Adapter
 # ----------------------------------------------------------------------------------------------------
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TokenFlowTokenizer(ModuleTokenizer):
@@ -741,8 +740,7 @@ def _build(
     preprocessing = options.pop("preprocessing", None)
     if options:
         raise TokbenchError(f"unknown TokenFlow options {sorted(options)}; known: dtype, preprocessing")
-    if dtype_name not in DTYPES:
-        raise TokbenchError(f"dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
+    torch_dtype(dtype_name)  # a bad dtype fails before the model is built
     cfg = TokenFlowConfig.from_dict(config or {})
     random_weights = isinstance(weights, str) and weights == "random"
     if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
@@ -760,7 +758,7 @@ def _build(
         model = TokenFlowModel(cfg)
         sd = release_to_module_keys(read_state_dict(weights), model.state_dict().keys())
         load_strict(model, sd, source=f"TokenFlow checkpoint {weights}")
-    model = model.to(DTYPES[dtype_name])
+    model = model.to(torch_dtype(dtype_name))
     if preprocessing is None:
         preprocessing = "pad-square" if cfg.teacher == SIGLIP_TEACHER else "adm-center-crop"
     name = variant.name if variant is not None else f"tokenflow-{cfg.teacher}"
