@@ -59,6 +59,17 @@ def drop_alpha(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """An RGB image centred on a square canvas of its longer side, filled with `fill` (expand2square)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
 def center_crop(img: Image.Image, size: int) -> Image.Image:
     """Crop the central size x size window (offsets rounded as torchvision's CenterCrop does)."""
     w, h = img.size
@@ -110,9 +121,4 @@ def resize_only(img: Image.Image, size: int) -> Image.Image:
     "(LLaVA-style expand2square, used by SigLIP-based tokenizers)",
 )
 def pad_square(img: Image.Image, size: int) -> Image.Image:
-    img = drop_alpha(img)
-    w, h = img.size
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), (127, 127, 127))
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    return canvas.resize((size, size), resample=Image.BICUBIC)
+    return expand_to_square(drop_alpha(img), (127, 127, 127)).resize((size, size), resample=Image.BICUBIC)

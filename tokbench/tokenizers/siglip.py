@@ -38,7 +38,7 @@ from ..checkpoint import (
     seeded_rng,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
-from ..protocols import drop_alpha, register_protocol
+from ..protocols import drop_alpha, expand_to_square, register_protocol
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve, shard_resolver
 
@@ -93,16 +93,7 @@ def janus_resize_pad(img: Image.Image, size: int) -> Image.Image:
     longest = max(w, h)
     new_h = max(int(h / longest * size), JANUS_MIN_SIZE)
     new_w = max(int(w / longest * size), JANUS_MIN_SIZE)
-    img = img.resize((new_w, new_h), resample=Image.BICUBIC)
-    if new_w == new_h:
-        return img
-    side = max(new_w, new_h)
-    canvas = Image.new("RGB", (side, side), JANUS_BACKGROUND)
-    if new_w > new_h:
-        canvas.paste(img, (0, (new_w - new_h) // 2))
-    else:
-        canvas.paste(img, ((new_h - new_w) // 2, 0))
-    return canvas
+    return expand_to_square(img.resize((new_w, new_h), resample=Image.BICUBIC), JANUS_BACKGROUND)
 
 
 def janus_depth(layers: int, select_layer: int) -> int:
