@@ -24,6 +24,18 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads(request):
+    """A test module that sets `TORCH_THREADS = n` runs with n torch threads (fixed reduction orders for
+    golden comparisons); the previous count is restored afterwards."""
+    n = getattr(request.module, "TORCH_THREADS", None)
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return DATA

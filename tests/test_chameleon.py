@@ -30,12 +30,7 @@ DATA = Path(__file__).parent / "data" / "chameleon_vqgan"
 CKPT = DATA / "vqgan.ckpt"
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 2  # see conftest._torch_threads
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 2  # see conftest._torch_threads
 
 
 def golden(folder: Path) -> dict[str, torch.Tensor]:

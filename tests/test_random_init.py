@@ -61,12 +61,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # see conftest._torch_threads
 
 
 def _images(side: int, n: int = 1) -> torch.Tensor:

@@ -77,12 +77,7 @@ def save_safetensors(sd: dict, path) -> None:
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # see conftest._torch_threads
 
 
 # --------------------------------------------------------------------------------------------- transformers

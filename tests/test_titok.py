@@ -29,12 +29,7 @@ ODP = DATA / "one_d_piece"
 TITOK = DATA / "titok"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # see conftest._torch_threads
 
 
 @pytest.fixture(scope="module")
