@@ -297,6 +297,7 @@ def artifacts() -> dict[str, Artifact]:
     from .registry import variants
 
     metric_names()  # imports every metric module once
+    from .geneval import detector, layout  # noqa: F401 - register GenEval's detector and metadata artifacts
     known = dict(_ARTIFACTS)
     for v in variants():
         if isinstance(v.weights, Artifact):

@@ -29,7 +29,6 @@ OFFICIAL_METADATA = register_artifact(
         name="geneval-metadata",
         url=f"https://raw.githubusercontent.com/djghosh13/geneval/{GENEVAL_COMMIT}/prompts/evaluation_metadata.jsonl",
         sha256="5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13",
-        size=86_000,
         licence="MIT (djghosh13/geneval)",
         used_by="tokbench geneval (the 553 official prompts and their tags)",
     )

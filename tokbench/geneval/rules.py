@@ -70,13 +70,7 @@ class RuleOptions:
         if options is None:
             return cls()
         if not isinstance(options, Mapping):
-            pairs = {}
-            for opt in options:
-                if "=" not in opt:
-                    raise TokbenchError(f"option {opt!r} is not KEY=VALUE (e.g. max_overlap=0.5)")
-                key, value = opt.split("=", 1)
-                pairs[key] = value
-            options = pairs
+            options = parse_key_values(options)
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(options) - set(known))
         if unknown:
@@ -89,6 +83,17 @@ class RuleOptions:
             except (TypeError, ValueError):
                 raise TokbenchError(f"GenEval option {key}={value!r} is not a {kind.__name__}") from None
         return cls(**values)
+
+
+def parse_key_values(options: Sequence[str]) -> dict[str, str]:
+    """Upstream's `--options KEY=VALUE ...` as a dict (split at the first `=`)."""
+    pairs = {}
+    for opt in options:
+        if "=" not in opt:
+            raise TokbenchError(f"option {opt!r} is not KEY=VALUE (e.g. max_overlap=0.5)")
+        key, value = opt.split("=", 1)
+        pairs[key] = value
+    return pairs
 
 
 @dataclass

@@ -15,6 +15,7 @@ import os
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,7 @@ def score_images(images: str | os.PathLike, detector: Any, color_classifier: Any
             skipped.append((item.path, f"unreadable image ({type(e).__name__}: {e})"))
             continue
         dets = detector(image)
-        decision = decide(dets, item.metadata, lambda name, insts: color_classifier.classify(image, name, insts),
-                          options)  # fmt: skip
+        decision = decide(dets, item.metadata, partial(color_classifier.classify, image), options)
         rows.append(result_row(item.path, item.metadata, decision))
         if progress is not None:
             progress(i + 1, len(layout.images))
