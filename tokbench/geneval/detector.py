@@ -165,11 +165,17 @@ class Mask2FormerDetector:
         return {
             "backend": f"transformers {type(self.model).__name__}",
             "weights": self.source,
-            "preprocessing": f"{type(p).__name__} size={getattr(p, 'size', None)} "
-            f"size_divisor={getattr(p, 'size_divisor', None)}",
+            "preprocessing": f"the checkpoint's {type(p).__name__} (size {_set_fields(getattr(p, 'size', None))}, "
+            f"size_divisor {getattr(p, 'size_divisor', None)})",
             "postprocessing": f"mmdet 2.x Mask2Former instance head (top {self.max_per_image}, mask logits > 0, "
             "score = class prob * mean mask prob, box = mask extent)",
         }
+
+
+def _set_fields(size: Any) -> Any:
+    """A processor's size (a dict or transformers' SizeDict) without its unset fields."""
+    items = size.items() if isinstance(size, dict) else vars(size).items() if hasattr(size, "__dict__") else None
+    return size if items is None else {k: v for k, v in items if v is not None}
 
 
 def load_detector(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -273,7 +279,7 @@ class ClipColorClassifier:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backend": f"open_clip {self.name}",
+            "backend": self.name,
             "crops": f"mask composited on {self.bgcolor}, {'cropped to the box' if self.crop else 'full image'}",
             "templates": " | ".join(COLOR_TEMPLATES),
             "amp": "float16 autocast on CUDA" if self.amp else "off",
