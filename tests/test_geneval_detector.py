@@ -209,3 +209,29 @@ def test_layout_to_results_jsonl_end_to_end(tiny_mask2former, tiny_clip, tmp_pat
     report = (out / "report.md").read_text()
     assert "`geneval_hf`" in report and "unmeasured" in report and "## Skipped (2)" in report
     assert (out / "summary.csv").read_text().splitlines()[-1].startswith("geneval_hf,overall,")
+
+
+def test_detector_resolves_its_three_files_from_tokbench_weights(tiny_mask2former, tmp_path, monkeypatch):
+    import shutil
+
+    from tokbench.geneval.detector import MASK2FORMER_SWIN_S_COCO
+    from tokbench.weights import fetch
+
+    folder = tmp_path / "w" / MASK2FORMER_SWIN_S_COCO.name
+    shutil.copytree(tiny_mask2former, folder)
+    monkeypatch.setenv("TOKBENCH_WEIGHTS", str(tmp_path / "w"))
+    assert sorted(p.name for p in fetch(MASK2FORMER_SWIN_S_COCO)) == ["config.json", "model.safetensors",
+                                                                      "preprocessor_config.json"]  # fmt: skip
+    detector = load_detector()
+    assert detector.labels == dict(enumerate(GENEVAL_CLASSES))
+    (folder / "config.json").unlink()
+    with pytest.raises(WeightsUnavailable, match="mask2former-swin-small-coco-instance"):
+        load_detector()
+
+
+def test_wrong_images_folder_fails_before_loading_models(tmp_path, capsys):
+    assert main(["geneval", "--images", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "00000" / "samples").mkdir(parents=True)
+    assert main(["geneval", "--images", str(tmp_path)]) == 2  # no weights here, yet the message is about the images
+    assert "no image to score" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_geneval(args: argparse.Namespace) -> int:
-    from .layout import load_metadata, official_metadata
+    from .layout import load_metadata, official_metadata, scan_layout
     from .rules import RuleOptions, parse_key_values
     from .scoring import score_detections, score_images, write_outputs
 
@@ -60,12 +60,16 @@ def cmd_geneval(args: argparse.Namespace) -> int:
         from .detector import load_color_classifier, load_detector
 
         meta = load_metadata(args.metadata) if args.metadata else None
+        layout = scan_layout(args.images, meta)  # before loading models: a wrong folder fails fast
+        if not layout.images:
+            problems = "; ".join(f"{what}: {why}" for what, why in layout.skipped[:3])
+            raise TokbenchError(f"no image to score in {args.images} ({problems or 'no samples/NNNNN.png'})")
         device = _device(args.device)
         detector = load_detector(args.detector_weights, device=device)
         colors = load_color_classifier(color.get("clip_model", "ViT-L-14"), weights=args.clip_weights, device=device,
                                        bgcolor=color.get("bgcolor", "#999"), crop=color.get("crop", "1") == "1")  # fmt: skip
         progress = None if args.quiet else _progress
-        run = score_images(args.images, detector, colors, options, meta, progress=progress)
+        run = score_images(layout, detector, colors, options, meta, progress=progress)
         out = Path(args.out) if args.out else Path("results") / "geneval" / Path(args.images).resolve().name
     write_outputs(run, out)
     if run.summary:

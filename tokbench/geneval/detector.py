@@ -39,12 +39,12 @@ MASK2FORMER_SWIN_S_COCO = register_artifact(
         name="mask2former-swin-small-coco-instance",
         repo_id="facebook/mask2former-swin-small-coco-instance",
         filename="model.safetensors",
+        companions=("config.json", "preprocessor_config.json"),
         size=276_000_000,
         licence="see the model card (Mask2Former: MIT)",
-        used_by="tokbench geneval --images (geneval_hf detector; with config.json and preprocessor_config.json)",
+        used_by="tokbench geneval --images (geneval_hf detector)",
     )
 )
-DETECTOR_FILES = ("config.json", "preprocessor_config.json")  # resolved beside the weights
 MAX_PER_IMAGE = 100  # mmdet Mask2Former test_cfg.max_per_image: (query, class) pairs kept per image
 MASK_LOGIT_THRESHOLD = 0.0  # mmdet binarises mask logits at 0 (sigmoid 0.5)
 MASK_SCORE_EPS = 1e-6  # mmdet's guard in the mean mask probability
@@ -188,7 +188,7 @@ def load_detector(weights: str | os.PathLike | None = None, device: str | torch.
     if folder is not None and not folder.is_dir():
         raise TokbenchError(f"--detector-weights {str(weights)!r} must be a folder holding config.json, "
                             f"preprocessor_config.json and {artifact.basename}")  # fmt: skip
-    paths = [resolve(artifact, explicit=folder, filename=f) for f in (artifact.filename, *DETECTOR_FILES)]
+    paths = [resolve(artifact, explicit=folder, filename=f) for f in (artifact.filename, *artifact.companions)]
     with tempfile.TemporaryDirectory(prefix="tokbench-mask2former-") as tmp:  # gather what from_pretrained reads
         for p in paths:
             (Path(tmp) / p.name).symlink_to(p.resolve())

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core import TokbenchError
 from .layout import (
+    Layout,
     Metadata,
     load_detections,
     load_metadata,
@@ -89,19 +90,19 @@ def score_detections(detections: str | os.PathLike, metadata: str | os.PathLike 
     return GenevalRun(LABEL_GIVEN, rows, skipped, protocol)
 
 
-def score_images(images: str | os.PathLike, detector: Any, color_classifier: Any,
+def score_images(images: str | os.PathLike | Layout, detector: Any, color_classifier: Any,
                  options: RuleOptions | None = None, metadata: Metadata | None = None,
                  progress: Callable[[int, int], None] | None = None) -> GenevalRun:  # fmt: skip
     """Detect and decide every sample of a GenEval folder.
 
     `detector(image: PIL.Image) -> dict[class, list[Instance]]` with masks, and `describe()`;
     `color_classifier.classify(image, classname, instances) -> list[str]` and `describe()` (see `detector.py`).
-    Images that cannot be read are skipped, counted and listed.
+    `images` is the folder or its `scan_layout`. Images that cannot be read are skipped, counted and listed.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     options = options or RuleOptions()
-    layout = scan_layout(images, metadata)
+    layout = images if isinstance(images, Layout) else scan_layout(images, metadata)
     rows, skipped = [], list(layout.skipped)
     for i, item in enumerate(layout.images):
         try:
