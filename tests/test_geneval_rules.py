@@ -171,6 +171,11 @@ def test_images_without_metadata_are_skipped_counted_and_listed(fixture, tmp_pat
     assert len((out / "results.jsonl").read_text().splitlines()) == len(rows) - 1
     assert (out / "skipped.txt").read_text().startswith(rows[0]["image_id"] + "\t")
     assert "## Skipped (1)" in (out / "report.md").read_text()
+    dets = (fixture / "detections.jsonl").read_text().splitlines()
+    fewer = tmp_path / "dets.jsonl"
+    fewer.write_text("\n".join(dets[1:]) + "\n")  # an image with metadata but no detections line
+    rc = main(["geneval", "--detections", str(fewer), "--metadata", str(fixture / "metadata.jsonl"), "--out", str(out)])
+    assert rc == 1 and (out / "skipped.txt").read_text().startswith(rows[0]["image_id"] + "\tno line in")
 
 
 def test_missing_official_metadata_offline_says_how_to_fetch(fixture, tmp_path, capsys):

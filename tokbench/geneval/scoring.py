@@ -68,7 +68,11 @@ def score_detections(detections: str | os.PathLike, metadata: str | os.PathLike 
     options = options or RuleOptions()
     meta = metadata if isinstance(metadata, Metadata) else load_metadata(metadata)
     rows, skipped = [], []
-    for det in sorted(load_detections(detections), key=lambda d: d.image_id):
+    dets = load_detections(detections)
+    seen = {d.image_id for d in dets}
+    # Per-image metadata names the images that should be there: one without a detections line is a gap.
+    skipped += [(i, f"no line in {detections}") for i in sorted(meta.by_image) if i not in seen]
+    for det in sorted(dets, key=lambda d: d.image_id):
         m = meta.for_image(det.image_id)
         if m is None:
             skipped.append((det.image_id, f"no metadata for this image in {meta.source}"))
