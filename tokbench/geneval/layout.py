@@ -33,7 +33,6 @@ OFFICIAL_METADATA = register_artifact(
         used_by="tokbench geneval (the 553 official prompts and their tags)",
     )
 )
-OFFICIAL_PROMPT_COUNT = 553
 METADATA_FILE = "metadata.jsonl"  # per prompt folder: a single JSON object despite the suffix
 SAMPLES_DIR = "samples"
 SAMPLE_PATTERN = re.compile(r"\d+\.png")  # upstream uses re.match: a prefix match, as here
