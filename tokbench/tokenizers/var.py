@@ -43,7 +43,7 @@ from ..checkpoint import (
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
 from ..protocols import center_crop, drop_alpha, register_protocol
-from ..registry import Family, Variant
+from ..registry import Family, Variant, read_config
 from ..weights import Artifact, register_artifact, resolve
 from .llamagen import Downsample, Normalize, ResnetBlock, Upsample, nonlinearity
 
@@ -196,7 +196,10 @@ _HARD_CODED_NAMES = {
 # Derived values a fixture config may state: checked against what the config implies, never used instead.
 _DERIVED = ("scale_lengths", "scale_offsets", "total_tokens", "latent_hw", "downsample_factor", "phi_index_per_scale")
 # Descriptive fields of the fixtures' config.json (input batch, seed, notes): not model arguments.
-_DESCRIPTIVE = ("fixture_patch", "checkpoint_file", "checkpoint_container", "seed", "input", "full_size_equivalent")
+_DESCRIPTIVE = (
+    "fixture_patch", "checkpoint_file", "checkpoint_container", "seed", "input", "full_size_equivalent",
+    "patch_nums_512px_models",
+)  # fmt: skip
 _TUPLES = ("v_patch_nums", "ch_mult")
 
 
@@ -212,8 +215,8 @@ def _from_build_vae_var(args: Mapping[str, Any]) -> dict[str, Any]:
     return {_BUILD_VAE_VAR_NAMES.get(k, k): v for k, v in full.items()}
 
 
-def var_config(config: Mapping[str, Any] | None) -> VARConfig:
-    """Parse a VAR VQVAE config (empty or None: the release, `build_vae_var()`'s VQVAE).
+def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
+    """Parse a VAR VQVAE config, a dict or a JSON / YAML file (empty or None: the release, `build_vae_var()`'s VQVAE).
 
     Accepted, alone or together (values given twice must agree): `VQVAE(**kwargs)` arguments, flat or
     under `vqvae_kwargs` (missing ones take VQVAE's defaults, e.g. ch=128); `build_vae_var`'s names (`V`,
@@ -222,7 +225,7 @@ def var_config(config: Mapping[str, Any] | None) -> VARConfig:
     `hard_coded_upstream`. A fixture's derived values (`scale_lengths`, `phi_index_per_scale`, ...) are
     checked against the config, never used in its place.
     """
-    config = dict(config or {})
+    config = read_config(config)
     if not config:
         config = {"build_vae_var_equivalent": {}}
     known = {f.name for f in fields(VARConfig)}
