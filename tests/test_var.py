@@ -305,3 +305,44 @@ def test_var_protocol_equals_torchvision_transform():
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         ref = tv.Compose([tv.Resize(round(1.125 * 56), interpolation=tv.InterpolationMode.LANCZOS), tv.CenterCrop(56)])
         assert np.array_equal(np.asarray(get_protocol("var").fn(img, 56)), np.asarray(ref(img))), (w, h)
+
+
+# ------------------------------------------------------------------------------------ through the runner
+
+
+def test_n_scales_sweep_through_the_runner(tmp_path):
+    """The fixture checkpoint in a suite as users run the release: one job per n_scales, one model load."""
+    from tests.test_runner import make_folder
+    from tokbench.data import open_image
+    from tokbench.report import write_report
+    from tokbench.runner import read_rows, run_suite
+    from tokbench.suite import parse_suite
+
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    suite = parse_suite({
+        "name": "var-scales", "data": [f"folder:{folder}"], "batch_size": 2,
+        "metrics": ["psnr", "bpp", "codebook"],
+        "tokenizers": [
+            {"name": "var-vqvae", "label": "var-fixture", "sweep": {"n_scales": [1, 4, 10]},
+             "weights": str(CKPT), "config": str(CONFIG)},
+        ],
+    })  # fmt: skip
+    summaries = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert [s["status"] for s in summaries] == ["ok"] * 3, [s.get("reason") for s in summaries]
+    assert [s["params"] for s in summaries] == [{"n_scales": k} for k in (1, 4, 10)]
+    assert all(s["spec"]["preprocessing"] == "var" and s["spec"]["resolution"] == 64 for s in summaries)
+    counts = [s["results"]["tokens_per_image"] for s in summaries]
+    assert counts == [1, 1 + 4 + 9 + 16, 680]  # sum(pn^2) over the kept scales
+    for s, n in zip(summaries, counts):
+        assert s["results"]["bpp"] == pytest.approx(n * math.log2(512) / 64**2)
+    # the full-scale job's PSNR is that of the tokenizer on the `var`-preprocessed images
+    rows = read_rows(tmp_path / "run" / "jobs" / summaries[2]["job"] / "rows.jsonl")
+    tok = tokbench.load_tokenizer("var-vqvae", weights=CKPT, config=CONFIG)
+    for row in rows:
+        img = get_protocol("var").fn(open_image(folder / row["id"]), 64)
+        x = pil_to_tensor(img)[None]
+        y = tok.decode(tok.encode(x)).double()
+        ref = 10 * torch.log10(1 / (x.double() - y).pow(2).mean())
+        assert row["psnr"] == pytest.approx(float(ref), rel=1e-5)
+    report = write_report(tmp_path / "run")
+    assert (report / "tokens_psnr.png").is_file()  # quality against tokens, for the n_scales sweep
