@@ -45,6 +45,7 @@ from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_f
 from ..protocols import center_crop, drop_alpha, register_protocol
 from ..registry import Family, Variant, read_config
 from ..weights import Artifact, register_artifact, resolve
+from ._multiscale import multiscale_tokens, scales_for_count
 from .llamagen import Downsample, Normalize, ResnetBlock, Upsample, nonlinearity
 
 FAMILY_NAME = "var-vqvae"
@@ -548,15 +549,8 @@ class VARVQVAE(nn.Module):
 
     def split_ids(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """(B, N) -> per-scale ids for the prefix of scales whose lengths add up to N."""
-        lengths = self.cfg.scale_lengths
-        valid = [sum(lengths[: i + 1]) for i in range(len(lengths))]
-        n = int(ids.shape[1])
-        if n not in valid:
-            raise TokbenchError(
-                f"{n} ids per image is not a prefix of the scales {list(self.cfg.v_patch_nums)} "
-                f"(valid counts: {valid})"
-            )
-        return list(ids.split(lengths[: valid.index(n) + 1], dim=1))
+        kept = scales_for_count(int(ids.shape[1]), self.cfg.v_patch_nums)
+        return list(ids.split([s * s for s in kept], dim=1))
 
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat -> images in [-1, 1], clamped as every official decode (`fhat_to_img`) does."""
@@ -663,21 +657,7 @@ class VARTokenizer(ModuleTokenizer):
         if options:
             raise TokbenchError(f"{self.spec.name}.encode takes only n_scales, got {sorted(options)}")
         ids = self.model.encode_ids(self._to_model(images))
-        scales = self.scales
-        if n_scales is not None:
-            if not 1 <= int(n_scales) <= len(scales):
-                raise TokbenchError(f"n_scales must be in 1..{len(scales)}, got {n_scales}")
-            scales = scales[: int(n_scales)]
-            ids = ids[:, : sum(s * s for s in scales)]
-        return Tokens(
-            ids=ids,
-            codebook_size=self.model.cfg.vocab_size,
-            meta={
-                "scales": list(scales),
-                "scale_lengths": [s * s for s in scales],
-                "grid": (self.scales[-1], self.scales[-1]),
-            },
-        )
+        return multiscale_tokens(ids, self.scales, n_scales, self.model.cfg.vocab_size)
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:
@@ -709,7 +689,7 @@ VAE_ARTIFACT = register_artifact(
         name="var-vae-ch160v4096z32",
         repo_id="FoundationVision/var",
         filename="vae_ch160v4096z32.pth",
-        licence="MIT",
+        licence="MIT (FoundationVision/VAR repository licence)",
         used_by="var-vqvae-256, var-vqvae-512",
     )
 )
