@@ -42,7 +42,7 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
-from ..protocols import center_crop, drop_alpha, register_protocol
+from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
 from ..registry import Family, Variant, read_config
 from ..weights import Artifact, register_artifact, resolve
 from ._multiscale import multiscale_tokens, scales_for_count
@@ -65,13 +65,7 @@ MID_RESIZE_RATIO = 1.125  # utils/data.py: resize the short side to round(1.125 
 )
 def var_preprocess(img: Image.Image, size: int) -> Image.Image:
     """torchvision `Resize(round(1.125 size), LANCZOS)` + `CenterCrop(size)` on a PIL image (RGB out)."""
-    img = drop_alpha(img)
-    mid = round(MID_RESIZE_RATIO * size)
-    w, h = img.size
-    # torchvision's _compute_resized_output_size: the short side becomes `mid`, the long one int(mid * long / short)
-    new = (mid, int(mid * h / w)) if w <= h else (int(mid * w / h), mid)
-    if new != (w, h):
-        img = img.resize(new, resample=Image.LANCZOS)
+    img = resize_short_side(drop_alpha(img), round(MID_RESIZE_RATIO * size), Image.LANCZOS)
     return center_crop(img, size)
 
 
