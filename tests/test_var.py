@@ -213,6 +213,10 @@ def test_hard_coded_sizes_are_config_fields(fixture_config):
     assert "encoder.down.0.block.1.conv1.weight" not in sd and "decoder.up.0.block.1.conv1.weight" in sd
     model = build_model(cfg)
     assert model.encoder.norm_out.num_groups == 8
+    # the fixtures' names for upstream constants work anywhere; unknown descriptions of constants are ignored, said so
+    with pytest.warns(UserWarning, match="SiLU"):
+        aliased = var_config({**fixture_config, "hard_coded_upstream": {"GroupNorm_groups": 8, "SiLU": True}})
+    assert aliased.norm_num_groups == 8 and var_config({**cfg, "GroupNorm_eps": 1e-5}).norm_eps == 1e-5
 
 
 # ------------------------------------------------------------------------------------ checkpoints

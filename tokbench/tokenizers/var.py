@@ -22,6 +22,7 @@ config field of `VARConfig`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -234,9 +235,13 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
     nested = config.pop("hard_coded_upstream", None)
     if nested is not None:
         unknown = sorted(set(nested) - set(_HARD_CODED_NAMES))
-        if unknown:
-            raise TokbenchError(f"unknown hard_coded_upstream keys {unknown}; known: {sorted(_HARD_CODED_NAMES)}")
-        sources.append(("hard_coded_upstream", {_HARD_CODED_NAMES[k]: v for k, v in nested.items()}))
+        if unknown:  # descriptions of constants upstream has no argument for: nothing to build differently
+            warnings.warn(
+                f"var-vqvae: ignoring hard_coded_upstream entries {unknown} (known: {sorted(_HARD_CODED_NAMES)})",
+                stacklevel=2,
+            )
+        known_hc = {_HARD_CODED_NAMES[k]: v for k, v in nested.items() if k in _HARD_CODED_NAMES}
+        sources.append(("hard_coded_upstream", known_hc))
     derived = {k: config.pop(k) for k in _DERIVED if k in config}
     for k in _DESCRIPTIVE:
         config.pop(k, None)
@@ -245,7 +250,7 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
         bvv_keys = set(flat_bvv) | {k for k in ("ch", "share_quant_resi") if k in config}
         bvv = {k: (flat_bvv[k] if k in flat_bvv else config[k]) for k in bvv_keys}
         sources.append(("build_vae_var arguments", _from_build_vae_var(bvv)))
-    unknown = sorted(set(config) - known)
+    unknown = sorted({_HARD_CODED_NAMES.get(k, k) for k in config} - known)
     if unknown:
         raise TokbenchError(
             f"unknown var-vqvae config keys {unknown}; known: VQVAE arguments and hard-coded sizes "
@@ -257,10 +262,11 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for where, values in sources:
-        bad = sorted(set(values) - known)
+        bad = sorted({_HARD_CODED_NAMES.get(k, k) for k in values} - known)
         if bad:
             raise TokbenchError(f"unknown VQVAE arguments {bad} in {where}; known: {sorted(known)}")
         for key, value in values.items():
+            key = _HARD_CODED_NAMES.get(key, key)  # GroupNorm_groups / GroupNorm_eps accepted anywhere
             value = tuple(int(v) for v in value) if key in _TUPLES else value
             if key in merged and merged[key] != value:
                 raise TokbenchError(
