@@ -193,6 +193,8 @@ def test_config_errors_say_what_is_wrong(fixture_config):
         var_config({**fixture_config, "phi_index_per_scale": [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]})
     with pytest.raises(TokbenchError, match="unknown var-vqvae config keys"):
         var_config({"depth": 16})
+    with pytest.warns(UserWarning, match="notes"):  # beside a fixture's nested arguments: a description
+        assert var_config({**fixture_config, "notes": "config B"}) == var_config(fixture_config)
     with pytest.raises(TokbenchError, match="divisible"):
         var_config({"ch": 40})
     with pytest.raises(CheckpointError, match=r"does not match the model VARVQVAE(.|\n)*quantize.embedding.weight"):

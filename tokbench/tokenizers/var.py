@@ -191,7 +191,8 @@ _HARD_CODED_NAMES = {
 }
 # Derived values a fixture config may state: checked against what the config implies, never used instead.
 _DERIVED = ("scale_lengths", "scale_offsets", "total_tokens", "latent_hw", "downsample_factor", "phi_index_per_scale")
-# Descriptive fields of the fixtures' config.json (input batch, seed, notes): not model arguments.
+# Descriptive fields of the fixtures' config.json (input batch, seed, notes): not model arguments (any other
+# key beside a nested layout is ignored with a warning).
 _DESCRIPTIVE = (
     "fixture_patch", "checkpoint_file", "checkpoint_container", "seed", "input", "full_size_equivalent",
     "patch_nums_512px_models",
@@ -224,6 +225,7 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
     config = read_config(config)
     if not config:
         config = {"build_vae_var_equivalent": {}}
+    nested_layout = "vqvae_kwargs" in config or "build_vae_var_equivalent" in config
     known = {f.name for f in fields(VARConfig)}
     sources: list[tuple[str, dict[str, Any]]] = []
     nested = config.pop("vqvae_kwargs", None)
@@ -251,7 +253,10 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
         bvv = {k: (flat_bvv[k] if k in flat_bvv else config[k]) for k in bvv_keys}
         sources.append(("build_vae_var arguments", _from_build_vae_var(bvv)))
     unknown = sorted({_HARD_CODED_NAMES.get(k, k) for k in config} - known)
-    if unknown:
+    if unknown and nested_layout:  # beside a nested layout (a fixture's config.json): descriptions, not arguments
+        warnings.warn(f"var-vqvae: ignoring config entries {unknown} beside the nested VQVAE arguments", stacklevel=2)
+        config = {k: v for k, v in config.items() if _HARD_CODED_NAMES.get(k, k) in known}
+    elif unknown:
         raise TokbenchError(
             f"unknown var-vqvae config keys {unknown}; known: VQVAE arguments and hard-coded sizes "
             f"{sorted(known)}, build_vae_var names {sorted(BUILD_VAE_VAR_DEFAULTS)}, or the nested "
