@@ -236,9 +236,18 @@ def test_full_size_model_matches_release_manifest():
         assert sum(v.numel() for v in sd.values()) == manifest["total_state_dict_elements"]
 
 
-def test_wrong_family_checkpoint_is_named():
-    with pytest.raises(CheckpointError, match="not a VAR multi-scale VQVAE.*LlamaGen"):
-        tokbench.load_tokenizer("var-vqvae", weights=DATA / "llamagen_vq16" / "vq_ds16_c2i.pt", config=CONFIG)
+@pytest.mark.parametrize(
+    ("checkpoint", "found"),
+    [
+        ("llamagen_vq16/vq_ds16_c2i.pt", "LlamaGen"),
+        ("chameleon_vqgan/vqgan.ckpt", "taming / LDM VQGAN"),
+        ("titok/model.safetensors", "TiTok"),
+        ("tokenflow/tokenflow_clipb_32k_enhanced.pt", "TokenFlow"),
+    ],
+)
+def test_wrong_family_checkpoint_is_named(checkpoint, found):
+    with pytest.raises(CheckpointError, match=f"not a VAR multi-scale VQVAE: it holds .*{found}"):
+        tokbench.load_tokenizer("var-vqvae", weights=DATA / checkpoint, config=CONFIG)
 
 
 def test_ema_buffer_of_another_schedule_is_replaced(tmp_path, io):

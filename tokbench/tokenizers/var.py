@@ -573,11 +573,11 @@ class VARVQVAE(nn.Module):
 
 PROBE_KEY = "quantize.embedding.weight"
 # Keys that identify other tokenizer layouts, named in the error when a wrong checkpoint is given.
-_OTHER_LAYOUTS = (
-    ("encoder.conv_blocks.0.res.0.conv1.weight", "a LlamaGen / Janus VQ model (llamagen-vq: encoder.conv_blocks.*)"),
+_OTHER_LAYOUTS = (  # most specific first: TokenFlow embeds LlamaGen's CNN
     ("encoder_vqkd.", "a TokenFlow model (tokenflow: encoder_vqkd.*)"),
     ("latent_tokens", "a TiTok / One-D-Piece model (titok, one-d-piece: latent_tokens)"),
-    ("encoder.down.0.attn.0.q.weight", "a taming / LDM VQGAN with separate q/k/v attention (e.g. chameleon-vqgan)"),
+    ("encoder.conv_blocks.0.res.0.conv1.weight", "a LlamaGen / Janus VQ model (llamagen-vq: encoder.conv_blocks.*)"),
+    ("encoder.mid.attn_1.q.weight", "a taming / LDM VQGAN with separate q/k/v attention (e.g. chameleon-vqgan)"),
     ("quantize.embedding.weight", "a taming-style VQGAN (e.g. chameleon-vqgan), not VAR's multi-scale VQVAE"),
 )
 
