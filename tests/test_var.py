@@ -361,3 +361,13 @@ def test_n_scales_sweep_through_the_runner(tmp_path):
         assert row["psnr"] == pytest.approx(float(ref), rel=1e-5)
     report = write_report(tmp_path / "run")
     assert (report / "tokens_psnr.png").is_file()  # quality against tokens, for the n_scales sweep
+
+
+def test_listed_and_missing_weights_say_how_to_fetch(capsys):
+    from tokbench.cli import main as cli
+
+    assert cli(["list", "var-*"]) == 0
+    out = capsys.readouterr().out
+    assert "var-vqvae-256" in out and "var-vqvae-512" in out and "not downloaded" in out
+    with pytest.raises(TokbenchError, match="var-vae-ch160v4096z32(.|\\n)*vae_ch160v4096z32.pth"):
+        tokbench.load_tokenizer("var-vqvae-512")  # offline, no local copy
