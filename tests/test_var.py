@@ -5,6 +5,8 @@ container (plain state dict), its config (`vqvae_kwargs`, `build_vae_var_equival
 the input batch (VAR's val transform at 64 px) and what FoundationVision/VAR's `VQVAE` produced: the ids
 of every scale, the latent, the per-scale f_hat and the reconstruction; plus `manifest_full.json`, the
 names and shapes of the released `vae_ch160v4096z32.pth` built by the unpatched upstream class.
+tests/data/var_vqvae_alt/ (its README): the same kind of fixture for another config (ch_mult (1, 1), one
+res block, 3 phis, scales 1..8, batch 3), so that nothing is right only for the golden config.
 """
 
 from __future__ import annotations
