@@ -1,0 +1,200 @@
+"""What Open-MAGVIT2 and IBQ (TencentARC/SEED-Voken) share: configs, Lightning checkpoints, preprocessing.
+
+Both families ship Lightning `{"state_dict": ...}` files holding the raw generator weights AND their
+`LitEma` copies (`model_ema.` + name without dots); the official reconstruction and evaluation scripts
+run under `ema_scope()`, i.e. with the EMA copies, so `ema=True` is the default here. Their configs are
+the official YAML's `model.init_args` (jsonargparse) or the constructor keywords themselves.
+This module defines no family; `open_magvit2.py` and `ibq.py` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..checkpoint import (
+    LIT_EMA_BOOKKEEPING,
+    CheckpointError,
+    has_lit_ema,
+    load_strict,
+    read_state_dict,
+    select_lit_ema,
+)
+from ..core import TokbenchError
+from ..protocols import center_crop, drop_alpha, register_protocol
+from ..registry import Variant
+from ..weights import resolve
+
+UPSTREAM = "https://github.com/TencentARC/SEED-Voken (formerly TencentARC/Open-MAGVIT2)"
+
+# Constructor keywords of lfqgan.VQModel / ibqgan.IBQ (and their pretrain twins) that only matter for
+# training, logging or the AR stage: accepted and ignored, as they do not change a tokenizer's outputs.
+TRAINING_ARGS = frozenset({
+    "lossconfig", "ckpt_path", "ignore_keys", "image_key", "colorize_nlabels", "monitor", "learning_rate",
+    "resume_lr", "warmup_epochs", "scheduler_type", "min_learning_rate", "lr_drop_epoch", "lr_drop_rate",
+    "gradient_clip_val", "stage", "sample_minimization_weight", "batch_maximization_weight", "beta",
+    "use_entropy_loss", "entropy_temperature", "sane_index_shape", "use_shared_epoch", "sche_type", "wpe",
+    "wp", "wp0", "max_iter", "wp_iter", "lr_drop_iter",
+})  # fmt: skip
+
+
+def constructor_args(config: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The constructor keywords in a config, and the class it names (None when it names none).
+
+    Accepted: the official YAML / fixture layout `{"model": {"class_path", "init_args"}}`, the older
+    `{"model": {"target", "params"}}`, or the keywords themselves (flat). Other top-level keys beside
+    `model` (fixture metadata, trainer, data) are ignored.
+    """
+    model = config.get("model")
+    if isinstance(model, Mapping):
+        args = model.get("init_args", model.get("params"))
+        if not isinstance(args, Mapping):
+            raise TokbenchError(
+                "the config's `model` section has neither `init_args` nor `params`; pass the official YAML "
+                "(model: {class_path: ..., init_args: {ddconfig: ..., n_embed: ..., embed_dim: ...}}) or the "
+                "constructor keywords themselves"
+            )
+        return dict(args), model.get("class_path") or model.get("target")
+    return dict(config), None
+
+
+def ema_choice(ema: bool | None, use_ema: bool | None) -> bool:
+    """Which weights to load: an explicit `ema` option wins; else the config's `use_ema` (the official
+    `ema_scope()` only swaps weights when the model was built with it); else True, as every release."""
+    if ema is not None:
+        if not isinstance(ema, bool):
+            raise TokbenchError(f"ema must be true (EMA weights) or false (raw weights), got {ema!r}")
+        return ema
+    return True if use_ema is None else bool(use_ema)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------
+
+# Distinctive key patterns of the tokenizers a user may confuse with each other -> what they are.
+_SIGNATURES: tuple[tuple[Callable[[set[str]], bool], str], ...] = (
+    (lambda ks: any(k.startswith("decoder.adaptive.") for k in ks),
+     "an Open-MAGVIT2 LFQ tokenizer (decoder.adaptive.*): load it with 'open-magvit2'"),
+    (lambda ks: any(k.startswith("encoder.mid_block.") for k in ks),
+     "a legacy Open-MAGVIT2 'B' LFQ tokenizer (encoder.mid_block.*, no decoder.adaptive.*): load it with "
+     "'open-magvit2-256-b' / 'open-magvit2-128-b' or config legacy: true"),
+    (lambda ks: any(k.startswith("encoder.conv_blocks.") for k in ks),
+     "a LlamaGen / Janus VQ tokenizer (encoder.conv_blocks.*): load it with 'llamagen-vq'"),
+    (lambda ks: any(k.startswith("gen_vision_model.") for k in ks),
+     "a Janus model file (gen_vision_model.*): load its tokenizer with 'llamagen-vq'"),
+    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks and has_lit_ema(
+        dict.fromkeys(ks)), "an IBQ / taming VQGAN with EMA copies (quantize.embedding.weight, model_ema.*): "
+     "load it with 'ibq'"),
+    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks,
+     "a taming VQGAN without EMA copies (quantize.embedding.weight, encoder.mid.*): e.g. 'chameleon-vqgan', "
+     "or 'ibq' with ema=False"),
+    (lambda ks: any(k.startswith(("vision_model.", "visual.")) for k in ks),
+     "a vision-encoder checkpoint (vision_model.* / visual.*), not an image tokenizer with a decoder"),
+)  # fmt: skip
+
+
+def describe_checkpoint(keys: Iterable[str]) -> str:
+    """What a checkpoint's keys look like, in words (for errors about a file of the wrong family)."""
+    ks = set(keys)
+    for test, what in _SIGNATURES:
+        if test(ks):
+            return what
+    shown = ", ".join(sorted(ks)[:6]) or "(no tensors)"
+    return f"an unrecognised checkpoint (first keys: {shown})"
+
+
+def read_lightning_checkpoint(
+    path: Path, *, is_family: Callable[[set[str]], bool], what: str
+) -> dict[str, torch.Tensor]:
+    """Tensors of a `{"state_dict": ...}` checkpoint (plain state dicts and safetensors too), refused with
+    a message naming what the file looks like when `is_family(keys)` is false."""
+    sd = read_state_dict(path, containers=("state_dict", "model", "ema"))
+    if not is_family(set(sd)):
+        raise CheckpointError(f"{path.name} is not {what} checkpoint: it looks like {describe_checkpoint(sd)}")
+    return sd
+
+
+def load_lightning_weights(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, ema: bool, source: str
+) -> list[str]:
+    """Load the EMA (or raw) generator weights of a SEED-Voken checkpoint strictly into `model`.
+
+    Returns the ignored entries: LitEma's bookkeeping (`model_ema.decay`, `model_ema.num_updates`) and
+    a training checkpoint's `loss.*` (discriminator, LPIPS); anything else unknown, missing or wrongly
+    shaped raises `CheckpointError`.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    chosen = select_lit_ema(sd, names, ema=ema, source=source)
+
+    def ignored(k: str) -> bool:
+        return k in LIT_EMA_BOOKKEEPING or k.startswith("loss.")
+
+    load_strict(model, chosen, source=f"{source} ({'EMA' if ema else 'raw'} weights)", ignore_unexpected=ignored)
+    return sorted(k for k in chosen if ignored(k))
+
+
+def resolve_checkpoint(variant: Variant | None, weights: str | Path | None, family: str, what: str) -> Path:
+    """An explicit checkpoint file (or a folder holding the variant's), else the variant's artifact."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if path.is_dir() and variant is not None and variant.weights is not None:
+            path = resolve(variant.weights, explicit=path)
+        if not path.is_file():
+            raise TokbenchError(f"weights file {str(path)!r} does not exist; pass {what}")
+        return path
+    if variant is None or variant.weights is None:
+        raise TokbenchError(
+            f"{family} needs weights: pass weights=<{what}> (and config=<its YAML or config.json>), or load a "
+            f"released variant by name (`tokbench list '{family}*'`)"
+        )
+    return resolve(variant.weights)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preprocessing protocols of the official evaluation data sets
+# ---------------------------------------------------------------------------------------------------
+
+
+@register_protocol(
+    "open-magvit2",
+    "Open-MAGVIT2's ImageNet eval (src/Open_MAGVIT2/data/base.py ImagePaths): torchvision Resize(size) of the "
+    "short side (PIL bilinear, antialiased), CenterCrop(size); also IBQ's pretrain tokenizers' validation",
+)
+def open_magvit2_preprocess(img: Image.Image, size: int) -> Image.Image:
+    from torchvision.transforms import functional as TF  # noqa: N812 - torchvision's own alias
+
+    # torchvision's PIL path: short side to `size`, long side int(size * long / short), then a centred crop
+    return center_crop(TF.resize(drop_alpha(img), size), size)
+
+
+@register_protocol(
+    "ibq",
+    "IBQ's ImageNet eval (src/IBQ/data/base.py ImagePaths): albumentations 1.4.4 SmallestMaxSize(size) (OpenCV "
+    "INTER_LINEAR, no antialiasing, sides rounded with round()), CenterCrop(size, size) with floor offsets; "
+    "needs opencv-python(-headless)",
+)
+def ibq_preprocess(img: Image.Image, size: int) -> Image.Image:
+    import numpy as np
+
+    try:
+        import cv2
+    except ImportError:
+        # PIL's bilinear antialiases and rounds differently, so it is not offered as a stand-in
+        raise TokbenchError(
+            "the 'ibq' protocol is OpenCV's INTER_LINEAR resize, as IBQ's official evaluation; install "
+            "opencv-python-headless, or choose protocol 'open-magvit2' (torchvision Resize + CenterCrop)"
+        ) from None
+    arr = np.asarray(drop_alpha(img))
+    h, w = arr.shape[:2]
+    scale = size / float(min(h, w))
+    if scale != 1.0:
+        nh, nw = round(h * scale), round(w * scale)
+        arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    h, w = arr.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return Image.fromarray(np.ascontiguousarray(arr[top : top + size, left : left + size]))
