@@ -88,19 +88,20 @@ _DDCONFIG_KEYS = {"ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels"
 _OWN_KEYS = {"norm_groups", "adaptive_norm", "bit_order", "legacy"}
 _MODEL_KEYS = {"n_embed", "embed_dim", "use_ema", "token_factorization", "factorized_bits"}
 
-RELEASE_256_L: dict[str, Any] = {
-    "ddconfig": {"double_z": False, "z_channels": 18, "resolution": 128, "in_channels": 3, "out_ch": 3,
-                 "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 4},
-    "n_embed": 262144, "embed_dim": 18, "use_ema": True,
-}  # fmt: skip
+_BASE_DDCONFIG: dict[str, Any] = {"double_z": False, "z_channels": 18, "resolution": 128, "in_channels": 3,
+                                  "out_ch": 3, "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 4}  # fmt: skip
 
 
 def _release(ch_mult: Sequence[int], bits: int = 18, res_blocks: int = 4, legacy: bool = False) -> dict[str, Any]:
-    dd = {**RELEASE_256_L["ddconfig"], "ch_mult": list(ch_mult), "num_res_blocks": res_blocks, "z_channels": bits}
+    """`init_args` of a released YAML (configs/Open-MAGVIT2/gpu/*.yaml; legacy B: the old configs/)."""
+    dd = {**_BASE_DDCONFIG, "ch_mult": list(ch_mult), "num_res_blocks": res_blocks, "z_channels": bits}
     out = {"ddconfig": dd, "n_embed": 2**bits, "embed_dim": bits, "use_ema": True}
     if bits == 18 and not legacy:
         out["factorized_bits"] = [6, 12]  # configs/Open-MAGVIT2/gpu/imagenet_conditional_llama_*.yaml
     return {**out, "legacy": True} if legacy else out
+
+
+RELEASE_256_L = _release((1, 1, 2, 2, 4))
 
 
 def open_magvit2_config(config: Mapping[str, Any] | None) -> OpenMagvit2Config:
