@@ -338,3 +338,33 @@ def test_protocol_reproduces_the_official_eval_transform(io):
         img = fn(Image.fromarray(arr), io["input"].shape[-1])
         x = torch.from_numpy(__import__("numpy").asarray(img).astype("float32") / 127.5 - 1.0).permute(2, 0, 1)
         torch.testing.assert_close(x, io["input"][i], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- runner
+
+
+def test_both_families_through_the_runner(tmp_path):
+    """The golden checkpoints run through a suite as released ones would: protocol, weights set, rate."""
+    from tests.test_runner import make_folder
+    from tokbench.runner import run_suite
+    from tokbench.suite import parse_suite
+
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    suite = parse_suite({
+        "name": "seed-voken", "data": [f"folder:{folder}"], "batch_size": 2, "protocol": "open-magvit2",
+        "metrics": ["psnr", "bpp"],
+        "tokenizers": [
+            {"name": "open-magvit2", "resolution": 32, "options": {"ema": False},
+             "weights": str(CKPT), "config": str(CONFIG)},
+            {"name": "ibq", "resolution": 32,
+             "weights": str(DATA / "ibq/imagenet256_262144.ckpt"), "config": str(DATA / "ibq/config.json")},
+        ],
+    })  # fmt: skip
+    summaries = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert [s["status"] for s in summaries] == ["ok", "ok"], [s.get("reason") for s in summaries]
+    lfq, vq = summaries
+    assert lfq["protocol"] == "open-magvit2" and lfq["spec"]["source"]["weights_set"] == "raw"
+    assert vq["spec"]["source"]["weights_set"] == "EMA (model_ema.*)"
+    # 32 px / 4 = 8x8 ids: 10 bits each (2^10 LFQ codes) and 9 bits (512 IBQ codes)
+    assert lfq["results"]["bpp"] == pytest.approx(64 * 10 / 32**2)
+    assert vq["results"]["bpp"] == pytest.approx(64 * 9 / 32**2)
