@@ -19,20 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import RANDOM_WEIGHTS, RANDOM_WEIGHTS_NOTE, random_init
-from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
+from ..core import GridVQTokenizer, TokbenchError
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
 from .chameleon import ChameleonVQGAN, VQGANConfig, vqgan_config
-from .seed_voken import (
-    TRAINING_ARGS,
-    UPSTREAM,
-    constructor_args,
-    ema_choice,
-    load_lightning_weights,
-    read_lightning_checkpoint,
-    resolve_checkpoint,
-)
+from .seed_voken import TRAINING_ARGS, SeedVokenFamily, build_tokenizer, constructor_args
 
 FAMILY_NAME = "ibq"
 # Positions whose logits over the codebook are formed at once: ~256 MiB of float32 at any codebook size.
@@ -165,11 +156,27 @@ VARIANTS = (
              {"rfid_pytorch_fid": 2.06}, _PRETRAIN + ": rFID 2.06, PSNR 22.01, SSIM 0.61 (COCO: 7.67 / 21.58 / 0.62)"),
 )  # fmt: skip
 DEFAULT_VARIANT = "ibq-262144"
-CHECKPOINT_HINT = "an IBQ Lightning checkpoint such as imagenet256_262144.ckpt"
 
 
 def _is_ibq(keys: set[str]) -> bool:
     return "quantize.embedding.weight" in keys and "encoder.mid.block_1.conv1.weight" in keys
+
+
+def _describe(cfg: VQGANConfig, side: int, resolution: int) -> str:
+    attn = [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
+    return (
+        f"taming VQGAN, downsample {cfg.downsample}, codebook {cfg.n_embed} x {cfg.embed_dim}, ids = argmax of the "
+        f"inner product z.e (not the nearest code); attention at levels {attn} and mid; ids row-major on a "
+        f"{side}x{side} grid at {resolution}"
+    )
+
+
+BUILD = SeedVokenFamily(
+    name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an IBQ",
+    checkpoint_hint="an IBQ Lightning checkpoint such as imagenet256_262144.ckpt", parse=ibq_config,
+    make_model=IBQModel, is_family=_is_ibq, describe=_describe, tokenizer=IBQTokenizer, preprocessing="ibq",
+    default_resolution=lambda cfg: cfg.resolution,
+)  # fmt: skip
 
 
 def build(
@@ -183,61 +190,13 @@ def build(
     protocol: str | None = None,
     **options: Any,
 ) -> IBQTokenizer:
-    """Build from `config`, load the EMA weights (default; `ema=False`: the raw ones) of a checkpoint."""
+    """Build from `config`, load the EMA weights (default; `ema=False`: the raw ones) of a checkpoint.
+    `protocol` names the preprocessing recorded in the spec (variants: their official one)."""
     if options:
         raise TokbenchError(f"unknown {FAMILY_NAME} options {sorted(options)}; known: dtype, resolution, ema, protocol")
-    torch_dtype(dtype)
-    random_weights = isinstance(weights, str) and weights == "random"
-    if variant is None and (weights is None or (random_weights and not config)):
-        variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
-        config = {**variant.config, **(config or {})}
-    cfg, config_ema = ibq_config(config)
-    use_ema = ema_choice(ema, config_ema)
-    ignored: list[str] = []
-    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-        with torch.device("meta"):
-            model = IBQModel(cfg)
-        random_init(model)
-        source = {"weights": RANDOM_WEIGHTS}
-    else:
-        path = resolve_checkpoint(variant, weights, FAMILY_NAME, CHECKPOINT_HINT)
-        sd = read_lightning_checkpoint(path, is_family=_is_ibq, what="an IBQ")
-        model = IBQModel(cfg)
-        ignored = load_lightning_weights(model, sd, ema=use_ema, source=path.name)
-        source = {"checkpoint": str(path), "weights_set": "EMA (model_ema.*)" if use_ema else "raw"}
-    if variant is not None and variant.weights is not None:
-        source["release"] = variant.weights.source
-    source["code"] = UPSTREAM
-    resolution = int(resolution or (variant.resolution if variant else None) or cfg.resolution)
-    if resolution % cfg.downsample:
-        raise TokbenchError(f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}")
-    side = resolution // cfg.downsample
-    attn = [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
-    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
-    notes += [
-        f"taming VQGAN, downsample {cfg.downsample}, codebook {cfg.n_embed} x {cfg.embed_dim}, ids = argmax of the "
-        f"inner product z.e (not the nearest code); attention at levels {attn} and mid; ids row-major on a "
-        f"{side}x{side} grid at {resolution}",
-        "EMA weights as the official evaluation" if use_ema else "RAW (non-EMA) weights",
-    ]
-    if ignored:
-        notes.append(f"ignored {len(ignored)} bookkeeping/training entries")
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else FAMILY_NAME,
-        family=FAMILY_NAME,
-        resolution=resolution,
-        tokens_per_image=side * side,
-        codebook_size=cfg.n_embed,
-        bits_per_token=bits_for(cfg.n_embed),
-        normalisation="[-1, 1] (x * 2 - 1)",
-        preprocessing=protocol or "ibq",
-        dtype=dtype,
-        source=source,
-        notes="; ".join(notes),
+    return build_tokenizer(
+        BUILD, variant, weights, config, dtype=dtype, resolution=resolution, ema=ema, protocol=protocol
     )
-    tok = IBQTokenizer(model, spec, torch_dtype(dtype))
-    tok.ema = use_ema
-    return tok
 
 
 FAMILY = Family(

@@ -23,19 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import RANDOM_WEIGHTS, RANDOM_WEIGHTS_NOTE, random_init
-from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, torch_dtype
+from ..core import GridVQTokenizer, TokbenchError, Tokens
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
-from .seed_voken import (
-    TRAINING_ARGS,
-    UPSTREAM,
-    constructor_args,
-    ema_choice,
-    load_lightning_weights,
-    read_lightning_checkpoint,
-    resolve_checkpoint,
-)
+from .seed_voken import TRAINING_ARGS, SeedVokenFamily, build_tokenizer, constructor_args
 
 FAMILY_NAME = "open-magvit2"
 GROUP_NORM_EPS = 1e-6  # hard-coded upstream, as the AdaGN eps added to the variance
@@ -501,7 +492,6 @@ VARIANTS = (
     ),
 )  # fmt: skip
 DEFAULT_VARIANT = "open-magvit2-256-l"
-CHECKPOINT_HINT = "an Open-MAGVIT2 Lightning checkpoint such as imagenet_256_L.ckpt"
 
 
 def _is_open_magvit2(keys: set[str]) -> bool:
@@ -511,6 +501,36 @@ def _is_open_magvit2(keys: set[str]) -> bool:
 def build_model(cfg: OpenMagvit2Config, device: str | torch.device = "cpu") -> OpenMagvit2:
     with torch.device(device):
         return OpenMagvit2(cfg)
+
+
+def _describe(cfg: OpenMagvit2Config, side: int, resolution: int) -> str:
+    norm = "adaptive group norm" if cfg.adaptive_norm else "no adaptive norm (legacy B)"
+    return (
+        f"LFQ, {cfg.bits} bits per token ({cfg.bit_order.upper()}-first ids), downsample {cfg.downsample}, {norm}; "
+        f"ids row-major on a {side}x{side} grid at {resolution}"
+    )
+
+
+def _check_layout(cfg: OpenMagvit2Config, sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    if cfg.adaptive_norm and not any(k.startswith("decoder.adaptive.") for k in sd):
+        raise TokbenchError(
+            f"{path.name} has no decoder.adaptive.* weights: it is a legacy Open-MAGVIT2 'B' tokenizer (no adaptive "
+            "group norm, MSB-first ids); load 'open-magvit2-256-b' / 'open-magvit2-128-b' or add legacy: true "
+            "to the config"
+        )
+
+
+def _parse(config: Mapping[str, Any] | None) -> tuple[OpenMagvit2Config, bool | None]:
+    cfg = open_magvit2_config(config)
+    return cfg, cfg.use_ema
+
+
+BUILD = SeedVokenFamily(
+    name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an Open-MAGVIT2",
+    checkpoint_hint="an Open-MAGVIT2 Lightning checkpoint such as imagenet_256_L.ckpt", parse=_parse,
+    make_model=OpenMagvit2, is_family=_is_open_magvit2, describe=_describe, tokenizer=OpenMagvit2Tokenizer,
+    preprocessing="open-magvit2", default_resolution=lambda cfg: 256, check=_check_layout,
+)  # fmt: skip
 
 
 def build(
@@ -526,61 +546,7 @@ def build(
     """Build from `config`, load the EMA weights (default; `ema=False`: the raw ones) of a checkpoint."""
     if options:
         raise TokbenchError(f"unknown {FAMILY_NAME} options {sorted(options)}; known: dtype, resolution, ema")
-    torch_dtype(dtype)
-    random_weights = isinstance(weights, str) and weights == "random"
-    if variant is None and (weights is None or (random_weights and not config)):
-        variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
-        config = {**variant.config, **(config or {})}
-    cfg = open_magvit2_config(config)
-    use_ema = ema_choice(ema, cfg.use_ema)
-    ignored: list[str] = []
-    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-        model = random_init(build_model(cfg, "meta"))
-        source = {"weights": RANDOM_WEIGHTS}
-    else:
-        path = resolve_checkpoint(variant, weights, FAMILY_NAME, CHECKPOINT_HINT)
-        sd = read_lightning_checkpoint(path, is_family=_is_open_magvit2, what="an Open-MAGVIT2")
-        if cfg.adaptive_norm and not any(k.startswith("decoder.adaptive.") for k in sd):
-            raise TokbenchError(
-                f"{path.name} has no decoder.adaptive.* weights: it is a legacy Open-MAGVIT2 'B' tokenizer (no "
-                "adaptive group norm, MSB-first ids); load 'open-magvit2-256-b' / 'open-magvit2-128-b' or add "
-                "legacy: true to the config"
-            )
-        model = build_model(cfg)
-        ignored = load_lightning_weights(model, sd, ema=use_ema, source=path.name)
-        source = {"checkpoint": str(path), "weights_set": "EMA (model_ema.*)" if use_ema else "raw"}
-    if variant is not None and variant.weights is not None:
-        source["release"] = variant.weights.source
-    source["code"] = UPSTREAM
-    resolution = int(resolution or (variant.resolution if variant else None) or 256)
-    if resolution % cfg.downsample:
-        raise TokbenchError(f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}")
-    side = resolution // cfg.downsample
-    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
-    notes += [
-        f"LFQ, {cfg.bits} bits per token ({cfg.bit_order.upper()}-first ids), downsample {cfg.downsample}, "
-        f"{'adaptive group norm' if cfg.adaptive_norm else 'no adaptive norm (legacy B)'}; ids row-major on a "
-        f"{side}x{side} grid at {resolution}",
-        "EMA weights as the official evaluation" if use_ema else "RAW (non-EMA) weights, as the official AR configs",
-    ]
-    if ignored:
-        notes.append(f"ignored {len(ignored)} bookkeeping/training entries")
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else FAMILY_NAME,
-        family=FAMILY_NAME,
-        resolution=resolution,
-        tokens_per_image=side * side,
-        codebook_size=cfg.n_embed,
-        bits_per_token=bits_for(cfg.n_embed),
-        normalisation="[-1, 1] (x * 2 - 1)",
-        preprocessing="open-magvit2",
-        dtype=dtype,
-        source=source,
-        notes="; ".join(notes),
-    )
-    tok = OpenMagvit2Tokenizer(model, spec, torch_dtype(dtype))
-    tok.ema = use_ema
-    return tok
+    return build_tokenizer(BUILD, variant, weights, config, dtype=dtype, resolution=resolution, ema=ema)
 
 
 FAMILY = Family(

@@ -10,6 +10,7 @@ This module defines no family; `open_magvit2.py` and `ibq.py` do.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,16 @@ from PIL import Image
 
 from ..checkpoint import (
     LIT_EMA_BOOKKEEPING,
+    RANDOM_WEIGHTS,
+    RANDOM_WEIGHTS_NOTE,
     CheckpointError,
     has_lit_ema,
     load_strict,
+    random_init,
     read_state_dict,
     select_lit_ema,
 )
-from ..core import TokbenchError
+from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
 from ..protocols import center_crop, drop_alpha, register_protocol
 from ..registry import Variant
 from ..weights import resolve
@@ -153,6 +157,100 @@ def resolve_checkpoint(variant: Variant | None, weights: str | Path | None, fami
             f"released variant by name (`tokbench list '{family}*'`)"
         )
     return resolve(variant.weights)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building a tokenizer: what both families' `build` do, with their differences as data
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedVokenFamily:
+    """How one SEED-Voken family is built. `parse(config) -> (cfg, use_ema of the config)`; `cfg` must have
+    `downsample` and `n_embed`; `describe(cfg, side, resolution)` is the spec note on the architecture;
+    `check(cfg, state_dict, path)` may refuse a checkpoint early with a better message than a key list."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    default_variant: str
+    what: str
+    checkpoint_hint: str
+    parse: Callable[[Mapping[str, Any] | None], tuple[Any, bool | None]]
+    make_model: Callable[[Any], torch.nn.Module]
+    is_family: Callable[[set[str]], bool]
+    describe: Callable[[Any, int, int], str]
+    tokenizer: type[GridVQTokenizer]
+    preprocessing: str
+    default_resolution: Callable[[Any], int]
+    check: Callable[[Any, Mapping[str, torch.Tensor], Path], None] | None = None
+
+
+def build_tokenizer(
+    fam: SeedVokenFamily,
+    variant: Variant | None,
+    weights: str | Path | None,
+    config: Mapping[str, Any] | None,
+    *,
+    dtype: str,
+    resolution: int | None,
+    ema: bool | None,
+    protocol: str | None = None,
+) -> GridVQTokenizer:
+    """Build `fam` from `config`, load a checkpoint's EMA (default) or raw weights, or seeded random
+    weights (`weights="random"`); a family name without weights stands for its default variant."""
+    torch_dtype(dtype)  # a bad dtype fails before the model is built
+    random_weights = isinstance(weights, str) and weights == "random"
+    if variant is None and (weights is None or (random_weights and not config)):
+        variant = next(v for v in fam.variants if v.name == fam.default_variant)
+        config = {**variant.config, **(config or {})}
+    cfg, config_ema = fam.parse(config)
+    use_ema = ema_choice(ema, config_ema)
+    ignored: list[str] = []
+    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
+        with torch.device("meta"):
+            model = fam.make_model(cfg)
+        random_init(model)
+        source = {"weights": RANDOM_WEIGHTS}
+    else:
+        path = resolve_checkpoint(variant, weights, fam.name, fam.checkpoint_hint)
+        sd = read_lightning_checkpoint(path, is_family=fam.is_family, what=fam.what)
+        if fam.check is not None:
+            fam.check(cfg, sd, path)
+        model = fam.make_model(cfg)
+        ignored = load_lightning_weights(model, sd, ema=use_ema, source=path.name)
+        source = {"checkpoint": str(path), "weights_set": "EMA (model_ema.*)" if use_ema else "raw"}
+    if variant is not None and variant.weights is not None:
+        source["release"] = variant.weights.source
+    source["code"] = UPSTREAM
+    resolution = int(resolution or (variant.resolution if variant else None) or fam.default_resolution(cfg))
+    if resolution % cfg.downsample:
+        raise TokbenchError(
+            f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}"
+        )
+    side = resolution // cfg.downsample
+    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
+    notes += [
+        fam.describe(cfg, side, resolution),
+        "EMA weights, as the official evaluation" if use_ema else "RAW (non-EMA) weights (option ema=False)",
+    ]
+    if ignored:
+        notes.append(f"ignored {len(ignored)} bookkeeping/training entries ({', '.join(ignored[:3])}, ...)")
+    spec = TokenizerSpec(
+        name=variant.name if variant is not None else fam.name,
+        family=fam.name,
+        resolution=resolution,
+        tokens_per_image=side * side,
+        codebook_size=cfg.n_embed,
+        bits_per_token=bits_for(cfg.n_embed),
+        normalisation="[-1, 1] (x * 2 - 1)",
+        preprocessing=protocol or fam.preprocessing,
+        dtype=dtype,
+        source=source,
+        notes="; ".join(notes),
+    )
+    tok = fam.tokenizer(model, spec, torch_dtype(dtype))
+    tok.ema = use_ema
+    return tok
 
 
 # ---------------------------------------------------------------------------------------------------
