@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core import GridVQTokenizer, TokbenchError
+from ..core import TokbenchError
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
 from .chameleon import ChameleonVQGAN, VQGANConfig, vqgan_config
-from .seed_voken import TRAINING_ARGS, SeedVokenFamily, build_tokenizer, constructor_args
+from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, build_tokenizer, constructor_args
 
 FAMILY_NAME = "ibq"
 # Positions whose logits over the codebook are formed at once: ~256 MiB of float32 at any codebook size.
@@ -80,27 +80,13 @@ class IBQModel(ChameleonVQGAN):
         return torch.cat(ids).view(b, h, w)
 
 
-class IBQTokenizer(GridVQTokenizer):
+class IBQTokenizer(SeedVokenTokenizer):
     """IBQ: images [0, 1] (any H, W divisible by f) <-> ids (B, h*w), row-major (y, x).
 
     The model sees x * 2 - 1 (the official x / 127.5 - 1); decoded images are (x + 1) / 2 clamped to [0, 1].
     Decoding goes ids -> codebook rows -> decode (the official AR `decode_to_img` path; the upstream
     `VQModel.decode_code` is broken).
     """
-
-    @property
-    def downsample(self) -> int:
-        return self.model.config.downsample
-
-    @property
-    def codebook_size(self) -> int:
-        return self.model.config.n_embed
-
-    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_ids(x)
-
-    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_ids(ids)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import GridVQTokenizer, TokbenchError, Tokens
+from ..core import TokbenchError, Tokens
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
-from .seed_voken import TRAINING_ARGS, SeedVokenFamily, build_tokenizer, constructor_args
+from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, build_tokenizer, constructor_args
 
 FAMILY_NAME = "open-magvit2"
 GROUP_NORM_EPS = 1e-6  # hard-coded upstream, as the AdaGN eps added to the variance
@@ -381,27 +381,13 @@ class OpenMagvit2(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-class OpenMagvit2Tokenizer(GridVQTokenizer):
+class OpenMagvit2Tokenizer(SeedVokenTokenizer):
     """Open-MAGVIT2: images [0, 1] (any H, W divisible by f) <-> ids (B, h*w), row-major (y, x).
 
     The model sees x * 2 - 1 (the official x / 127.5 - 1 on uint8); decoded images are (x + 1) / 2,
     clamped to [0, 1] (the official post-processing clamps to [-1, 1] first). Note that the decoder's
     adaptive norm depends on the statistics of the whole grid, so tiled decoding differs.
     """
-
-    @property
-    def downsample(self) -> int:
-        return self.model.config.downsample
-
-    @property
-    def codebook_size(self) -> int:
-        return self.model.config.n_embed
-
-    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_ids(x)
-
-    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_ids(ids)
 
     def factorized(self, tokens: Tokens, split: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The AR models' (pre, post) sub-token ids of `tokens`, each (B, h*w), split as `split` or

@@ -164,6 +164,25 @@ def resolve_checkpoint(variant: Variant | None, weights: str | Path | None, fami
 # ---------------------------------------------------------------------------------------------------
 
 
+class SeedVokenTokenizer(GridVQTokenizer):
+    """A grid tokenizer over a model with `config.downsample`, `config.n_embed`, `encode_ids(x) -> (B, h, w)`
+    and `decode_ids(ids) -> images in [-1, 1]` (both families' models)."""
+
+    @property
+    def downsample(self) -> int:
+        return self.model.config.downsample
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.config.n_embed
+
+    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_ids(x)
+
+    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_ids(ids)
+
+
 @dataclass(frozen=True)
 class SeedVokenFamily:
     """How one SEED-Voken family is built. `parse(config) -> (cfg, use_ema of the config)`; `cfg` must have
@@ -179,7 +198,7 @@ class SeedVokenFamily:
     make_model: Callable[[Any], torch.nn.Module]
     is_family: Callable[[set[str]], bool]
     describe: Callable[[Any, int, int], str]
-    tokenizer: type[GridVQTokenizer]
+    tokenizer: type[SeedVokenTokenizer]
     preprocessing: str
     default_resolution: Callable[[Any], int]
     check: Callable[[Any, Mapping[str, torch.Tensor], Path], None] | None = None
@@ -195,7 +214,7 @@ def build_tokenizer(
     resolution: int | None,
     ema: bool | None,
     protocol: str | None = None,
-) -> GridVQTokenizer:
+) -> SeedVokenTokenizer:
     """Build `fam` from `config`, load a checkpoint's EMA (default) or raw weights, or seeded random
     weights (`weights="random"`); a family name without weights stands for its default variant."""
     torch_dtype(dtype)  # a bad dtype fails before the model is built
