@@ -229,11 +229,15 @@ def test_legacy_layouts_are_told_apart(tmp_path):
     sd = _state_dict()
     b_file = tmp_path / "imagenet_256_B.ckpt"  # a legacy-B layout: no adaptive norm
     torch.save({"state_dict": {k: v for k, v in sd.items() if "adaptive" not in k}}, b_file)
-    with pytest.raises(TokbenchError, match="legacy"):
-        tokbench.load_tokenizer("open-magvit2", weights=b_file, config=CONFIG)
-    tok = tokbench.load_tokenizer("open-magvit2", weights=b_file, config=legacy_cfg)
-    assert tok.model.config.bit_order == "msb" and tok.model.decoder.adaptive is None
-    assert "legacy B" in tok.spec.notes
+    # the official YAML of the legacy code names taming.models.lfqgan.VQModel; a config that says nothing
+    # about the layout takes it from the checkpoint (the current code always has decoder.adaptive.*)
+    old_yaml = {"model": {"class_path": "taming.models.lfqgan.VQModel", "init_args": cfg["model"]["init_args"]}}
+    for config in (legacy_cfg, old_yaml, CONFIG):
+        tok = tokbench.load_tokenizer("open-magvit2", weights=b_file, config=config)
+        assert tok.model.config.bit_order == "msb" and tok.model.decoder.adaptive is None
+        assert "legacy B" in tok.spec.notes
+    with pytest.raises(TokbenchError, match="asks for adaptive_norm"):
+        tokbench.load_tokenizer("open-magvit2", weights=b_file, config={**cfg["model"]["init_args"], "adaptive_norm": True})
 
 
 def test_unexpected_keys_are_refused(tmp_path):

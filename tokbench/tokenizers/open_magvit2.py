@@ -14,6 +14,7 @@ residual blocks have no bias. Every size the official classes hard-code is a con
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class OpenMagvit2Config:
     `adaptive_norm` False and `bit_order` "msb" describe the legacy "B" releases (code before "upgrade
     v2"). `factorized_bits` is the AR models' split of each id into a (pre, post) pair (channels [0, k)
     first); the 256 px ImageNet AR configs use [6, 12], which the 18-bit ImageNet variants carry.
+    `layout_from_checkpoint`: the config did not say which code wrote it (no `legacy`, `adaptive_norm`,
+    `bit_order`, nor a legacy `taming.*` class path), so a checkpoint without `decoder.adaptive.*` is read
+    as legacy "B" (the current code always has them).
     `resolution` is recorded only: the official modules accept and ignore it.
     """
 
@@ -63,6 +67,7 @@ class OpenMagvit2Config:
     norm_groups: int = 32
     adaptive_norm: bool = True
     bit_order: str = "lsb"
+    layout_from_checkpoint: bool = False
     factorized_bits: tuple[int, int] | None = None
     use_ema: bool | None = None
 
@@ -76,7 +81,7 @@ class OpenMagvit2Config:
 
 
 _DDCONFIG_KEYS = {"ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels", "out_ch", "resolution", "double_z"}
-_OWN_KEYS = {"norm_groups", "adaptive_norm", "bit_order", "legacy"}
+_OWN_KEYS = {"norm_groups", "adaptive_norm", "bit_order", "legacy", "layout_from_checkpoint"}
 _MODEL_KEYS = {"n_embed", "embed_dim", "use_ema", "token_factorization", "factorized_bits"}
 
 _BASE_DDCONFIG: dict[str, Any] = {"double_z": False, "z_channels": 18, "resolution": 128, "in_channels": 3,
@@ -116,8 +121,11 @@ def open_magvit2_config(config: Mapping[str, Any] | None) -> OpenMagvit2Config:
         )
     if dd.pop("double_z", False):
         raise TokbenchError("ddconfig.double_z must be false: the Open-MAGVIT2 encoder has a single conv_out")
-    legacy = bool(args.pop("legacy", False))
+    # the legacy "B" code lived under taming/ (taming.models.lfqgan.VQModel) before "upgrade v2"
+    legacy = bool(args.pop("legacy", False)) or (class_path or "").startswith("taming.")
+    explicit = legacy or "adaptive_norm" in args or "bit_order" in args
     values: dict[str, Any] = {k: v for k, v in dd.items()}
+    values["layout_from_checkpoint"] = not explicit
     values.update({k: v for k, v in args.items() if k not in ("token_factorization",)})
     if legacy:
         values.setdefault("adaptive_norm", False)
@@ -497,13 +505,17 @@ def _describe(cfg: OpenMagvit2Config, side: int, resolution: int) -> str:
     )
 
 
-def _check_layout(cfg: OpenMagvit2Config, sd: Mapping[str, torch.Tensor], path: Path) -> None:
-    if cfg.adaptive_norm and not any(k.startswith("decoder.adaptive.") for k in sd):
-        raise TokbenchError(
-            f"{path.name} has no decoder.adaptive.* weights: it is a legacy Open-MAGVIT2 'B' tokenizer (no adaptive "
-            "group norm, MSB-first ids); load 'open-magvit2-256-b' / 'open-magvit2-128-b' or add legacy: true "
-            "to the config"
-        )
+def _check_layout(cfg: OpenMagvit2Config, sd: Mapping[str, torch.Tensor], path: Path) -> OpenMagvit2Config:
+    """The config to load `sd` with: a checkpoint without adaptive-norm weights is a legacy "B" one."""
+    if not cfg.adaptive_norm or any(k.startswith("decoder.adaptive.") for k in sd):
+        return cfg
+    if cfg.layout_from_checkpoint:
+        return dataclasses.replace(cfg, adaptive_norm=False, bit_order="msb")
+    raise TokbenchError(
+        f"{path.name} has no decoder.adaptive.* weights: it is a legacy Open-MAGVIT2 'B' tokenizer (no adaptive "
+        "group norm, MSB-first ids), but the config asks for adaptive_norm; load 'open-magvit2-256-b' / "
+        "'open-magvit2-128-b' or use legacy: true"
+    )
 
 
 def _parse(config: Mapping[str, Any] | None) -> tuple[OpenMagvit2Config, bool | None]:

@@ -187,7 +187,8 @@ class SeedVokenTokenizer(GridVQTokenizer):
 class SeedVokenFamily:
     """How one SEED-Voken family is built. `parse(config) -> (cfg, use_ema of the config)`; `cfg` must have
     `downsample` and `n_embed`; `describe(cfg, side, resolution)` is the spec note on the architecture;
-    `check(cfg, state_dict, path)` may refuse a checkpoint early with a better message than a key list."""
+    `check(cfg, state_dict, path) -> cfg` may refuse a checkpoint early with a better message than a key
+    list, or return the config that fits it (a layout the checkpoint itself reveals)."""
 
     name: str
     variants: tuple[Variant, ...]
@@ -201,7 +202,7 @@ class SeedVokenFamily:
     tokenizer: type[SeedVokenTokenizer]
     preprocessing: str
     default_resolution: Callable[[Any], int]
-    check: Callable[[Any, Mapping[str, torch.Tensor], Path], None] | None = None
+    check: Callable[[Any, Mapping[str, torch.Tensor], Path], Any] | None = None
 
 
 def build_tokenizer(
@@ -234,7 +235,7 @@ def build_tokenizer(
         path = resolve_checkpoint(variant, weights, fam.name, fam.checkpoint_hint)
         sd = read_lightning_checkpoint(path, is_family=fam.is_family, what=fam.what)
         if fam.check is not None:
-            fam.check(cfg, sd, path)
+            cfg = fam.check(cfg, sd, path)
         model = fam.make_model(cfg)
         ignored = load_lightning_weights(model, sd, ema=use_ema, source=path.name)
         source = {"checkpoint": str(path), "weights_set": "EMA (model_ema.*)" if use_ema else "raw"}
