@@ -208,16 +208,31 @@ def test_variants_table_and_protocols():
         assert v.options["protocol"] == ("open-magvit2" if "pretrain" in v.name else "ibq")
 
 
-def test_ibq_protocol():
+def test_ibq_protocol_reproduces_the_fixture_input(io):
+    """The README: albumentations SmallestMaxSize + CenterCrop is the identity on the pre-sized images."""
+    skdata = pytest.importorskip("skimage.data")
+    import numpy as np
     from PIL import Image
 
-    img = Image.new("RGB", (96, 64), (10, 200, 30))
     fn = get_protocol("ibq").fn
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        with pytest.raises(TokbenchError, match="opencv"):
-            fn(img, 32)
-        return
-    out = fn(img, 32)
-    assert out.size == (32, 32) and out.getpixel((5, 5)) == (10, 200, 30)
+    for i, arr in enumerate((skdata.chelsea(), skdata.coffee()[0:400, 100:500])):
+        img = Image.fromarray(arr).resize((64, 64), Image.BICUBIC)
+        x = torch.from_numpy((np.asarray(fn(img, 64)) / 127.5 - 1.0).astype(np.float32)).permute(2, 0, 1)
+        assert torch.equal(x, io["input"][i])
+
+
+def test_ibq_protocol_resizes_the_short_side_with_opencv(monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    cv2 = pytest.importorskip("cv2")
+    arr = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)  # h 100, w 150
+    out = np.asarray(get_protocol("ibq").fn(Image.fromarray(arr), 64))
+    # short side 100 -> 64: (h, w) = (64, round(150 * 0.64) = 96); centre crop with floor offsets (0, 16)
+    ref = cv2.resize(arr, (96, 64), interpolation=cv2.INTER_LINEAR)[:, 16:80]
+    assert out.shape == (64, 64, 3) and np.array_equal(out, ref)
+    # INTER_LINEAR does not antialias: not PIL's bilinear (which the open-magvit2 protocol uses)
+    assert not np.array_equal(out, np.asarray(get_protocol("open-magvit2").fn(Image.fromarray(arr), 64)))
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # as on a machine without OpenCV
+    with pytest.raises(TokbenchError, match="opencv"):
+        get_protocol("ibq").fn(Image.fromarray(arr), 64)
