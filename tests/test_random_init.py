@@ -56,7 +56,7 @@ TINY = {
     "tokenflow": (DATA / "tokenflow/config.json", DATA / "tokenflow/tokenflow_clipb_32k_enhanced.pt", None),
     "titok": (DATA / "titok/config.json", DATA / "titok/model.safetensors", None),
     "one-d-piece": (DATA / "one_d_piece/config.json", DATA / "one_d_piece/pytorch_model.bin", None),
-    "open-magvit2": (DATA / "open_magvit2/config.json", DATA / "open_magvit2/imagenet_256_L.ckpt", 64),
+    "open-magvit2": (DATA / "open_magvit2/config.json", DATA / "open_magvit2/imagenet_256_L.ckpt", None),
     "ibq": (DATA / "ibq/config.json", DATA / "ibq/imagenet256_262144.ckpt", None),
     "siglip": (SIGLIP_TINY, None, None),
     "siglip-janus": (JANUS_TINY, None, None),

@@ -26,8 +26,8 @@ from .chameleon import ChameleonVQGAN, VQGANConfig, vqgan_config
 from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, build_tokenizer, constructor_args
 
 FAMILY_NAME = "ibq"
-# Positions whose logits over the codebook are formed at once: ~256 MiB of float32 at any codebook size.
-_LOGIT_ELEMENTS = 1 << 26
+# Positions whose logits over the codebook are formed at once: ~128 MiB of float32 at any codebook size.
+_LOGIT_ELEMENTS = 1 << 25
 
 # IBQ(**init_args) keywords with no effect on an IBQ model's outputs (IndexPropagationQuantize ignores
 # `l2_normalize` and never reads `cosine_similarity`).

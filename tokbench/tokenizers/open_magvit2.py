@@ -52,7 +52,8 @@ class OpenMagvit2Config:
     `layout_from_checkpoint`: the config did not say which code wrote it (no `legacy`, `adaptive_norm`,
     `bit_order`, nor a legacy `taming.*` class path), so a checkpoint without `decoder.adaptive.*` is read
     as legacy "B" (the current code always has them).
-    `resolution` is recorded only: the official modules accept and ignore it.
+    `resolution` does not change the model (the official modules accept and ignore it); it is the default
+    input side of a tokenizer loaded by family name.
     """
 
     ch: int = 128
@@ -527,7 +528,8 @@ BUILD = SeedVokenFamily(
     name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an Open-MAGVIT2",
     checkpoint_hint="an Open-MAGVIT2 Lightning checkpoint such as imagenet_256_L.ckpt", parse=_parse,
     make_model=OpenMagvit2, is_family=_is_open_magvit2, describe=_describe, tokenizer=OpenMagvit2Tokenizer,
-    preprocessing="open-magvit2", default_resolution=lambda cfg: 256, check=_check_layout,
+    # the config's nominal `resolution` when no variant says more (the 256_L YAML says 128: its variant row has 256)
+    preprocessing="open-magvit2", default_resolution=lambda cfg: cfg.resolution, check=_check_layout,
 )  # fmt: skip
 
 
