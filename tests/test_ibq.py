@@ -236,3 +236,13 @@ def test_ibq_protocol_resizes_the_short_side_with_opencv(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # as on a machine without OpenCV
     with pytest.raises(TokbenchError, match="opencv"):
         get_protocol("ibq").fn(Image.fromarray(arr), 64)
+
+
+def test_training_entries_are_ignored_and_reported(tmp_path, io):
+    sd = _state_dict()
+    sd["loss.discriminator.main.0.weight"] = torch.zeros(4, 3, 4, 4)  # a training checkpoint's loss module
+    path = tmp_path / "train.ckpt"
+    torch.save({"state_dict": sd, "optimizer_states": [], "epoch": 3}, path)
+    tok = tokbench.load_tokenizer("ibq", weights=path, config=CONFIG)
+    assert "loss.discriminator.main.0.weight" in tok.spec.notes and "model_ema.decay" in tok.spec.notes
+    assert torch.equal(tok.encode(as_unit(io["input"])).ids.flatten(), io["indices"])
