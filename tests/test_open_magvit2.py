@@ -191,11 +191,20 @@ def test_non_square_images(tok, io):
 # ------------------------------------------------------------------------------------- checkpoints
 
 
-def test_wrong_family_checkpoints_are_named():
-    with pytest.raises(CheckpointError, match="LlamaGen / Janus VQ"):
-        tokbench.load_tokenizer("open-magvit2", weights=DATA / "llamagen_vq16/vq_ds16_c2i.pt", config=CONFIG)
-    with pytest.raises(CheckpointError, match="IBQ"):
-        tokbench.load_tokenizer("open-magvit2", weights=DATA / "ibq/imagenet256_262144.ckpt", config=CONFIG)
+@pytest.mark.parametrize(
+    ("checkpoint", "named"),
+    [
+        ("llamagen_vq16/vq_ds16_c2i.pt", "LlamaGen / Janus VQ"),
+        ("ibq/imagenet256_262144.ckpt", "IBQ"),
+        ("var_vqvae/vae_ch32v512z16.pth", "VAR multi-scale VQVAE"),
+        ("tokenflow/tokenflow_clipb_32k_enhanced.pt", "TokenFlow"),
+        ("titok/model.safetensors", "TiTok"),
+        ("chameleon_vqgan/vqgan.ckpt", "taming VQGAN without EMA"),
+    ],
+)
+def test_wrong_family_checkpoints_are_named(checkpoint, named):
+    with pytest.raises(CheckpointError, match=named):
+        tokbench.load_tokenizer("open-magvit2", weights=DATA / checkpoint, config=CONFIG)
 
 
 def _state_dict() -> dict[str, torch.Tensor]:

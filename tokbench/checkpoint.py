@@ -374,3 +374,45 @@ def select_lit_ema(
     # EMA copies of parameters the model lacks stay under their own names: load_strict reports them
     out.update({k: v for k, v in state_dict.items() if k.startswith(LIT_EMA_PREFIX) and k not in by_ema})
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a checkpoint of the wrong family is, in words
+# ---------------------------------------------------------------------------------------------------
+
+# Distinctive key patterns of the tokenizers a user may confuse with each other -> what they are.
+_SIGNATURES: tuple[tuple[Callable[[set[str]], bool], str], ...] = (
+    (lambda ks: any(k.startswith(("quantize.quant_resi.", "quantize.ema_vocab_hit_SV")) for k in ks),
+     "a VAR multi-scale VQVAE (quantize.quant_resi.*): load it with 'var-vqvae'"),
+    (lambda ks: any(k.startswith("encoder_vqkd.") for k in ks),
+     "a TokenFlow model (encoder_vqkd.*): load it with 'tokenflow'"),
+    (lambda ks: any(k == "latent_tokens" or k.endswith(".latent_tokens") for k in ks),
+     "a TiTok / One-D-Piece model (latent_tokens): load it with 'titok' or 'one-d-piece'"),
+    (lambda ks: any(k.startswith("decoder.adaptive.") for k in ks),
+     "an Open-MAGVIT2 LFQ tokenizer (decoder.adaptive.*): load it with 'open-magvit2'"),
+    (lambda ks: any(k.startswith("encoder.mid_block.") for k in ks),
+     "a legacy Open-MAGVIT2 'B' LFQ tokenizer (encoder.mid_block.*, no decoder.adaptive.*): load it with "
+     "'open-magvit2-256-b' / 'open-magvit2-128-b' or config legacy: true"),
+    (lambda ks: any(k.startswith("encoder.conv_blocks.") for k in ks),
+     "a LlamaGen / Janus VQ tokenizer (encoder.conv_blocks.*): load it with 'llamagen-vq'"),
+    (lambda ks: any(k.startswith("gen_vision_model.") for k in ks),
+     "a Janus model file (gen_vision_model.*): load its tokenizer with 'llamagen-vq'"),
+    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks and has_lit_ema(
+        dict.fromkeys(ks)), "an IBQ / taming VQGAN with EMA copies (quantize.embedding.weight, model_ema.*): "
+     "load it with 'ibq'"),
+    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks,
+     "a taming VQGAN without EMA copies (quantize.embedding.weight, encoder.mid.*): e.g. 'chameleon-vqgan', "
+     "or 'ibq' with ema=False"),
+    (lambda ks: any(k.startswith(("vision_model.", "visual.")) for k in ks),
+     "a vision-encoder checkpoint (vision_model.* / visual.*), not an image tokenizer with a decoder"),
+)  # fmt: skip
+
+
+def describe_checkpoint(keys: Iterable[str]) -> str:
+    """What a checkpoint's keys look like, in words (for errors about a file of the wrong family)."""
+    ks = set(keys)
+    for test, what in _SIGNATURES:
+        if test(ks):
+            return what
+    shown = ", ".join(sorted(ks)[:6]) or "(no tensors)"
+    return f"an unrecognised checkpoint (first keys: {shown})"

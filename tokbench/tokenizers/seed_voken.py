@@ -9,7 +9,7 @@ This module defines no family; `open_magvit2.py` and `ibq.py` do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,14 @@ from ..checkpoint import (
     RANDOM_WEIGHTS,
     RANDOM_WEIGHTS_NOTE,
     CheckpointError,
-    has_lit_ema,
+    describe_checkpoint,
     load_strict,
     random_init,
     read_state_dict,
     select_lit_ema,
 )
 from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
-from ..protocols import center_crop, drop_alpha, register_protocol
+from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
 from ..registry import Variant
 from ..weights import resolve
 
@@ -79,38 +79,6 @@ def ema_choice(ema: bool | None, use_ema: bool | None) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------
-
-# Distinctive key patterns of the tokenizers a user may confuse with each other -> what they are.
-_SIGNATURES: tuple[tuple[Callable[[set[str]], bool], str], ...] = (
-    (lambda ks: any(k.startswith("decoder.adaptive.") for k in ks),
-     "an Open-MAGVIT2 LFQ tokenizer (decoder.adaptive.*): load it with 'open-magvit2'"),
-    (lambda ks: any(k.startswith("encoder.mid_block.") for k in ks),
-     "a legacy Open-MAGVIT2 'B' LFQ tokenizer (encoder.mid_block.*, no decoder.adaptive.*): load it with "
-     "'open-magvit2-256-b' / 'open-magvit2-128-b' or config legacy: true"),
-    (lambda ks: any(k.startswith("encoder.conv_blocks.") for k in ks),
-     "a LlamaGen / Janus VQ tokenizer (encoder.conv_blocks.*): load it with 'llamagen-vq'"),
-    (lambda ks: any(k.startswith("gen_vision_model.") for k in ks),
-     "a Janus model file (gen_vision_model.*): load its tokenizer with 'llamagen-vq'"),
-    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks and has_lit_ema(
-        dict.fromkeys(ks)), "an IBQ / taming VQGAN with EMA copies (quantize.embedding.weight, model_ema.*): "
-     "load it with 'ibq'"),
-    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks,
-     "a taming VQGAN without EMA copies (quantize.embedding.weight, encoder.mid.*): e.g. 'chameleon-vqgan', "
-     "or 'ibq' with ema=False"),
-    (lambda ks: any(k.startswith(("vision_model.", "visual.")) for k in ks),
-     "a vision-encoder checkpoint (vision_model.* / visual.*), not an image tokenizer with a decoder"),
-)  # fmt: skip
-
-
-def describe_checkpoint(keys: Iterable[str]) -> str:
-    """What a checkpoint's keys look like, in words (for errors about a file of the wrong family)."""
-    ks = set(keys)
-    for test, what in _SIGNATURES:
-        if test(ks):
-            return what
-    shown = ", ".join(sorted(ks)[:6]) or "(no tensors)"
-    return f"an unrecognised checkpoint (first keys: {shown})"
-
 
 def read_lightning_checkpoint(
     path: Path, *, is_family: Callable[[set[str]], bool], what: str
@@ -284,10 +252,8 @@ def build_tokenizer(
     "short side (PIL bilinear, antialiased), CenterCrop(size); also IBQ's pretrain tokenizers' validation",
 )
 def open_magvit2_preprocess(img: Image.Image, size: int) -> Image.Image:
-    from torchvision.transforms import functional as TF  # noqa: N812 - torchvision's own alias
-
-    # torchvision's PIL path: short side to `size`, long side int(size * long / short), then a centred crop
-    return center_crop(TF.resize(drop_alpha(img), size), size)
+    # torchvision's Resize(int) on PIL is PIL's antialiased BILINEAR at int(size * long / short)
+    return center_crop(resize_short_side(drop_alpha(img), size, Image.BILINEAR), size)
 
 
 @register_protocol(
