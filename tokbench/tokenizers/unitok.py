@@ -116,14 +116,18 @@ class VitaminConfig:
         out["decoder_conv_depths"] = tuple(int(v) for v in out.get("decoder_conv_depths", (4, 2)))
         dims = out.get("decoder_dims")
         out["decoder_dims"] = (
-            tuple(int(v) for v in dims) if dims else (int(out["embed_dim"]), out["conv_dims"][1], out["conv_dims"][0])
+            tuple(int(v) for v in dims)
+            if dims
+            else (int(out["embed_dim"]), out["conv_dims"][1], out["conv_dims"][0])
         )
         if len(out["conv_dims"]) != 2 or len(out["conv_depths"]) < 2 or len(out["decoder_dims"]) != 3:
             raise TokbenchError(
                 f"ViTamin sizes need 2 conv_dims, >= 2 conv_depths and 3 decoder_dims, got {out}"
             )
         if out["decoder_dims"][0] != int(out["embed_dim"]):
-            raise TokbenchError(f"decoder_dims[0] must equal the ViT width {out['embed_dim']}, got {out['decoder_dims']}")
+            raise TokbenchError(
+                f"decoder_dims[0] must equal the ViT width {out['embed_dim']}, got {out['decoder_dims']}"
+            )
         return cls(**out)
 
 
@@ -203,7 +207,9 @@ class UniTokConfig:
             if d % w and w % d:
                 raise TokbenchError(f"AttnProjection needs one of D={d}, vocab_width={w} to divide the other")
             if max(d, w) % self.heads:
-                raise TokbenchError(f"projection heads {self.heads} must divide max(D, vocab_width) = {max(d, w)}")
+                raise TokbenchError(
+                    f"projection heads {self.heads} must divide max(D, vocab_width) = {max(d, w)}"
+                )
         if self.img_size % 16:
             raise TokbenchError(f"img_size must be a multiple of 16 (the total stride), got {self.img_size}")
 
@@ -395,7 +401,8 @@ class MultiCodebookQuantizer(nn.Module):
         super().__init__()
         self.num_codebooks = num_codebooks
         self.codebooks = nn.ModuleList(
-            SubCodebook(vocab_size // num_codebooks, vocab_width // num_codebooks) for _ in range(num_codebooks)
+            SubCodebook(vocab_size // num_codebooks, vocab_width // num_codebooks)
+            for _ in range(num_codebooks)
         )
 
     def f_to_idx(self, features: torch.Tensor) -> torch.Tensor:
@@ -483,7 +490,9 @@ class ViTaminDecoder(nn.Module):
         self.norm = nn.LayerNorm(v.embed_dim, eps=1e-6)
         self.up_conv1 = Upsample2d(d0, d1)
         self.up_conv2 = nn.Sequential(*[InvMbConvBlock(d1, d1, upsample=i == 0) for i in range(n2)])
-        self.up_conv3 = nn.Sequential(*[InvMbConvBlock(d1 if i == 0 else d2, d2, upsample=i == 0) for i in range(n3)])
+        self.up_conv3 = nn.Sequential(
+            *[InvMbConvBlock(d1 if i == 0 else d2, d2, upsample=i == 0) for i in range(n3)]
+        )
         self.up_conv4 = InvStem(d2, 3)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -582,18 +591,23 @@ def read_release(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         args = dict(obj["args"]) if isinstance(obj.get("args"), Mapping) else None
         if PROBE not in sd:
             top = sorted(str(k) for k in obj)[:8]
-            inner = next((obj[k] for k in ("model", "state_dict", "ema") if isinstance(obj.get(k), Mapping)), None)
-            tensors = sorted(inner or sd)[:6]
+            inner = next(
+                (obj[k] for k in ("model", "state_dict", "ema") if isinstance(obj.get(k), Mapping)), None
+            )
+            modules = sorted({str(k).split(".")[0] for k in (inner or sd)})[:10]
             raise CheckpointError(
                 f"{path} is not a UniTok checkpoint: it holds top-level keys {top}"
-                + (f" with tensors such as {tensors}" if tensors else "")
+                + (f" with tensors under {modules}" if modules else "")
                 + f", but no trainer.unitok state dict with {PROBE!r}. UniTok releases are "
                 "{'args': ..., 'trainer': {'unitok': state_dict}} (FoundationVision/unitok_tokenizer); load this file "
                 "with its own family (`tokbench list`)."
             )
         return sd, args
     if PROBE not in sd:
-        raise CheckpointError(f"{path} is not a UniTok checkpoint: no key {PROBE!r} (first keys {sorted(sd)[:6]})")
+        modules = sorted({k.split(".")[0] for k in sd})[:10]
+        raise CheckpointError(
+            f"{path} is not a UniTok checkpoint: no key {PROBE!r} (tensors under {modules})"
+        )
     return sd, args
 
 
@@ -763,14 +777,22 @@ class UniTokClipEncoder:
         from open_clip.tokenizer import tokenize
 
         model = self.tokenizer.model
-        tokens = tokenize(texts, context_length=self.tokenizer.cfg.text_context_length)
+        cfg = self.tokenizer.cfg
+        tokens = tokenize(texts, context_length=cfg.text_context_length)
+        if int(tokens.max()) >= cfg.text_vocab_size:
+            raise TokbenchError(
+                f"{self.name}'s text tower has a vocabulary of {cfg.text_vocab_size}, smaller than the CLIP BPE "
+                f"tokenizer's ({int(tokens.max()) + 1} needed): it cannot embed text (a test-size model?)"
+            )
         return model.text_encoder(tokens.to(self.tokenizer.device)).float()
 
     def describe(self) -> dict[str, Any]:
         s = self.tokenizer.cfg.img_size
         return {
             "encoder": f"UniTok CLIP head of {self.name} (image embedding from its discrete codes)",
-            "weights": str(self.tokenizer.spec.source.get("checkpoint", self.tokenizer.spec.source.get("weights"))),
+            "weights": str(
+                self.tokenizer.spec.source.get("checkpoint", self.tokenizer.spec.source.get("weights"))
+            ),
             "input": f"uint8-quantised, open_clip eval transform: {s} px bicubic short side + centre crop, "
             "mean/std 0.5 (UniTok utils/eval_acc.py)",
         }
@@ -792,7 +814,9 @@ def _text_key(key: str) -> bool:
     return key.startswith("text_encoder.") or key == "logit_scale"
 
 
-def _build(variant: Variant | None, weights=None, config=None, device="cpu", **options: Any) -> UniTokTokenizer:
+def _build(
+    variant: Variant | None, weights=None, config=None, device="cpu", **options: Any
+) -> UniTokTokenizer:
     dtype_name = str(options.pop("dtype", "float32"))
     preprocessing = options.pop("preprocessing", None)
     if options:
@@ -805,7 +829,7 @@ def _build(variant: Variant | None, weights=None, config=None, device="cpu", **o
         cfg = UniTokConfig.from_dict(config)
         model = random_init(build_model(cfg, device="meta"))
         if cfg.text_tower:  # a non-persistent buffer: meta gave it zeros, the causal mask must be rebuilt
-            model.text_encoder.attn_mask = model.text_encoder.build_attention_mask()
+            model.text_encoder.attn_mask = model.text_encoder.build_causal_mask()
     else:
         if weights is None:
             if variant is None or variant.weights is None:
@@ -815,13 +839,18 @@ def _build(variant: Variant | None, weights=None, config=None, device="cpu", **o
                 )
             path = resolve(variant.weights)
         else:
-            path = resolve(variant.weights, explicit=weights) if variant is not None and variant.weights else Path(weights)
+            path = (
+                resolve(variant.weights, explicit=weights)
+                if variant is not None and variant.weights
+                else Path(weights)
+            )
         sd, args = read_release(path)
         # the stored Args, then the variant row's settings (causal attention is not stored) and the user's
         merged = config_from_args(args) if args is not None else {}
         user = flatten_config(config)
         if "vitamin" in user or user.get("model", merged.get("model")) != merged.get("model"):
-            merged.pop("vitamin", None)  # sizes given (or another model named) by the user replace the stored ones
+            # sizes given (or another model named) by the user replace the stored ones
+            merged.pop("vitamin", None)
         merged.update(user)
         cfg = UniTokConfig.from_dict(merged)
         model = build_model(cfg)
@@ -861,7 +890,9 @@ def _build(variant: Variant | None, weights=None, config=None, device="cpu", **o
 # ----------------------------------------------------------------------------------------------------
 
 PAPER = "Ma et al., UniTok: A Unified Tokenizer for Visual Generation and Understanding, arXiv 2502.20321"
-README = "UniTok GitHub README (Performance / Model Weights tables), ImageNet 256x256, 256 tokens (16x16x8 codes)"
+README = (
+    "UniTok GitHub README (Performance / Model Weights tables), ImageNet 256x256, 256 tokens (16x16x8 codes)"
+)
 
 _CURRENT = register_artifact(
     Artifact(
