@@ -300,3 +300,28 @@ def test_released_size_builds_offline_with_random_weights():
     tokens = tok.encode(x)
     assert tokens.ids.shape == (1, 4, 8) and int(tokens.ids.max()) < 4096
     assert tok.decode(tokens).shape == (1, 3, 32, 32)
+
+
+def test_semantic_metrics_take_a_unitok_variant_by_name(io, images):
+    """`{semantic-similarity: {encoder: unitok-large, weights: FILE}}` in a suite: UniTok's own CLIP head."""
+    from tokbench.metrics.base import EvalBatch
+    from tokbench.metrics.semantic import SemanticSimilarity
+    from tokbench.weights import WeightsUnavailable
+
+    metric = SemanticSimilarity(encoder="unitok-large", weights=str(CKPT))
+    assert metric.key == "semantic_similarity_unitok_large"
+    assert (metric.encoder.encode_image(images) - io["semantic"]).abs().max().item() < 1e-4
+    tok = tokbench.load_tokenizer("unitok", weights=CKPT)
+    recon = tok.decode(tok.encode(images))
+    metric.update(
+        EvalBatch(originals=images, tokens=None, tokenizer=tok, index=torch.arange(2), reconstructions=recon)
+    )
+    expect = torch.nn.functional.cosine_similarity(
+        metric.encoder.encode_image(images), metric.encoder.encode_image(recon), dim=-1
+    ).mean()
+    assert metric.compute()["semantic_similarity_unitok_large"] == pytest.approx(float(expect), abs=1e-5)
+    assert "UniTok CLIP head" in metric.protocol()["semantic_similarity_unitok_large"]
+    with pytest.raises(WeightsUnavailable):  # offline, no release file: the runner records a skip
+        SemanticSimilarity(encoder="unitok-large-causal")
+    with pytest.raises(TokbenchError, match="unknown semantic encoder"):
+        SemanticSimilarity(encoder="no-such-encoder")
