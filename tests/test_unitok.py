@@ -325,3 +325,46 @@ def test_semantic_metrics_take_a_unitok_variant_by_name(io, images):
         SemanticSimilarity(encoder="unitok-large-causal")
     with pytest.raises(TokbenchError, match="unknown semantic encoder"):
         SemanticSimilarity(encoder="no-such-encoder")
+
+
+def test_suite_run_with_unitok_as_tokenizer_and_semantic_encoder(tmp_path, io):
+    """Through the runner: (B, N, C) ids reach bpp / codebook per codebook; UniTok's CLIP head is the
+    semantic encoder by variant name; the `unitok` protocol prepares the inputs."""
+    skdata = pytest.importorskip("skimage.data")
+    from tokbench.runner import read_rows, run_suite
+    from tokbench.suite import parse_suite
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(skdata.astronaut()[30:330, 90:390]).save(folder / "a.png")
+    Image.fromarray(skdata.chelsea()).save(folder / "b.png")
+    suite = parse_suite(
+        {
+            "name": "unitok-small",
+            "data": [f"folder:{folder}"],
+            "batch_size": 2,
+            "checkpoint_seconds": 0,
+            "grid_images": 0,
+            "metrics": [
+                "psnr",
+                "bpp",
+                "codebook",
+                {"semantic-similarity": {"encoder": "unitok-large", "weights": str(CKPT)}},
+            ],
+            "tokenizers": [{"name": "unitok", "weights": str(CKPT), "config": str(CONFIG)}],
+        }
+    )
+    (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert summary["status"] == "ok", summary
+    rows = read_rows(tmp_path / "run" / "jobs" / summary["job"] / "rows.jsonl")
+    assert len(rows) == 2
+    # 16 tokens x 2 codebooks x log2(1024) bits over 64 x 64 pixels
+    assert rows[0]["bpp"] == pytest.approx(16 * 2 * 10 / 64**2)
+    metrics = summary["results"]
+    assert {"codebook_usage_0", "codebook_usage_1"} <= set(metrics)
+    # the reconstruction of the official input, scored against it with the metric's own formula
+    tok = tokbench.load_tokenizer("unitok", weights=CKPT, config=CONFIG)
+    x = (io["input"] + 1) / 2
+    ref = 10 * torch.log10(1 / (tok.decode(tok.encode(x)) - x).pow(2).mean(dim=(1, 2, 3)))
+    assert sorted(r["psnr"] for r in rows) == pytest.approx(sorted(ref.tolist()), abs=1e-3)
+    assert "semantic_similarity_unitok_large" in metrics

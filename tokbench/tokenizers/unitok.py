@@ -891,7 +891,8 @@ def _build(
 
 PAPER = "Ma et al., UniTok: A Unified Tokenizer for Visual Generation and Understanding, arXiv 2502.20321"
 README = (
-    "UniTok GitHub README (Performance / Model Weights tables), ImageNet 256x256, 256 tokens (16x16x8 codes)"
+    "UniTok GitHub README @bb8012e (Performance / Model Weights tables): 256 tokens (16x16x8 codes); rFID on the "
+    "ImageNet 256x256 reference batch, zero-shot on ImageNet-val with UniTok's own CLIP head"
 )
 
 _CURRENT = register_artifact(
@@ -935,12 +936,16 @@ VARIANTS: tuple[Variant, ...] = (
         weights=_FIRST,
         resolution=256,
         description=(
-            "UniTok-Large first release (2025-02-27, FoundationVision/UniTok): CAUSAL attention in the projections, "
-            "same keys as unitok-large (superseded; the file may no longer be on the Hub)"
+            "UniTok-Large first release (2025-02-27): CAUSAL attention in the projections, same keys as unitok-large; "
+            "linked at FoundationVision/UniTok until 2025-03-03, then under the unitok_tokenizer repo until the "
+            "2025-04-02 replacement (superseded; the file may no longer be on the Hub)"
         ),
         paper=PAPER,
-        published={"rfid_torch_fidelity": 0.39},
-        published_source="UniTok GitHub README until 2025-04-02 (Model Weights table), ImageNet 256x256",
+        published={"rfid_torch_fidelity": 0.39, "zeroshot_unitok_large_causal_top1": 70.5},
+        published_source=(
+            "UniTok GitHub README before the 2025-04-02 update (@74b6f3f: Performance and Model Weights tables), "
+            "ImageNet 256x256 reference batch (rFID) and ImageNet-val (zero-shot)"
+        ),
     ),
 )
 
