@@ -368,3 +368,52 @@ def test_suite_run_with_unitok_as_tokenizer_and_semantic_encoder(tmp_path, io):
     ref = 10 * torch.log10(1 / (tok.decode(tok.encode(x)) - x).pow(2).mean(dim=(1, 2, 3)))
     assert sorted(r["psnr"] for r in rows) == pytest.approx(sorted(ref.tolist()), abs=1e-3)
     assert "semantic_similarity_unitok_large" in metrics
+
+
+def _text_reference(sd: dict[str, torch.Tensor], text: torch.Tensor, heads: int) -> torch.Tensor:
+    """UniTok's vendored open_clip `TextTransformer.forward`, written out with plain torch ops: token + position
+    embeddings, pre-LN blocks (causal multi-head attention, GELU MLP), ln_final, the EOT (argmax id) token,
+    @ text_projection. LayerNorm eps 1e-5."""
+    p = {k[len("text_encoder.") :]: v.double() for k, v in sd.items() if k.startswith("text_encoder.")}
+    n = text.shape[1]
+    x = p["token_embedding.weight"][text] + p["positional_embedding"][:n]
+
+    def ln(t: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(t, t.shape[-1:], p[f"{name}.weight"], p[f"{name}.bias"])
+
+    mask = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)
+    i = 0
+    while f"transformer.resblocks.{i}.ln_1.weight" in p:
+        b = f"transformer.resblocks.{i}."
+        h = ln(x, b + "ln_1")
+        q, k, v = (h @ p[b + "attn.in_proj_weight"].T + p[b + "attn.in_proj_bias"]).chunk(3, dim=-1)
+        q, k, v = (t.reshape(t.shape[0], n, heads, -1).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask).softmax(-1) @ v
+        att = att.transpose(1, 2).reshape(x.shape)
+        x = x + att @ p[b + "attn.out_proj.weight"].T + p[b + "attn.out_proj.bias"]
+        h = torch.nn.functional.gelu(ln(x, b + "ln_2") @ p[b + "mlp.c_fc.weight"].T + p[b + "mlp.c_fc.bias"])
+        x = x + h @ p[b + "mlp.c_proj.weight"].T + p[b + "mlp.c_proj.bias"]
+        i += 1
+    x = ln(x, "ln_final")
+    return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ p["text_projection"]
+
+
+def test_text_tower_matches_the_vendored_open_clip_forward(tok):
+    """The fixture has no text output: the text tower (open_clip's current TextTransformer) against a plain
+    re-implementation of the vendored one, on the fixture's weights (vocabulary 64, context 8)."""
+    args = json.loads(CONFIG.read_text())["unitok_args"]
+    text = torch.randint(
+        0,
+        args["text_vocab_size"] - 1,
+        (3, args["text_context_length"]),
+        generator=torch.Generator().manual_seed(0),
+    )
+    text[:, -1] = args["text_vocab_size"] - 1  # the EOT id is the largest
+    text[1, 4:] = 0
+    text[1, 3] = args["text_vocab_size"] - 1  # a shorter, padded prompt
+    sd = torch.load(CKPT, map_location="cpu", weights_only=True)["trainer"]["unitok"]
+    with torch.no_grad():
+        ours = tok.model.text_encoder(text)
+    ref = _text_reference(sd, text, args["text_heads"])
+    assert ours.shape == (3, args["embed_dim"])
+    assert (ours.double() - ref).abs().max().item() < 1e-4
