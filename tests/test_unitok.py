@@ -417,3 +417,27 @@ def test_text_tower_matches_the_vendored_open_clip_forward(tok):
     ref = _text_reference(sd, text, args["text_heads"])
     assert ours.shape == (3, args["embed_dim"])
     assert (ours.double() - ref).abs().max().item() < 1e-4
+
+
+def test_bfloat16_keeps_the_projections_and_quantiser_in_float32(io, images):
+    """As the official forward runs quant_proj / quantizer / post_quant_proj outside autocast."""
+    tok = tokbench.load_tokenizer("unitok", weights=CKPT, dtype="bfloat16")
+    assert tok.spec.dtype == "bfloat16" and tok.model.encoder.norm.weight.dtype == torch.bfloat16
+    assert tok.model.quant_proj.proj.weight.dtype == torch.float32
+    ids = tok.encode(images).ids
+    agree = (ids == io["indices"].transpose(1, 2)).float().mean().item()
+    assert agree > 0.9  # bf16 rounding in the encoder flips only near-tied codes
+    out = tok.decode(Tokens(ids=io["indices"].transpose(1, 2), grid=(4, 4), codebook_size=1024))
+    assert out.dtype == torch.float32
+    assert (out - as_unit(io["recon_from_indices"])).abs().max().item() < 0.1
+
+
+def test_non_square_inputs_keep_their_grid(tok, images):
+    """The convolutional stem and the position-free ViT take any multiple of 16; the decoder follows
+    `Tokens.grid` (upstream's decoder assumes a square grid)."""
+    x = torch.nn.functional.interpolate(images, size=(64, 96), mode="bilinear")
+    tokens = tok.encode(x)
+    assert tokens.ids.shape == (2, 24, 2) and tokens.grid == (4, 6)
+    assert tok.decode(tokens).shape == (2, 3, 64, 96)
+    square = tok.encode(images)
+    assert torch.equal(tok.decode(Tokens(ids=square.ids, codebook_size=1024)), tok.decode(square))

@@ -101,13 +101,15 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
     "(torchvision Resize(size, BICUBIC) + CenterCrop(size) on PIL images)",
 )
 def resize_crop(img: Image.Image, size: int) -> Image.Image:
-    img = drop_alpha(img)
+    return center_crop(resize_short_side(drop_alpha(img), size, Image.BICUBIC), size)
+
+
+def resize_short_side(img: Image.Image, short: int, resample: int) -> Image.Image:
+    """The short side resized to `short`, the long side to int(short * long / short_side), as torchvision's
+    Resize(int) computes it on PIL images."""
     w, h = img.size
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return center_crop(img.resize(new, resample=Image.BICUBIC), size)
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    return img.resize(new, resample=resample)
 
 
 @register_protocol("resize", "both sides resized to the target with PIL BICUBIC (aspect ratio not kept)")

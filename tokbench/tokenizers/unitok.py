@@ -51,7 +51,7 @@ from ..checkpoint import (
     random_init,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
-from ..protocols import center_crop, drop_alpha, register_protocol
+from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact, resolve
 
@@ -633,12 +633,7 @@ RESIZE_RATIO = 1.125
     "Resize default on PIL), then centre crop",
 )
 def unitok_resize_crop(img: Image.Image, size: int) -> Image.Image:
-    img = drop_alpha(img)
-    w, h = img.size
-    short = int(size * RESIZE_RATIO)
-    # torchvision's Resize(int): the long side is int(short * long / short_side)
-    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    return center_crop(img.resize(new, resample=Image.BILINEAR), size)
+    return center_crop(resize_short_side(drop_alpha(img), int(size * RESIZE_RATIO), Image.BILINEAR), size)
 
 
 # ----------------------------------------------------------------------------------------------------
