@@ -141,6 +141,15 @@ def test_plain_kwargs_config(io, images):
     flat = {**cfg["unitok_args"], "vitamin": cfg["custom_vitamin"]}
     tok = tokbench.load_tokenizer("unitok", weights=CKPT, config=flat)
     assert torch.equal(tok.encode(images).ids, io["indices"].transpose(1, 2))
+    # the fixture layout: notes on how it was made are ignored, every Args field is accepted
+    args = torch.load(CKPT, map_location="cpu", weights_only=True)["args"]
+    nested = {
+        **cfg,
+        "note": "made by hand",
+        "unitok_args": {k: v for k, v in args.items() if k != "custom_vitamin"},
+    }
+    tok = tokbench.load_tokenizer("unitok", weights=CKPT, config=nested)
+    assert torch.equal(tok.encode(images).ids, io["indices"].transpose(1, 2))
 
 
 def test_preprocessing_protocol_reproduces_official_inputs(io):
@@ -158,6 +167,8 @@ def test_preprocessing_protocol_reproduces_official_inputs(io):
 def test_wrong_family_checkpoint_is_named():
     with pytest.raises(CheckpointError, match=r"not a UniTok checkpoint.*\['model'\].*encoder"):
         tokbench.load_tokenizer("unitok", weights=DATA / "llamagen_vq16" / "vq_ds16_c2i.pt")
+    with pytest.raises(CheckpointError, match=r"not a UniTok checkpoint.*tensors under \[.*'encoder'"):
+        tokbench.load_tokenizer("unitok", weights=DATA / "titok" / "model.safetensors")
 
 
 def test_strict_loading_and_ignored_extras(tmp_path, io, images):

@@ -77,8 +77,6 @@ VITAMIN_SIZES: dict[str, dict[str, Any]] = {
         "mlp_ratio": 2.0,
     },
 }
-# Keys of the golden fixtures' config.json that describe how they were made, not the model.
-FIXTURE_METADATA = ("constructor", "seed", "batch", "images")
 
 
 @dataclass(frozen=True)
@@ -240,9 +238,9 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = dict(config)
     if "unitok_args" in cfg:
         nested = dict(cfg.pop("unitok_args"))
-        for k in FIXTURE_METADATA:
-            cfg.pop(k, None)
-        nested.update(cfg)  # sizes and settings next to unitok_args win
+        settings = {f.name for f in fields(UniTokConfig)} | {"custom_vitamin"}
+        # sizes and settings next to unitok_args win; the other top-level keys say how a fixture was made
+        nested.update({k: v for k, v in cfg.items() if k in settings})
         cfg = nested
     if "custom_vitamin" in cfg:
         if cfg.get("vitamin") is not None:
@@ -262,7 +260,8 @@ ARGS_NOT_SHAPING = frozenset(
     dino_kernel_size disc_norm disc_aug_prob disc_specnorm step_disc_every vae_init vocab_init disc_init epoch
     local_bs vae_local_bs global_bs lr wd disc_lr disc_wd grad_clip ema warmup_iter warmup_ep disc_start_ep
     disc_warmup_ep schedule lr_start_ratio lr_end_ratio disc_lr_end_ratio custom_lr_multiplier optimizer optim_eps
-    fuse_opt le e_temp""".split()
+    fuse_opt le e_temp bcr bcr_cut dbg_nan dbg_unused_param dcrit deterministic disc_optim_beta eval_per_epoch gada
+    l1 l2 lc ld lp lpr lq optim_beta report_wandb run_id same_seed_for_all_ranks seed wandb_notes""".split()
 )
 
 
