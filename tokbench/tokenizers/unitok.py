@@ -14,10 +14,10 @@ Architecture of `models/unitok.py::UniTok` (github.com/FoundationVision/UniTok, 
 * CLIP head: `fc_norm` + `projection` over the mean of the post-quantisation tokens (so the embedding comes
   from the discrete codes) and an open_clip `TextTransformer` (`text_encoder`) in the same state dict.
 
-Why not `timm.create_model("vitamin_large")`: UniTok's entrypoint lives in its own `models/vitamin.py`, which
-fails to build with current timm (its `HybridEmbed` does not take timm >= 1.0.9's `device` keyword), and timm's
-native `vitamin_large_256` differs in two ways that change outputs: its `GeGluMlp` uses exact GELU where
-UniTok's uses tanh-GELU, and it has no `pos_embed`. So the encoder is assembled here from timm's current
+Why not `timm.create_model("vitamin_large")`: UniTok's entrypoint lives in its own `models/vitamin.py` (pinned
+to timm 1.0.8), which fails to build with current timm (1.0.31: "HybridEmbed.__init__() got an unexpected
+keyword argument 'device'"), and timm's native `vitamin_large_256` differs in two ways that change outputs: its
+`GeGluMlp` uses exact GELU where UniTok's uses tanh-GELU, and it has no `pos_embed`. So the encoder is assembled here from timm's current
 building blocks that compute exactly the same thing (`vitamin.MbConvStages`, `vision_transformer.Block`,
 `vitamin.GeGluMlp` with `act_layer="gelu_tanh"`); the decoder's up-sampling blocks and the projections exist in
 no library and are written here.
