@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -160,15 +160,15 @@ class UniTokConfig:
     causal_projection: bool = False
     projection_heads: int | None = None
     text_tower: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)  # other Args fields, kept for the record
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> UniTokConfig:
         """Plain constructor kwargs, or the fixture / release layout ({"unitok_args": Args fields,
         "custom_vitamin": sizes}); `custom_vitamin` and `vitamin` are the same thing."""
         cfg = flatten_config(config)
-        known = {f.name for f in fields(cls)} - {"extra"}
-        extra = {k: cfg.pop(k) for k in list(cfg) if k not in known and k in ARGS_NOT_SHAPING}
+        known = {f.name for f in fields(cls)}
+        for k in [k for k in cfg if k not in known and k in ARGS_NOT_SHAPING]:  # training / data / paths
+            del cfg[k]
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise TokbenchError(
@@ -191,7 +191,7 @@ class UniTokConfig:
             raise TokbenchError(
                 f"num_query={cfg['num_query']} (register tokens) is not supported: no UniTok release uses it"
             )
-        out = cls(**cfg, extra=extra)
+        out = cls(**cfg)
         out.check()
         return out
 
@@ -202,6 +202,10 @@ class UniTokConfig:
                 f"vocab_width {w} and vocab_size {self.vocab_size} must be divisible by num_codebooks {c}"
             )
         if self.quant_proj == "attn":
+            if self.heads < 1:
+                raise TokbenchError(
+                    f"projection heads = D // vocab_width = {d} // {w} is 0; set projection_heads"
+                )
             if d % w and w % d:
                 raise TokbenchError(f"AttnProjection needs one of D={d}, vocab_width={w} to divide the other")
             if max(d, w) % self.heads:
@@ -216,7 +220,7 @@ class UniTokConfig:
         """Heads of quant_proj / post_quant_proj (upstream UniTok: D // vocab_width)."""
         if self.projection_heads is not None:
             return int(self.projection_heads)
-        return max(self.vitamin.embed_dim // self.vocab_width, 1)
+        return self.vitamin.embed_dim // self.vocab_width
 
     @property
     def codes_per_codebook(self) -> int:
@@ -227,7 +231,7 @@ class UniTokConfig:
         return self.img_size // 16
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["vitamin"] = {f.name: getattr(self.vitamin, f.name) for f in fields(self.vitamin)}
         return out
 
@@ -874,7 +878,12 @@ def _build(
         notes=(f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
         + f"{cfg.num_codebooks} codebooks x {cfg.codes_per_codebook} codes per token (ids (B, N, C)); "
         f"{'causal' if cfg.causal_projection else 'full'} attention in the projections ({cfg.heads} heads); "
-        "projections and quantiser in float32",
+        "projections and quantiser in float32"
+        + (
+            f"; trained with resize_ratio {cfg.resize_ratio} (the `unitok` protocol uses the release's {RESIZE_RATIO})"
+            if cfg.resize_ratio != RESIZE_RATIO
+            else ""
+        ),
     )
     return UniTokTokenizer(model, spec)
 
