@@ -49,6 +49,7 @@ from ..checkpoint import (
     _torch_load,
     load_strict,
     random_init,
+    read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
 from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
@@ -579,8 +580,6 @@ def read_release(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
-        from ..checkpoint import read_state_dict
-
         sd, args = read_state_dict(path), None
     else:
         obj = _torch_load(path)
