@@ -452,3 +452,22 @@ def test_non_square_inputs_keep_their_grid(tok, images):
     assert tok.decode(tokens).shape == (2, 3, 64, 96)
     square = tok.encode(images)
     assert torch.equal(tok.decode(Tokens(ids=square.ids, codebook_size=1024)), tok.decode(square))
+
+
+@pytest.mark.parametrize("name", ["c", "d"])
+def test_other_sizes_made_by_the_official_code(name):
+    """tests/data/unitok_sizes/: a stem wider than stage 0, equal ViT and vocab widths, 4 codebooks, mlp_ratio 3
+    (c); Linear projections and a single codebook (d). Made with the official code (see its README)."""
+    folder = DATA / "unitok_sizes"
+    io = load_file(str(folder / f"{name}_io.safetensors"))
+    tok = tokbench.load_tokenizer(
+        "unitok", weights=folder / f"{name}.pth", config=folder / f"{name}_config.json"
+    )
+    images = (io["input"] + 1) / 2
+    tokens = tok.encode(images)
+    assert torch.equal(tokens.ids, io["indices"].transpose(1, 2))
+    assert (tok.decode(tokens) - as_unit(io["recon"])).abs().max().item() < 1e-4
+    assert (tok.semantic(images)["embedding"] - io["semantic"]).abs().max().item() < 1e-4
+    with torch.no_grad():
+        text = tok.model.text_encoder(io["text"])
+    assert (text - io["text_features"]).abs().max().item() < 1e-4
