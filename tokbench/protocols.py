@@ -78,6 +78,14 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def resize_short_side(img: Image.Image, short: int, resample: int) -> Image.Image:
+    """torchvision `Resize(short)` on a PIL image: the short side becomes `short`, the long one
+    int(short * long / short_side) (truncated, as `_compute_resized_output_size` does)."""
+    w, h = img.size
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    return img.resize(new, resample=resample)
+
+
 @register_protocol(
     "adm-center-crop",
     "ADM/LlamaGen: halve with BOX while the short side >= 2x target, BICUBIC-resize the short side to the "
@@ -102,14 +110,6 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
 )
 def resize_crop(img: Image.Image, size: int) -> Image.Image:
     return center_crop(resize_short_side(drop_alpha(img), size, Image.BICUBIC), size)
-
-
-def resize_short_side(img: Image.Image, short: int, resample: int) -> Image.Image:
-    """The short side resized to `short`, the long side to int(short * long / short_side), as torchvision's
-    Resize(int) computes it on PIL images."""
-    w, h = img.size
-    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    return img.resize(new, resample=resample)
 
 
 @register_protocol("resize", "both sides resized to the target with PIL BICUBIC (aspect ratio not kept)")
