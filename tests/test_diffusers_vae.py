@@ -303,3 +303,84 @@ def test_random_weights_build_the_released_architecture():
     tok = tokbench.load_tokenizer("taesd", weights="random", resolution=32)
     assert tok.spec.source["weights"].startswith("random")
     assert tok.decode(tok.encode(images(1, 32))).shape == (1, 3, 32, 32)
+
+
+def _suite(tmp_path, vae_dir, overflow_dir):
+    from tests.test_runner import make_folder
+
+    folder = make_folder(tmp_path / "images", n=3, corrupt=False)
+    path = tmp_path / "suite.yaml"
+    path.write_text(f"""\
+name: vae-rate
+data: ["folder:{folder}"]
+resolution: 32
+batch_size: 2
+download: false
+checkpoint_seconds: 0
+metrics: [psnr, bpp]
+tokenizers:
+  - name: diffusers-vae
+    label: tiny-kl
+    weights: {vae_dir / 'autoencoder_kl'}
+  - name: diffusers-vae
+    label: tiny-vq
+    weights: {vae_dir / 'vq_model'}
+  - name: diffusers-vae
+    label: overflowing-fp16
+    weights: {overflow_dir}
+    options: {{dtype: float16}}
+  - name: jpeg
+    sweep: {{quality: [20, 80]}}
+""")
+    return path
+
+
+def test_rate_convention_and_non_finite_jobs_in_a_report(vae_dir, tmp_path):
+    from tokbench.report import CONTINUOUS_NOTE, write_report
+    from tokbench.runner import run_suite
+    from tokbench.suite import load_suite
+
+    overflow = tmp_path / "overflow"
+    shutil.copytree(vae_dir / "autoencoder_kl", overflow)
+    sd = load_file(overflow / "diffusion_pytorch_model.safetensors")
+    sd["decoder.conv_in.weight"] = torch.full_like(sd["decoder.conv_in.weight"], 6e4)  # overflows in float16
+    save_file(sd, overflow / "diffusion_pytorch_model.safetensors")
+    run = tmp_path / "run"
+    summaries = run_suite(load_suite(_suite(tmp_path, vae_dir, overflow)), run, progress=False, log=lambda s: None)
+    by_label = {s["label"]: s for s in summaries}
+    kl = by_label["tiny-kl"]["results"]
+    # 4 latent values per 2x2 pixels at 16-bit storage: 1 value/px, 16 bpp
+    assert kl["latent_values_per_pixel"] == pytest.approx(1.0) and kl["bpp"] == pytest.approx(16.0)
+    assert kl["latent_storage_bits"] == pytest.approx(16.0)
+    assert "16-bit storage" in by_label["tiny-kl"]["metric_protocols"]["bpp"]
+    vq = by_label["tiny-vq"]["results"]
+    assert "latent_values_per_pixel" not in vq and vq["bpp"] == pytest.approx(5 / 4)  # log2(32) per 2x2 px
+    failed = by_label["overflowing-fp16"]
+    assert failed["status"] == "failed" and "non-finite" in failed["reason"] and "dtype: float32" in failed["reason"]
+    report = (write_report(run) / "report.md").read_text()
+    assert CONTINUOUS_NOTE in report and "latent values/px" in report
+    assert "- tiny-kl: 1.0000 latent values/px x 16 bits = 16.0000 bpp" in report
+    assert "16.0000 †" in report and "1.2500 †" not in report
+    assert "non-finite reconstructions in float16" in report
+    assert (run / "report" / "rd_psnr.png").is_file()
+
+
+def test_rate_distortion_plot_draws_continuous_tokenizers_apart(tmp_path, monkeypatch):
+    import matplotlib.axes
+    import pandas as pd
+
+    from tokbench.report import rate_distortion_plot
+
+    calls = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: calls.append((a, k)) or original(self, *a, **k))
+    df = pd.DataFrame([
+        {"tokenizer": "sd-vae", "data": "d", "family": "diffusers-vae", "bpp": 16.0, "psnr": 30.0,
+         "latent_values_per_pixel": 1.0, "params": ""},
+        {"tokenizer": "vq", "data": "d", "family": "llamagen-vq", "bpp": 0.05, "psnr": 22.0,
+         "latent_values_per_pixel": float("nan"), "params": ""},
+    ])
+    assert rate_distortion_plot(df, "psnr", tmp_path / "rd.png")
+    styles = {k["label"]: (a[2], k["marker"]) for a, k in calls}
+    assert styles == {"sd-vae (continuous)": (":", "s"), "vq": ("-", "o")}
