@@ -384,3 +384,34 @@ def test_rate_distortion_plot_draws_continuous_tokenizers_apart(tmp_path, monkey
     assert rate_distortion_plot(df, "psnr", tmp_path / "rd.png")
     styles = {k["label"]: (a[2], k["marker"]) for a, k in calls}
     assert styles == {"sd-vae (continuous)": (":", "s"), "vq": ("-", "o")}
+
+
+def test_missing_or_unexpected_keys_are_refused(vae_dir, tmp_path):
+    for mutate in ("drop", "add"):
+        folder = tmp_path / mutate
+        shutil.copytree(vae_dir / "autoencoder_kl", folder)
+        sd = load_file(folder / "diffusion_pytorch_model.safetensors")
+        if mutate == "drop":
+            sd.pop("decoder.conv_out.bias")
+        else:
+            sd["decoder.extra.weight"] = torch.zeros(1)
+        save_file(sd, folder / "diffusion_pytorch_model.safetensors")
+        with pytest.raises(TokbenchError, match="decoder.conv_out.bias" if mutate == "drop" else "decoder.extra"):
+            tokbench.load_tokenizer("diffusers-vae", weights=folder)
+
+
+@pytest.mark.parametrize("suite", ["reproduce/sd_vae.yaml", "sweeps/rate_distortion_vae.yaml"])
+def test_shipped_suites_name_known_tokenizers(suite, monkeypatch):
+    from pathlib import Path
+
+    from tokbench.suite import load_suite
+
+    monkeypatch.setenv("COCO_VAL2017", "/nonexistent")
+    monkeypatch.setenv("IMAGENET_VAL", "/nonexistent")
+    s = load_suite(Path(__file__).parents[1] / "benchmarks" / suite)
+    for entry in s.tokenizers:
+        find(entry.name)
+        published = entry.published or {}
+        if published:  # cited numbers are the model cards' (see the suite's header)
+            release = dv.RELEASE_BY_NAME[entry.name]
+            assert dict(release.published) == dict(published)
