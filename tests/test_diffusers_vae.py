@@ -415,3 +415,9 @@ def test_shipped_suites_name_known_tokenizers(suite, monkeypatch):
         if published:  # cited numbers are the model cards' (see the suite's header)
             release = dv.RELEASE_BY_NAME[entry.name]
             assert dict(release.published) == dict(published)
+
+
+def test_sample_seed_defaults_to_the_seed_torch_was_given(vae_dir):
+    torch.manual_seed(7)  # what `tokbench run` does with the suite's seed before loading
+    tok = tokbench.load_tokenizer("diffusers-vae", weights=vae_dir / "autoencoder_kl", sample=True)
+    assert tok.seed == 7 and "seed 7" in tok.spec.notes
