@@ -284,6 +284,8 @@ def test_bad_folders_are_clear_errors(vae_dir, tmp_path):
     (broken / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
     with pytest.raises(TokbenchError, match="does not fit"):
         tokbench.load_tokenizer("diffusers-vae", weights=broken)
+    with pytest.raises(TokbenchError, match="config= is not used"):
+        tokbench.load_tokenizer("diffusers-vae", weights=vae_dir / "autoencoder_kl", config={"latent_channels": 8})
     with pytest.raises(TokbenchError, match="unknown diffusers-vae options"):
         tokbench.load_tokenizer("diffusers-vae", weights=vae_dir / "autoencoder_kl", n_tokens=3)
 

@@ -484,6 +484,11 @@ def _load(variant: Variant | None, weights: str | Path | None, user_config: dict
         return model, config, {"checkpoint": str(path), "layout": "diffusers", "config": where}
 
     path = Path(weights).expanduser()
+    if path.is_dir() and user_config:
+        raise TokbenchError(
+            f"{path} is a diffusers folder: its {CONFIG_FILE} defines the model, so config= is not used; edit "
+            "that file, or pass config= with a single weights file"
+        )
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise TokbenchError(
