@@ -250,6 +250,8 @@ def test_gated_releases_say_how_to_get_access():
         with pytest.raises(WeightsUnavailable, match="gated") as e:
             tokbench.load_tokenizer(name)
         assert "hf auth login" in str(e.value) and f"tokbench fetch {name}" in str(e.value)
+    with pytest.raises(WeightsUnavailable, match="sd-vae-ft-mse"):  # the family name: its default release
+        tokbench.load_tokenizer("diffusers-vae")
     with pytest.raises(WeightsUnavailable) as e:
         tokbench.load_tokenizer("sdxl-vae")
     assert "gated" not in str(e.value) and "stabilityai/sdxl-vae" in str(e.value)
@@ -364,6 +366,8 @@ def test_rate_convention_and_non_finite_jobs_in_a_report(vae_dir, tmp_path):
     assert "- tiny-kl: 1.0000 latent values/px x 16 bits = 16.0000 bpp" in report
     assert "16.0000 †" in report and "1.2500 †" not in report
     assert "non-finite reconstructions in float16" in report
+    assert "16-bit storage each" in report.split("## Protocols")[1]  # the bpp note survives the codec jobs
+    assert CONTINUOUS_NOTE in (run / "report" / "index.html").read_text()
     assert (run / "report" / "rd_psnr.png").is_file()
 
 

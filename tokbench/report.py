@@ -177,7 +177,9 @@ def _protocol_notes(jobs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[st
     for j in jobs:
         if j.get("status") != "ok":
             continue
-        metric_notes.update(j.get("metric_protocols", {}))
+        for k, v in j.get("metric_protocols", {}).items():
+            known = metric_notes.get(k, v)  # jobs may add to a note (bpp of continuous latents): keep the longer
+            metric_notes[k] = v if known in v else known if v in known else f"{known} | {v}"
         prep_notes[j["protocol"]] = j.get("protocol_description", "")
     return metric_notes, prep_notes
 

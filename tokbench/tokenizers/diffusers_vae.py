@@ -753,6 +753,9 @@ def build(
     torch_dtype(dtype)  # a bad dtype fails before anything is loaded
     if not isinstance(storage_bits, int) or storage_bits < 1:
         raise TokbenchError(f"storage_bits must be a positive integer (bits per latent value), got {storage_bits!r}")
+    if variant is None and weights is None:  # the family name alone: its default release
+        variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
+        config = {**variant.config, **(config or {})}
     release = RELEASE_BY_NAME.get(variant.name) if variant is not None else None
     variant_config = dict(variant.config) if variant is not None else {}
     user_config = dict(config or {})
@@ -828,7 +831,7 @@ FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
     variants=VARIANTS,
-    aliases=("diffusers", "vae", "janusflow-vae"),
+    aliases=("diffusers",),
     description="latent-diffusion autoencoders through diffusers (SD/SDXL/SD3.5/FLUX/Qwen-Image VAEs, DC-AE, RAE, "
     "TAESD, MoVQ); continuous latents as features",
     default_variant=DEFAULT_VARIANT,
