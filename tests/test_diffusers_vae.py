@@ -427,3 +427,24 @@ def test_sample_seed_defaults_to_the_seed_torch_was_given(vae_dir):
     torch.manual_seed(7)  # what `tokbench run` does with the suite's seed before loading
     tok = tokbench.load_tokenizer("diffusers-vae", weights=vae_dir / "autoencoder_kl", sample=True)
     assert tok.seed == 7 and "seed 7" in tok.spec.notes
+
+
+def test_deprecated_attention_key_names_load(vae_dir, tmp_path):
+    # diffusers checkpoints from 2022 (e.g. the sd-vae-ft-* uploads) name the mid-block attention
+    # query/key/value/proj_attn; diffusers renames them on load, and tokbench's strict check runs after that
+    folder = tmp_path / "old"
+    shutil.copytree(vae_dir / "autoencoder_kl", folder)
+    sd = load_file(folder / "diffusion_pytorch_model.safetensors")
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renamed = {}
+    for k, v in sd.items():
+        for new, legacy in old.items():
+            if ".attentions.0." in k and f".{new}." in k:
+                k = k.replace(f".{new}.", f".{legacy}.")
+        renamed[k] = v
+    assert "encoder.mid_block.attentions.0.query.weight" in renamed
+    save_file(renamed, folder / "diffusion_pytorch_model.safetensors")
+    a = tokbench.load_tokenizer("diffusers-vae", weights=folder)
+    b = tokbench.load_tokenizer("diffusers-vae", weights=vae_dir / "autoencoder_kl")
+    x = images(1, 32)
+    assert torch.equal(a.decode(a.encode(x)), b.decode(b.encode(x)))
