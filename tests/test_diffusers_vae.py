@@ -198,9 +198,12 @@ def test_single_file_original_layout_loads_through_from_single_file(vae_dir, tmp
     via_folder = tokbench.load_tokenizer("diffusers-vae", weights=folder)
     x = images(2, 32)
     expected = via_folder.decode(via_folder.encode(x))
+    ckpt = tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt"  # the Lightning container of the .ckpt release
+    torch.save({"state_dict": ldm, "global_step": 840000}, ckpt)
     for tok in (
         tokbench.load_tokenizer("diffusers-vae", weights=path, config=folder / "config.json"),
         tokbench.load_tokenizer("sd-vae-ft-mse-original", weights=path, config=config, resolution=32),
+        tokbench.load_tokenizer("diffusers-vae", weights=ckpt, config=config),
     ):
         assert tok.spec.source["layout"] == "single file"
         torch.testing.assert_close(tok.decode(tok.encode(x)), expected, atol=1e-6, rtol=0)

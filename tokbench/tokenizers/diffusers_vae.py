@@ -86,7 +86,7 @@ def latent_geometry(class_name: str, config: Mapping[str, Any]) -> tuple[int, in
     """
     c = full_config(class_name, config)
     if class_name in ("AutoencoderKL", "VQModel"):
-        channels = c.get("vq_embed_dim") or c["latent_channels"] if class_name == "VQModel" else c["latent_channels"]
+        channels = (c.get("vq_embed_dim") if class_name == "VQModel" else None) or c["latent_channels"]
         return int(channels), 2 ** (len(c["block_out_channels"]) - 1)
     if class_name == "AutoencoderKLFlux2":
         p = tuple(c["patch_size"])
