@@ -318,7 +318,8 @@ RELEASES = (
     Release("taesdxl", "AutoencoderTiny", "madebyollin/taesdxl", None, "MIT", TAESD_CONFIG, 1024, "float16",
             "Tiny AutoEncoder for SDXL latents"),
     Release("kandinsky-2.2-movq", "VQModel", "kandinsky-community/kandinsky-2-2-decoder", "movq", "Apache-2.0",
-            MOVQ_CONFIG, 256, "float32", "Kandinsky 2.2's MoVQ (spatially conditioned VQGAN, 16384 codes, f8)"),
+            MOVQ_CONFIG, 512, "float32",
+            "Kandinsky 2.2's MoVQ (spatially conditioned VQGAN, 16384 codes, f8; the pipeline's default 512 px)"),
 )  # fmt: skip
 RELEASE_BY_NAME = {r.name: r for r in RELEASES}
 DEFAULT_VARIANT = "sd-vae-ft-mse"
