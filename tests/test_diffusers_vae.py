@@ -209,6 +209,9 @@ def test_single_file_original_layout_loads_through_from_single_file(vae_dir, tmp
         torch.testing.assert_close(tok.decode(tok.encode(x)), expected, atol=1e-6, rtol=0)
     with pytest.raises(TokbenchError, match="config="):
         tokbench.load_tokenizer("diffusers-vae", weights=path)
+    # a released variant's file without config: the table's full-size config, which these tiny weights do not fit
+    with pytest.raises(TokbenchError, match="single-file AutoencoderKL"):
+        tokbench.load_tokenizer("sd-vae-ft-mse-original", weights=path)
 
 
 # Independent values from the releases' config.json files / papers: latent values per position and downsampling.

@@ -509,6 +509,8 @@ def _load(variant: Variant | None, weights: str | Path | None, user_config: dict
     config = dict(user_config)
     if not config and (path.parent / CONFIG_FILE).is_file():
         config = read_folder_config(path.parent)
+    if not config and release is not None:  # a released variant's file: the table's config
+        config = {"_class_name": release.class_name, **release.config}
     if "_class_name" not in config:
         raise TokbenchError(
             f"{path.name} is a single file: tokbench needs its diffusers config to build the model; pass "
