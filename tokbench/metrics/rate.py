@@ -2,10 +2,11 @@
 
 Bits per image are the real encoded size for codecs and N * log2(K) (summed over codebooks) for
 discrete tokenizers: the cost of storing the ids at a fixed-length code, the number papers compare.
-Continuous latents (`Tokens.features` with `bits` set, e.g. diffusers VAEs) have no codebook: their bits are
-the tokenizer's stated storage convention (C*h*w values at a stated precision), and `latent_values_per_pixel`
-(C*h*w / (H*W)) is reported beside them so they are never read as VQ bit rates. Codebook usage is the fraction of codes used at least once over the data set; the code entropy
-(bits) and perplexity (2^entropy) are of the empirical id distribution over all positions.
+Continuous latents (`Tokens.features` with `bits` set, e.g. diffusers VAEs) have no codebook: their bits
+are the tokenizer's stated storage convention (C*h*w values at a stated precision), and
+`latent_values_per_pixel` (C*h*w / (H*W)) is reported beside them so they are never read as VQ bit rates.
+Codebook usage is the fraction of codes used at least once over the data set; the code entropy (bits) and
+perplexity (2^entropy) are of the empirical id distribution over all positions.
 """
 
 from __future__ import annotations
