@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -375,8 +376,6 @@ def read_folder_config(folder: Path) -> dict[str, Any]:
 
 def _check_loading_info(info: Mapping[str, Any], cls: type, source: str) -> None:
     ignored = getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or []
-    import re
-
     unexpected = [k for k in info.get("unexpected_keys", []) if not any(re.search(p, k) for p in ignored)]
     problems = {
         "missing": list(info.get("missing_keys", [])),
