@@ -1,4 +1,4 @@
-"""Command line: `tokbench run | report | list | info | fetch`."""
+"""Command line: `tokbench run | report | list | info | fetch | generate | gen-eval | gen-suite`."""
 
 from __future__ import annotations
 
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("names", nargs="+", help="tokenizer variants or metric artifacts (see tokbench list)")
     fe.add_argument("--to", help="put files in DIR/<name>/ (then export TOKBENCH_WEIGHTS=DIR)")
     fe.set_defaults(fn=cmd_fetch)
+
+    from .generation.commands import add_commands  # generate, gen-eval, gen-suite
+
+    add_commands(sub)
     return p
 
 
