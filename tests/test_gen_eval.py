@@ -255,3 +255,22 @@ def test_bootstrap_interval_resamples_prompts():
     assert 1.0 <= lo < 2.0 < hi <= 3.0
     assert bootstrap_ci([[1.0, 1.0], [3.0]], n_boot=100, seed=1) == bootstrap_ci([[1.0, 1.0], [3.0]], n_boot=100, seed=1)
     assert all(np.isnan(bootstrap_ci([[1.0]])))
+
+
+def test_gen_suite_and_cli_errors(tmp_path, generated, capsys):
+    """A suite file runs generate then gen-eval per model; the CLI's offline CLIP error names the fetch."""
+    import yaml
+
+    from tokbench.cli import main
+
+    suite = {"name": "tiny", "models": [str(generated / "ckpt")],
+             "generate": {"prompts": str(generated / "prompts.jsonl"), "per_prompt": 1, "dtype": "float32",
+                          "device": "cpu"}, "gen_eval": {"clip": [], "device": "cpu"}}  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["gen-suite", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "res"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "res" / "ckpt" / "gen_eval" / "results.json").read_text())
+    assert r["counts"]["images_scored"] == 4 and "retok_id_match" in r["summary"]
+    assert main(["gen-eval", "--images", str(generated / "out"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "tokbench fetch clip-vit-l-14-openai" in capsys.readouterr().err
+    shipped = yaml.safe_load((Path(__file__).parent.parent / "benchmarks/generation/janus_pro.yaml").read_text())
+    assert shipped["models"] == ["janus-pro-1b", "janus-pro-7b"] and shipped["generate"]["per_prompt"] == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
           f"({'complete' if m.get('complete') else 'INCOMPLETE'}); decode check max |diff| "
           f"{check.get('max_abs_diff', float('nan')):.3g} over {check.get('images', 0)} images")  # fmt: skip
     print(f"score them with: tokbench gen-eval --images {args.out}")
+    if check.get("passed") is False:
+        print(f"tokbench: WARNING: decode check failed: tokbench's llamagen-vq decode differs from the model's "
+              f"decode_image_tokens by {check['max_abs_diff']:.3g} > {check['tolerance']} ({args.dtype}); the "
+              "checkpoint's VQ and tokbench's reading of it disagree", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -57,6 +63,8 @@ def cmd_gen_suite(args: argparse.Namespace) -> int:
     models = suite.get("models") or []
     if not models:
         raise TokbenchError(f"{path} lists no models (a `models:` list of names or checkpoint folders)")
+    _check_keys(g, run_generate, "generate", {"model", "out", "progress"})
+    _check_keys(e, run_gen_eval, "gen_eval", {"images", "out", "progress", "encoders", "fid_extractor", "tokenizer"})
     root = Path(args.out or suite.get("out") or Path("results") / str(suite.get("name", path.stem)))
     for model in models:
         name = model if isinstance(model, str) else model["name"]
@@ -66,6 +74,15 @@ def cmd_gen_suite(args: argparse.Namespace) -> int:
         run_gen_eval(out, progress=not args.quiet, **e)
         print(f"  report: {out / 'gen_eval' / 'report.md'}")
     return 0
+
+
+def _check_keys(section: dict[str, Any], fn: Any, name: str, reserved: set[str]) -> None:
+    import inspect
+
+    allowed = set(inspect.signature(fn).parameters) - reserved
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise TokbenchError(f"unknown `{name}` settings {unknown} in the generation suite; known: {sorted(allowed)}")
 
 
 def add_commands(sub: Any) -> None:

@@ -152,11 +152,8 @@ def run_generate(
             "tokens_per_s": n_done * gen.num_image_tokens / seconds if seconds else None,
             "note": "sampling + decoding + PNG writing, wall clock; the first batch includes warm-up"})  # fmt: skip
     manifest["complete"] = not incomplete
-    if tok is not None and check["tolerance"] is not None and check["max_abs_diff"] > check["tolerance"]:
-        write_json(path, manifest)
-        raise TokbenchError(
-            f"decode check failed: tokbench's llamagen-vq decode differs from the model's by {check['max_abs_diff']:.3g} "
-            f"(> {check['tolerance']} for {dtype}); the checkpoint's VQ and tokbench's reading of it disagree"
-        )
+    if tok is not None and check["tolerance"] is not None:
+        # Recorded, not raised: the images are written either way; the CLI exits non-zero on a failure.
+        check["passed"] = check["max_abs_diff"] <= check["tolerance"]
     write_json(path, manifest)
     return manifest
