@@ -364,17 +364,21 @@ def run_gen_eval(
     return result
 
 
-def _encode_images(enc: Any, imgs: list[torch.Tensor], batch_size: int, dev: torch.device) -> torch.Tensor:
-    out = []
-    i = 0
-    while i < len(imgs):  # batches of equal-sized images (a folder may mix sizes)
+def same_size_batches(imgs: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+    """Consecutive images stacked into batches of at most `batch_size` that share one size (a folder may mix sizes)."""
+    out, i = [], 0
+    while i < len(imgs):
         j = i + 1
         while j < len(imgs) and j - i < batch_size and imgs[j].shape == imgs[i].shape:
             j += 1
-        with torch.inference_mode():
-            out.append(enc.encode_image(torch.stack(imgs[i:j]).to(dev)).float().cpu())
+        out.append(torch.stack(imgs[i:j]))
         i = j
-    return torch.cat(out)
+    return out
+
+
+def _encode_images(enc: Any, imgs: list[torch.Tensor], batch_size: int, dev: torch.device) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([enc.encode_image(b.to(dev)).float().cpu() for b in same_size_batches(imgs, batch_size)])
 
 
 def _retokenize(tok: Any, e: PromptEntry, imgs: list[torch.Tensor], paths: list[Path], img_rows: list[dict],
@@ -460,13 +464,8 @@ class _FIDStats:
             return self.extractor(batch.to(self.dev).float())
 
     def add_images(self, imgs: list[torch.Tensor], batch_size: int, name: str = "gen") -> None:
-        i = 0
-        while i < len(imgs):
-            j = i + 1
-            while j < len(imgs) and j - i < batch_size and imgs[j].shape == imgs[i].shape:
-                j += 1
-            self._add(name, self._features(torch.stack(imgs[i:j])))
-            i = j
+        for batch in same_size_batches(imgs, batch_size):
+            self._add(name, self._features(batch))
 
     def compute(self, mode: str, ref: Any, ref_stats: Any, out: Path, custom: bool,
                 protocols: dict[str, str]) -> dict[str, Any]:  # fmt: skip
