@@ -65,7 +65,8 @@ def run_generate(
     if per_prompt < 1 or batch_size < 1:
         raise TokbenchError(f"--per-prompt and --batch-size must be >= 1, got {per_prompt} and {batch_size}")
     out = Path(out)
-    plist = load_prompts(prompts)[:limit] if limit else load_prompts(prompts)
+    plist = load_prompts(prompts)
+    plist = plist[:limit] if limit else plist
     dev = resolve_device(device)
     gen = J.load_janus(model, device=dev, dtype=dtype)
     manifest: dict[str, Any] = {

@@ -33,15 +33,7 @@ import numpy as np
 import torch
 
 from ..core import TokbenchError, torch_dtype
-from ..weights import (
-    _NO_DOWNLOADS,
-    Artifact,
-    WeightsUnavailable,
-    _hf_cache_dir,
-    _offline,
-    unavailable_message,
-    weights_dir,
-)
+from ..weights import _NO_DOWNLOADS, Artifact, WeightsUnavailable, _hf_cache_dir, _offline, weights_dir
 
 # transformers 5.0-5.4 feed the prompt ids instead of the image embeddings after the first step of
 # Janus image generation (transformers issue 44792, fixed in 5.5.0); Janus itself ships in 4.52.1.
@@ -137,22 +129,25 @@ def resolve_model_dir(name: str) -> tuple[Path, dict[str, Any]]:
         return Path(snapshot_download(a.repo_id, revision=a.revision, allow_patterns=_SNAPSHOT_FILES,
                                       local_files_only=local_only, cache_dir=_hf_cache_dir()))  # fmt: skip
 
-    fetch = (f"hf download {a.repo_id} --local-dir $TOKBENCH_WEIGHTS/{a.name}   "
-             "(then export TOKBENCH_WEIGHTS=...)")  # fmt: skip
+    def unavailable(reason: str) -> WeightsUnavailable:
+        where = weights_dir() or Path("DIR")
+        then = "" if weights_dir() else f"; then export TOKBENCH_WEIGHTS=DIR (or pass --model DIR/{a.name})"
+        return WeightsUnavailable(
+            f"model {name!r} is not available: {reason}\n  source: https://huggingface.co/{a.repo_id} (whole "
+            f"repository)\n  fetch it ahead of time: hf download {a.repo_id} --local-dir {where / a.name}{then}"
+        )
+
     try:
         folder = snapshot(True)
     except Exception:  # noqa: BLE001 - not cached (any hub error means the same here)
-        why = ("not cached and HF_HUB_OFFLINE is set" if _offline()
-               else None if _NO_DOWNLOADS.get() is None else f"not on this machine, and {_NO_DOWNLOADS.get()}")  # fmt: skip
-        if why is not None:
-            msg = unavailable_message(a, why).replace(f"tokbench fetch {a.name} [--to DIR]", fetch)
-            raise WeightsUnavailable(msg) from None
+        if _offline():
+            raise unavailable("not cached and HF_HUB_OFFLINE is set") from None
+        if _NO_DOWNLOADS.get() is not None:
+            raise unavailable(f"not on this machine, and {_NO_DOWNLOADS.get()}") from None
         try:
             folder = snapshot(False)
         except Exception as e:  # noqa: BLE001 - network, auth, 404: one clear message
-            reason = f"download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-            raise WeightsUnavailable(unavailable_message(a, reason).replace(
-                f"tokbench fetch {a.name} [--to DIR]", fetch)) from None  # fmt: skip
+            raise unavailable(f"download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     # A hub snapshot folder is named by the commit it holds: the exact revision.
     return folder, {**info, "revision": folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None,
                     "folder": str(folder)}  # fmt: skip
