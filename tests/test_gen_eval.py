@@ -214,8 +214,10 @@ def test_geneval_layout_counts_missing_samples(tmp_path, generated):
     shutil.copytree(generated / "out", out)
     (out / "00001" / "samples" / "0002.png").unlink()
     shutil.rmtree(out / "00003" / "samples")
+    shutil.copy(out / "00000" / "samples" / "0000.png", out / "00000" / "samples" / "0007.png")
     inputs = collect_inputs(out)
     assert inputs.missing == ["00001: 2 of 3 images", "00003: no images"]
+    assert inputs.extra == ["00000/samples/0007.png"] and len(inputs.entries[0].images) == 3
 
 
 def test_fid_against_reference_folder_equals_scipy(tmp_path, generated):
@@ -263,11 +265,11 @@ def test_gen_suite_and_cli_errors(tmp_path, generated, capsys):
 
     from tokbench.cli import main
 
-    suite = {"name": "tiny", "models": [str(generated / "ckpt")],
+    suite = {"kind": "generation", "name": "tiny", "models": [str(generated / "ckpt")],
              "generate": {"prompts": str(generated / "prompts.jsonl"), "per_prompt": 1, "dtype": "float32",
                           "device": "cpu"}, "gen_eval": {"clip": [], "device": "cpu"}}  # fmt: skip
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
-    assert main(["gen-suite", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "res"), "--quiet"]) == 0
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "res"), "--quiet"]) == 0  # = gen-suite
     r = json.loads((tmp_path / "res" / "ckpt" / "gen_eval" / "results.json").read_text())
     assert r["counts"]["images_scored"] == 4 and "retok_id_match" in r["summary"]
     assert main(["gen-eval", "--images", str(generated / "out"), "--out", str(tmp_path / "x"), "--quiet"]) == 2

@@ -58,6 +58,10 @@ def cmd_gen_suite(args: argparse.Namespace) -> int:
         suite: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise TokbenchError(f"cannot read generation suite {path}: {e}") from None
+    unknown = sorted(set(suite) - {"kind", "name", "description", "models", "out", "generate", "gen_eval"})
+    if unknown:
+        raise TokbenchError(f"unknown generation suite keys {unknown} in {path}; known: kind, name, description, "
+                            "models, out, generate, gen_eval")  # fmt: skip
     g = dict(suite.get("generate") or {})
     e = dict(suite.get("gen_eval") or {})
     models = suite.get("models") or []

@@ -165,12 +165,13 @@ def collect_inputs(images: str | Path, prompts: str | Path | None = None) -> Eva
         out = EvalInputs("geneval", entries, problems=problems, manifest=manifest)
         expected = (manifest or {}).get("sampling", {}).get("per_prompt")
         for e in entries:
+            extra = [p for p in e.images if expected and (not p.stem.isdigit() or int(p.stem) >= expected)]
+            out.extra += [str(p.relative_to(root)) for p in extra]  # listed, not scored (as in a flat folder)
+            e.images = [p for p in e.images if p not in extra]
             if not e.images:
                 out.missing.append(f"{e.id}: no images")
             elif expected and len(e.images) < expected:
                 out.missing.append(f"{e.id}: {len(e.images)} of {expected} images")
-            extra = [p for p in e.images if expected and (not p.stem.isdigit() or int(p.stem) >= expected)]
-            out.extra += [str(p.relative_to(root)) for p in extra]
         if prompts is not None:
             out.problems.append("--prompts ignored: a GenEval-layout folder carries its prompts in metadata.jsonl")
         return out

@@ -96,12 +96,12 @@ def write_gen_report(out: Path, result: dict[str, Any], rows: list[dict[str, Any
         df = df.reset_index()
         if counts is not None:
             df["images"] = df["category"].map(lambda x: int(counts.get(x, counts.get("", 0))))
-        md += ["", "## Per category", "", markdown_table(df.map(_fmt))]
+        md += ["", "## Per category", "", markdown_table(df.apply(lambda col: col.map(_fmt)))]
     if key is not None and not pp.empty and key in pp:
         ranked = pp.dropna(subset=[key]).sort_values(key, ascending=False)
         cols = [c for c in ("id", "category", "prompt", key, "diversity", "retok_id_match", "retok_psnr") if c in pp]
-        md += ["", f"## Best prompts ({key})", "", markdown_table(ranked[cols].head(10).map(_fmt))]
-        md += ["", f"## Worst prompts ({key})", "", markdown_table(ranked[cols].tail(10).iloc[::-1].map(_fmt))]
+        md += ["", f"## Best prompts ({key})", "", markdown_table(ranked[cols].head(10).apply(lambda col: col.map(_fmt)))]
+        md += ["", f"## Worst prompts ({key})", "", markdown_table(ranked[cols].tail(10).iloc[::-1].apply(lambda col: col.map(_fmt)))]
     figures = []
     if sample_grid(per_prompt, rows, root, key, out / "grid.png"):
         figures.append("grid.png")
