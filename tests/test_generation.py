@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +130,13 @@ def test_generate_writes_geneval_layout_with_official_pngs_and_decode_check(tmp_
             # each image is the one its own seed gives
             alone = J.sample_image_tokens(gen, [gen.prompt_ids(prompt)], J.row_generators(gen.device, [J.sample_seed(7, i, k)]))
             assert torch.equal(alone[0], ids[k])
+    # GenEval's evaluate_images.py: digit-named folders, metadata.jsonl read with json.load, samples/\d+.png
+    geneval = {}
+    for d in out.iterdir():
+        if d.is_dir() and d.name.isdigit():
+            with open(d / "metadata.jsonl") as fp:
+                geneval[d.name] = (json.load(fp)["prompt"], [f for f in os.listdir(d / "samples") if re.match(r"\d+\.png", f)])
+    assert len(geneval) == 4 and all(len(files) == 2 for _, files in geneval.values())
     # a re-run with the same settings does nothing; with other settings it is refused
     again = run_generate(str(ckpt), out, prompts=str(prompts_file), per_prompt=2, seed=7, batch_size=2,
                          dtype="float32", device="cpu", progress=False)  # fmt: skip

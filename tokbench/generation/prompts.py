@@ -1,7 +1,7 @@
 """Prompt sets: the built-in one (written for tokbench) and prompt files in the common formats.
 
 Built-in (`builtin`, or `builtin:CATEGORY`): 235 prompts in `prompts.jsonl`, each with a category:
-single_object, two_objects, counting, colors, position, color_attr (GenEval's six object-centric
+single_object, two_object, counting, colors, position, color_attr (GenEval's six object-centric
 skills, written here from a fixed list of 40 objects and 10 colours), text (text rendered in the
 image) and scene (free-form descriptions).
 
@@ -27,7 +27,7 @@ from typing import Any
 from ..core import TokbenchError
 
 BUILTIN = Path(__file__).with_name("prompts.jsonl")
-CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr", "text", "scene")
+CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr", "text", "scene")
 _TEXT_KEYS = ("prompt", "text", "caption")
 
 
