@@ -1,4 +1,4 @@
-"""Command line: `tokbench run | report | list | info | fetch | generate | gen-eval | gen-suite`."""
+"""Command line: `tokbench run | report | list | info | fetch | geneval | generate | gen-eval | gen-suite`."""
 
 from __future__ import annotations
 
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--to", help="put files in DIR/<name>/ (then export TOKBENCH_WEIGHTS=DIR)")
     fe.set_defaults(fn=cmd_fetch)
 
+    from .geneval.cli import add_parser as add_geneval_parser  # its own module: GenEval scoring
+
+    add_geneval_parser(sub)
     from .generation.commands import add_commands  # generate, gen-eval, gen-suite
 
     add_commands(sub)
