@@ -21,6 +21,7 @@ from tokbench.generation.generate import run_generate
 
 sys.path.insert(0, str(Path(__file__).parent))
 import janus_tiny  # noqa: E402
+from tiny_open_clip import save_tiny_clip  # noqa: E402
 
 TORCH_THREADS = 1
 PROMPTS = ["a red cat", "two dogs on the left of a green car", "a sign says hello", "the house"]
@@ -43,19 +44,11 @@ def generated(tmp_path_factory):
 def tiny_clip(tmp_path_factory):
     """A random-weight open_clip model: tokbench's encoder for it, and open_clip's own model + transform."""
     import open_clip
-    from safetensors.torch import save_file
 
     from tokbench.metrics.encoders import load_encoder, open_clip_spec
 
     d = tmp_path_factory.mktemp("tiny_clip")
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-           "patch_size": 8}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-           "layers": 1}}  # fmt: skip
-    (d / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / f"{TINY_CLIP}.json")
-    torch.manual_seed(0)
-    net = open_clip.create_model(TINY_CLIP, pretrained=None)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "w.safetensors"))
+    save_tiny_clip(d, TINY_CLIP)
     ours = load_encoder(open_clip_spec(TINY_CLIP, "none"), d / "w.safetensors")
     ref, _, preprocess = open_clip.create_model_and_transforms(TINY_CLIP, pretrained=str(d / "w.safetensors"))
     return SimpleNamespace(ours=ours, ref=ref.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(TINY_CLIP))
