@@ -101,6 +101,15 @@ ENCODERS: dict[str, EncoderSpec] = {
             "OpenAI CLIP ViT-L/14 224 px (the torchmetrics CLIPScore default): ImageNet zero-shot 75.5%",
             weights=CLIP_VIT_L14_OPENAI,
         ),
+        _table_spec(  # the backbone of the ViT-B/32 and Hessel CLIP-score conventions (`tokbench gen-eval`)
+            "ViT-B-32-openai",
+            "ViT-B-32",
+            "openai",
+            "timm/vit_base_patch32_clip_224.openai",
+            "MIT",
+            False,
+            "OpenAI CLIP ViT-B/32 224 px (Hessel et al.'s CLIPScore backbone)",
+        ),
     )
 }
 
