@@ -12,6 +12,7 @@ training-only entropy terms (a (B*h*w) x 262,144 softmax) are never computed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ _LOGIT_ELEMENTS = 1 << 25
 # IBQ(**init_args) keywords with no effect on an IBQ model's outputs (IndexPropagationQuantize ignores
 # `l2_normalize` and never reads `cosine_similarity`).
 _NO_EFFECT = {"l2_normalize", "cosine_similarity"}
+_IGNORED_DDCONFIG = ("tanh_out", "attn_type", "use_linear_attn")
 
 
 def ibq_config(config: Mapping[str, Any] | None) -> tuple[VQGANConfig, bool | None]:
@@ -53,6 +55,16 @@ def ibq_config(config: Mapping[str, Any] | None) -> tuple[VQGANConfig, bool | No
             f"unknown ibq config keys {unknown}; known: ddconfig, n_embed, embed_dim, use_ema (training-only "
             "keywords are ignored)"
         )
+    dd = args.get("ddconfig")
+    if isinstance(dd, Mapping):
+        # IBQ's own model.py has no tanh_out / attn_type / use_linear_attn (always vanilla attention, no tanh)
+        # and swallows them with **ignore_kwargs, so they must not reach the taming config, which honours them
+        dropped = sorted(k for k in _IGNORED_DDCONFIG if k in dd)
+        if dropped:
+            warnings.warn(
+                f"ibq: ignoring ddconfig keys {dropped} (the official IBQ Encoder/Decoder ignore them)", stacklevel=3
+            )
+            args["ddconfig"] = {k: v for k, v in dd.items() if k not in _IGNORED_DDCONFIG}
     return vqgan_config(args), use_ema
 
 
@@ -148,11 +160,22 @@ def _is_ibq(keys: set[str]) -> bool:
     return "quantize.embedding.weight" in keys and "encoder.mid.block_1.conv1.weight" in keys
 
 
+def attention_levels(cfg: VQGANConfig) -> tuple[list[int], list[int]]:
+    """(encoder, decoder) levels with attention. taming's encoder halves `resolution` level by level while
+    its decoder doubles `resolution // f` back up, so they disagree when `resolution` is not a multiple of
+    f (e.g. 90 with f = 4: encoder sides 90, 45, 22; decoder 22, 44, 88)."""
+    n, attn = len(cfg.ch_mult), set(cfg.attn_resolutions)
+    enc = [i for i in range(n) if cfg.resolution // 2**i in attn]
+    dec = [i for i in range(n) if cfg.resolution // 2 ** (n - 1) * 2 ** (n - 1 - i) in attn]
+    return enc, dec
+
+
 def _describe(cfg: VQGANConfig, side: int, resolution: int) -> str:
-    attn = [i for i in range(len(cfg.ch_mult)) if cfg.resolution // 2**i in cfg.attn_resolutions]
+    enc, dec = attention_levels(cfg)
+    where = f"levels {enc}" if enc == dec else f"encoder levels {enc}, decoder levels {dec}"
     return (
         f"taming VQGAN, downsample {cfg.downsample}, codebook {cfg.n_embed} x {cfg.embed_dim}, ids = argmax of the "
-        f"inner product z.e (not the nearest code); attention at levels {attn} and mid; ids row-major on a "
+        f"inner product z.e (not the nearest code); attention at {where} and mid; ids row-major on a "
         f"{side}x{side} grid at {resolution}"
     )
 

@@ -82,6 +82,8 @@ class OpenMagvit2Config:
 
 
 _DDCONFIG_KEYS = {"ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels", "out_ch", "resolution", "double_z"}
+_DDCONFIG_REQUIRED = ("ch", "out_ch", "in_channels", "num_res_blocks", "z_channels", "resolution")
+_UPSTREAM_CH_MULT = (1, 2, 2, 4)  # improved_model.Encoder/Decoder's default, not the releases' value
 _OWN_KEYS = {"norm_groups", "adaptive_norm", "bit_order", "legacy", "layout_from_checkpoint"}
 _MODEL_KEYS = {"n_embed", "embed_dim", "use_ema", "token_factorization", "factorized_bits"}
 
@@ -120,8 +122,17 @@ def open_magvit2_config(config: Mapping[str, Any] | None) -> OpenMagvit2Config:
             f"unknown open-magvit2 config keys {unknown}; known: ddconfig ({sorted(_DDCONFIG_KEYS)}), "
             f"{sorted(_MODEL_KEYS | _OWN_KEYS)} (training-only keywords are ignored)"
         )
-    if dd.pop("double_z", False):
-        raise TokbenchError("ddconfig.double_z must be false: the Open-MAGVIT2 encoder has a single conv_out")
+    # improved_model's Encoder accepts double_z and ignores it (its conv_out always gives z_channels)
+    dd.pop("double_z", None)
+    if class_path is not None:
+        # the official layout: the keywords improved_model's Encoder/Decoder require, and their ch_mult default
+        missing = [k for k in _DDCONFIG_REQUIRED if k not in dd]
+        if missing:
+            raise TokbenchError(
+                f"the open-magvit2 ddconfig lacks {missing} (required by the official Encoder/Decoder); "
+                "pass the release YAML's model.init_args"
+            )
+        dd.setdefault("ch_mult", _UPSTREAM_CH_MULT)
     # the legacy "B" code lived under taming/ (taming.models.lfqgan.VQModel) before "upgrade v2"
     legacy = bool(args.pop("legacy", False)) or (class_path or "").startswith("taming.")
     explicit = legacy or "adaptive_norm" in args or "bit_order" in args

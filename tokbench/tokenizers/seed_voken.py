@@ -210,8 +210,13 @@ def build_tokenizer(
     if variant is not None and variant.weights is not None:
         source["release"] = variant.weights.source
     source["code"] = UPSTREAM
-    resolution = int(resolution or (variant.resolution if variant else None) or fam.default_resolution(cfg))
-    if resolution % cfg.downsample:
+    f = cfg.downsample
+    chosen = resolution or (variant.resolution if variant else None)
+    # The config's `resolution` only places attention (IBQ) or is ignored (Open-MAGVIT2); the official
+    # modules accept any value, e.g. 90 with a 4x model, so it is rounded down to a multiple of f here
+    # (a requested resolution is not: it is an input size).
+    resolution = int(chosen) if chosen else max(f, int(fam.default_resolution(cfg)) // f * f)
+    if resolution % f:
         raise TokbenchError(
             f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}"
         )
