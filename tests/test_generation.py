@@ -110,7 +110,8 @@ def test_generate_writes_geneval_layout_with_official_pngs_and_decode_check(tmp_
     m = run_generate(str(ckpt), out, prompts=str(prompts_file), per_prompt=2, seed=7, batch_size=3,
                      dtype="float32", device="cpu", progress=False)  # fmt: skip
     assert m["complete"] and m["sampling"]["cfg_weight"] == 5.0 and m["sampling"]["top_k"] is None
-    assert m["decode_check"]["images"] == 8 and m["decode_check"]["max_abs_diff"] < 1e-4
+    # float32: tokbench's llamagen-vq decode and transformers' decode_image_tokens run the same operations
+    assert m["decode_check"]["images"] == 8 and m["decode_check"]["max_abs_diff"] == 0.0
     assert m["decode_check"]["passed"] and m["decode_check"]["tolerance"] == 1e-4
     assert "transformers" in m["packages"] and m["model"]["layout"] == "transformers"
     for i, prompt in enumerate(PROMPTS):
