@@ -117,7 +117,7 @@ def test_generate_writes_geneval_layout_with_official_pngs_and_decode_check(tmp_
     for i, prompt in enumerate(PROMPTS):
         d = out / f"{i:05d}"
         meta = json.loads((d / "metadata.jsonl").read_text())
-        assert meta["prompt"] == prompt and meta["tag"] == "test"
+        assert meta["prompt"] == prompt and meta["category"] == "test" and "tag" not in meta  # no GenEval fields
         codes = np.load(d / "codes.npy")
         assert codes.shape == (2, 16) and not (d / ".codes").exists()
         assert sorted(p.name for p in (d / "samples").iterdir()) == ["0000.png", "0001.png"]

@@ -93,7 +93,7 @@ def add_commands(sub: Any) -> None:
     g = sub.add_parser("generate", help="text-to-image with Janus / Janus-Pro into GenEval's layout (resumable)")
     g.add_argument("--model", default="janus-pro-1b", help="janus-pro-1b, janus-pro-7b, janus-1.3b, "
                    "janus-pro-{1b,7b}-original (DeepSeek's files), or a checkpoint folder")
-    g.add_argument("--prompts", default="builtin", help="builtin[:CATEGORY] or a .jsonl/.csv/.txt/.json file")
+    g.add_argument("--prompts", default="builtin", help="builtin[:CATEGORY or :geneval] or a .jsonl/.csv/.txt/.json file")
     g.add_argument("--per-prompt", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output folder; the same command again resumes it")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import TokbenchError
+from ..geneval.layout import official_order
 from ..runner import git_revision, resolve_device, write_json
 from . import janus as J
 from .layout import (
@@ -37,6 +38,13 @@ def _prompts_digest(prompts: list[Prompt]) -> str:
     for p in prompts:
         h.update(json.dumps([p.id, p.prompt, p.category]).encode())
     return h.hexdigest()
+
+
+def prompt_metadata(p: Prompt) -> dict[str, Any]:
+    """A prompt folder's metadata.jsonl: GenEval's fields in its key order (`tag`, `include`, [`exclude`,]
+    `prompt`) where the prompt has them, then tokbench's `id` and `category`. No `tag` without GenEval
+    fields: `tokbench geneval` then skips the prompt as no GenEval task instead of calling it correct."""
+    return official_order({**p.metadata, "prompt": p.prompt, "id": p.id, "category": p.category})
 
 
 def _identity(m: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +118,7 @@ def run_generate(
 
     remove_stale_temporaries(out)
     for i, p in enumerate(plist):
-        write_metadata(out, i, {**p.metadata, "id": p.id, "prompt": p.prompt, "tag": p.category})
+        write_metadata(out, i, prompt_metadata(p))
     todo = [(i, k) for i, k in iter_units(len(plist), per_prompt) if not sample_done(out, i, k, per_prompt)]
     tok = J.vq_tokenizer(gen) if decode_check and todo else None
     ids_cache: dict[int, list[int]] = {}

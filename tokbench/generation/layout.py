@@ -1,7 +1,7 @@
 """GenEval's output layout, written resumably and read back.
 
     DIR/manifest.json                 every setting (tokbench's addition)
-    DIR/<00000>/metadata.jsonl        one JSON line: the prompt's metadata (prompt, tag, GenEval fields)
+    DIR/<00000>/metadata.jsonl        one JSON line: GenEval's tag/include/exclude/prompt (where known), id, category
     DIR/<00000>/samples/<0000>.png    the images
     DIR/<00000>/codes.npy             int32 (N, T) generated code ids, raster order (tokbench's addition)
 

@@ -1,9 +1,10 @@
 """Prompt sets: the built-in one (written for tokbench) and prompt files in the common formats.
 
-Built-in (`builtin`, or `builtin:CATEGORY`): 235 prompts in `prompts.jsonl`, each with a category:
-single_object, two_object, counting, colors, position, color_attr (GenEval's six object-centric
-skills, written here from a fixed list of 40 objects and 10 colours), text (text rendered in the
-image) and scene (free-form descriptions).
+Built-in (`builtin`, `builtin:CATEGORY`, or `builtin:geneval` for the six GenEval categories): 235 prompts
+in `prompts.jsonl`, each with a category: single_object, two_object, counting, colors, position, color_attr
+(GenEval's six object-centric skills, over GenEval's 80 COCO object names and 10 colours, counts 2-4, each
+carrying GenEval's `tag`, `include` and (counting) `exclude` fields as GenEval's create_prompts.py writes
+them), text (text rendered in the image) and scene (free-form descriptions); these two have no GenEval tag.
 
 Files (`load_prompts(path)`), one `Prompt(id, prompt, category, metadata)` per entry:
 - `.jsonl`: objects with `prompt` (or `text` / `caption`), optional `id` and `category` (or GenEval's
@@ -27,7 +28,8 @@ from typing import Any
 from ..core import TokbenchError
 
 BUILTIN = Path(__file__).with_name("prompts.jsonl")
-CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr", "text", "scene")
+GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+CATEGORIES = (*GENEVAL_CATEGORIES, "text", "scene")
 _TEXT_KEYS = ("prompt", "text", "caption")
 
 
@@ -59,9 +61,10 @@ def load_prompts(spec: str | Path) -> list[Prompt]:
         prompts = _read_jsonl(BUILTIN)
         if ":" in spec:
             cat = spec.split(":", 1)[1]
-            if cat not in CATEGORIES:
-                raise TokbenchError(f"unknown built-in category {cat!r}; known: {', '.join(CATEGORIES)}")
-            prompts = [p for p in prompts if p.category == cat]
+            if cat not in (*CATEGORIES, "geneval"):
+                raise TokbenchError(f"unknown built-in category {cat!r}; known: {', '.join(CATEGORIES)}, geneval")
+            wanted = GENEVAL_CATEGORIES if cat == "geneval" else (cat,)
+            prompts = [p for p in prompts if p.category in wanted]
         return prompts
     path = Path(spec).expanduser()
     if not path.is_file():
