@@ -34,7 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             d.limit = args.limit
     out = Path(args.out) if args.out else Path("results") / suite.name
     print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
-    summaries = run_suite(suite, out, tokenizers=args.tokenizers, data=args.data, progress=not args.quiet)
+    summaries = run_suite(suite, out, tokenizers=args.tokenizers, data=args.data, progress=not args.quiet,
+                          fresh=args.fresh)
     report = write_report(out)
     print()
     print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
@@ -124,11 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", nargs="+", help="data sets instead of the suite's: samples, folder:PATH, "
                    "imagenet-val:PATH")
     r.add_argument("--out", help="run folder (default results/<suite name>); re-running resumes it on the same "
-                   "machine and measures again on another")
+                   "machine; one made with another device kind or package versions is moved aside to a dated "
+                   "sibling and measured again")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps, auto")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--limit", type=int, help="at most this many images per data set")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--fresh", action="store_true", help="measure everything again: the folder's previous run is "
+                   "moved to a dated sibling, never deleted")
     r.set_defaults(fn=cmd_run)
 
     rep = sub.add_parser("report", help="(re)build the report of a run folder")
