@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-import torch
-
 from tokbench.cli import main as cli
-from tokbench.metrics.base import BenchMetric, register_metric
-from tokbench.registry import Family, register_family
 from tokbench.data import open_image
+from tokbench.metrics.base import BenchMetric, register_metric
 from tokbench.protocols import get_protocol
+from tokbench.registry import Family, register_family
 from tokbench.report import load_run, write_report
 from tokbench.runner import read_rows, run_suite
 from tokbench.suite import load_suite, parse_suite
