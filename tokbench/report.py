@@ -16,30 +16,52 @@ import pandas as pd
 
 from .runner import read_rows, short_reason, write_json
 
-# Columns of the main table: (result key, header, format).
+# Columns of the main table: (result key, header, unit). Values are formatted by their unit.
 MAIN_COLUMNS = [
-    ("tokens_per_image", "tokens/img", "{:.0f}"),
-    ("bpp", "bpp", "{:.4f}"),
-    ("psnr", "PSNR (dB)", "{:.2f}"),
-    ("ssim", "SSIM", "{:.4f}"),
-    ("ms_ssim", "MS-SSIM", "{:.4f}"),
-    ("lpips", "LPIPS", "{:.4f}"),
-    ("lpips_vgg", "LPIPS-VGG", "{:.4f}"),
-    ("rfid", "rFID", "{:.3f}"),
-    ("rfid_torch_fidelity", "rFID (ADM)", "{:.3f}"),
-    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "{:.3f}"),
-    ("psnr_llamagen", "PSNR* (dB)", "{:.2f}"),
-    ("ssim_llamagen", "SSIM*", "{:.4f}"),
-    ("semantic_similarity", "sem. sim.", "{:.4f}"),
-    ("zeroshot_top1", "0-shot top-1", "{:.2%}"),
-    ("zeroshot_top1_recon", "0-shot top-1 recon", "{:.2%}"),
-    ("clip_score", "CLIP-score", "{:.2f}"),
-    ("codebook_usage", "code usage", "{:.1%}"),
-    ("code_perplexity", "perplexity", "{:.1f}"),
-    ("encode_images_per_s", "enc img/s", "{:.1f}"),
-    ("decode_images_per_s", "dec img/s", "{:.1f}"),
-    ("peak_memory_mb", "peak MiB", "{:.0f}"),
+    ("tokens_per_image", "tokens/img", "count"),
+    ("bpp", "bpp", "bits per pixel"),
+    ("psnr", "PSNR (dB)", "dB"),
+    ("ssim", "SSIM", "index"),
+    ("ms_ssim", "MS-SSIM", "index"),
+    ("lpips", "LPIPS", "index"),
+    ("lpips_vgg", "LPIPS-VGG", "index"),
+    ("rfid", "rFID", "FID"),
+    ("rfid_torch_fidelity", "rFID (ADM)", "FID"),
+    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "FID"),
+    ("psnr_llamagen", "PSNR* (dB)", "dB"),
+    ("ssim_llamagen", "SSIM*", "index"),
+    ("semantic_similarity", "sem. sim.", "index"),
+    ("zeroshot_top1", "0-shot top-1", "percent"),  # the metric reports % already
+    ("zeroshot_top1_recon", "0-shot top-1 recon", "percent"),
+    ("clip_score", "CLIP-score", "score"),
+    ("codebook_usage", "code usage", "fraction"),  # 0..1, shown as %
+    ("code_perplexity", "perplexity", "score"),
+    ("encode_images_per_s", "enc img/s", "per second"),
+    ("decode_images_per_s", "dec img/s", "per second"),
+    ("peak_memory_mb", "peak MiB", "MiB"),
 ]
+UNIT_FORMATS = {
+    "count": "{:.0f}", "bits per pixel": "{:.4f}", "dB": "{:.2f}", "index": "{:.4f}", "FID": "{:.3f}",
+    "percent": "{:.2f}%", "fraction": "{:.1%}", "score": "{:.2f}", "MiB": "{:.0f}",
+}
+
+
+def format_value(value: Any, unit: str) -> str:
+    """A number as the report prints it in `unit` (see UNIT_FORMATS); '' for missing values. Rates
+    keep three significant digits (CPU rows are well under 1 image/s) without an exponent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    try:
+        if unit == "per second":
+            v = float(value)
+            if v == 0 or abs(v) >= 100:
+                return f"{v:.0f}"
+            return f"{v:.{2 - math.floor(math.log10(abs(v)))}f}"
+        return UNIT_FORMATS[unit].format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
 CODEC_FAMILIES = {"codec"}
 
 
@@ -86,15 +108,6 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _fmt(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and (math.isnan(value))):
-        return ""
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
 def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
     """Formatted main table; published numbers, where a suite gives them, in brackets after ours."""
     published = {j["job"]: j.get("published") or {} for j in jobs if j.get("status") == "ok"}
@@ -110,10 +123,10 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         row = {"tokenizer": label, "data": r["data"],
                "res": res, "protocol": r["protocol"]}
         pub = published.get(r["job"], {})
-        for key, header, fmt in cols:
-            text = _fmt(r.get(key), fmt)
+        for key, header, unit in cols:
+            text = format_value(r.get(key), unit)
             if key in pub:
-                text += f" [{_fmt(pub[key], fmt)}]"
+                text += f" [{format_value(pub[key], unit)}]"
             row[header] = text
         rows.append(row)
     return pd.DataFrame(rows)
