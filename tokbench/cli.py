@@ -1,4 +1,10 @@
-"""Command line: `tokbench run | report | list | info | fetch`."""
+"""Command line: `tokbench run | report | list | info | fetch`.
+
+Exit status, the same for every subcommand: 0 when everything asked for was done (jobs completed, or
+skipped because their weights are not on this machine); 1 when something failed while running (a job
+failed, a download failed; with `run --strict` also any skip); 2 when the command or suite cannot run
+at all (bad arguments, an invalid suite, a folder that is not a run); 130 on Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -21,29 +27,38 @@ def _default_suite() -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runner import run_suite
-    from .suite import load_suite
+    from .suite import parse_suite, read_suite_file
 
     suite_path = Path(args.suite) if args.suite else _default_suite()
-    suite = load_suite(suite_path)
-    if args.device:
-        suite.device = args.device
-    if args.batch_size:
-        suite.batch_size = args.batch_size
-    if args.limit is not None:
-        for d in suite.data:
-            d.limit = args.limit
+    raw = read_suite_file(suite_path)
+    if isinstance(raw, dict):  # command-line settings are checked with the suite's own (nothing runs before)
+        raw = {**raw, **({"device": args.device} if args.device else {}),
+               **({"batch_size": args.batch_size} if args.batch_size is not None else {})}
+        if args.data:
+            raw["data"] = list(args.data)
+        if args.limit is not None:
+            raw["data"] = [{"source": d, "limit": args.limit} if isinstance(d, str) else {**d, "limit": args.limit}
+                           for d in raw.get("data") or ["samples"]]
+    suite = parse_suite(raw, str(suite_path), open_data=True, extra_tokenizers=args.tokenizers)
     out = Path(args.out) if args.out else Path("results") / suite.name
     print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
-    summaries = run_suite(suite, out, tokenizers=args.tokenizers, data=args.data, progress=not args.quiet,
+    summaries = run_suite(suite, out, tokenizers=args.tokenizers, progress=not args.quiet,
                           fresh=args.fresh)
     report = write_report(out)
     print()
     print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
           if (report / "report.md").is_file() else "")
-    ok = sum(s["status"] == "ok" for s in summaries)
-    print(f"\n{ok}/{len(summaries)} jobs done; report: {report / 'index.html'} (also report.md, summary.csv, "
-          f"summary.tex)")
-    return 0
+    print(f"\nreport: {report / 'index.html'} (also report.md, summary.csv, summary.tex)")
+    return run_outcome(summaries, strict=args.strict)
+
+
+def run_outcome(summaries: list[dict], strict: bool = False) -> int:
+    """Print the last line (jobs completed, skipped, failed) and return the exit status."""
+    count = {status: sum(s["status"] == status for s in summaries) for status in ("ok", "skipped", "failed")}
+    code = 1 if count["failed"] or (strict and count["skipped"]) else 0
+    why = " (--strict: skips fail)" if strict and count["skipped"] and not count["failed"] else ""
+    print(f"tokbench: {count['ok']} completed, {count['skipped']} skipped, {count['failed']} failed{why}")
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -103,16 +118,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .weights import fetch, get_artifact
+    from .weights import WeightsUnavailable, fetch, get_artifact
 
     to = Path(args.to) if args.to else None
-    for name in args.names:
-        paths = fetch(get_artifact(name), to=to)
+    wanted = [get_artifact(name) for name in args.names]  # an unknown name stops everything (exit 2)
+    failed = []
+    for name, artifact in zip(args.names, wanted):
+        try:
+            paths = fetch(artifact, to=to)
+        except WeightsUnavailable as e:
+            print(f"tokbench: {name}: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
         for p in paths:
             print(f"{name}: {p}")
-    if to is not None:
+    if to is not None and len(failed) < len(wanted):
         print(f"\npoint tokbench at them with: export TOKBENCH_WEIGHTS={to.resolve()}")
-    return 0
+    print(f"tokbench: {len(wanted) - len(failed)} fetched, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int)
     r.add_argument("--limit", type=int, help="at most this many images per data set")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--strict", action="store_true", help="exit 1 also when a job is skipped (weights not here)")
     r.add_argument("--fresh", action="store_true", help="measure everything again: the folder's previous run is "
                    "moved to a dated sibling, never deleted")
     r.set_defaults(fn=cmd_run)

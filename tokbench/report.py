@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from .core import TokbenchError
 from .runner import read_rows, short_reason, write_json
 
 # Columns of the main table: (result key, header, unit). Values are formatted by their unit.
@@ -69,7 +70,8 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The run record and one entry per job (summary, or skip record, or 'not run')."""
     run_path = run_dir / "run.json"
     if not run_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a tokbench run folder (no run.json)")
+        raise TokbenchError(f"{run_dir} is not a tokbench run folder (no run.json); give the --out folder of "
+                            "a `tokbench run`")
     run = json.loads(run_path.read_text())
     jobs = []
     for job_id in run.get("jobs", []):

@@ -385,8 +385,8 @@ class Runner:
                       job.data_source, job.data_limit)
         try:
             ds = self.dataset(job.data_source, job.data_limit)
-        except DataUnavailable as e:
-            return self._skip(job_dir, job, f"data: {e}")
+        except DataUnavailable as e:  # checked before the run; gone since (an unmounted disk)
+            return self._skip(job_dir, job, f"data: {e}", status="failed")
         spec = tok.spec
         resolution = job.entry.resolution or spec.resolution or suite.resolution
         # a protocol the suite names was checked before the first job; only a tokenizer's own default
