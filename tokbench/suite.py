@@ -102,7 +102,8 @@ def parse_suite(data: dict[str, Any], path: str | None = None, open_data: bool =
     if extra_tokenizers and isinstance(data, dict):
         own = {t if isinstance(t, str) else t.get("name") for t in data.get("tokenizers") or [] if t}
         own |= {t.get("label") for t in data.get("tokenizers") or [] if isinstance(t, dict)}
-        problems += tokenizer_problems([n for n in extra_tokenizers if n not in own], where="--tokenizers")
+        problems += tokenizer_problems([None if n in own else n for n in extra_tokenizers],
+                                       where="--tokenizers")
     if problems:
         raise SuiteInvalid(problems, path)
     known = set(Suite.__dataclass_fields__) - {"path"}
