@@ -69,3 +69,72 @@ def test_move_aside_without_a_readable_date_uses_now(tmp_path):
     (run / "x").write_text("1")
     dest = move_aside(run, "yesterday")
     assert re.fullmatch(r"r\.\d{8}-\d{6}", dest.name) and (dest / "x").read_text() == "1"
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from tokbench.runfolder import writer_lock
+with writer_lock(Path(sys.argv[1]), what="run"):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holder_then_runs_once_it_is_gone(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.test_runner import make_folder
+    from tokbench.cli import main as cli
+
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"data: ['folder:{folder}']\nresolution: 32\nmetrics: [psnr]\ntokenizers: [jpeg-q50]\n")
+    out = tmp_path / "run"
+    assert cli(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        for command in (["run", str(suite), "--out", str(out), "--quiet"], ["report", str(out)]):
+            assert cli(command) == 2
+            err = capsys.readouterr().err
+            assert f"is being written by another tokbench process (PID {holder.pid} on host {socket.gethostname()}" \
+                in err, err
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert not (out / ".lock.json").exists()
+    assert cli(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_note(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tokbench.runfolder import writer_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / ".lock.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "what": "run",
+                                                     "since": "2026-01-01T00:00:00+0000", "command": "tokbench run"}))
+    notes: list[str] = []
+    with writer_lock(tmp_path, notes.append):
+        info = json.loads((tmp_path / ".lock.json").read_text())
+        assert info["pid"] != pid and info["host"] == socket.gethostname()
+        with writer_lock(tmp_path, notes.append):  # the same process again (run, then its report): no conflict
+            pass
+    assert len(notes) == 1 and f"took over the lock left by PID {pid}" in notes[0] and "process is gone" in notes[0]
+    assert not (tmp_path / ".lock.json").exists()
+
+
+def test_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
+    from tokbench.runfolder import writer_lock
+
+    monkeypatch.setenv("RANK", "1")
+    with writer_lock(tmp_path):
+        assert not (tmp_path / ".lock.json").exists()

@@ -26,6 +26,7 @@ def _default_suite() -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
+    from .runfolder import writer_lock
     from .runner import run_suite
     from .suite import parse_suite, read_suite_file
 
@@ -42,9 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = parse_suite(raw, str(suite_path), open_data=True, extra_tokenizers=args.tokenizers)
     out = Path(args.out) if args.out else Path("results") / suite.name
     print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
-    summaries = run_suite(suite, out, tokenizers=args.tokenizers, progress=not args.quiet,
-                          fresh=args.fresh)
-    report = write_report(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):  # the run and its report, with no other writer in between
+        summaries = run_suite(suite, out, tokenizers=args.tokenizers, progress=not args.quiet,
+                              fresh=args.fresh)
+        report = write_report(out)
     print()
     print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
           if (report / "report.md").is_file() else "")

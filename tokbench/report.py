@@ -283,7 +283,15 @@ def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, c
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report/{report.md, summary.csv, summary.tex, index.html, *.png} and
     RUN_DIR/rows.parquet (all per-image rows). Returns the report folder."""
+    from .runfolder import writer_lock
+
     run_dir = Path(run_dir)
+    load_run(run_dir)  # a clear error for a folder that is not a run, before taking its lock
+    with writer_lock(run_dir, what="report"):
+        return _write_report(run_dir)
+
+
+def _write_report(run_dir: Path) -> Path:
     run, jobs = load_run(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)

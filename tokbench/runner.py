@@ -43,7 +43,7 @@ from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
 from .metrics.base import BenchMetric, EvalBatch, build_metric
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
 from .registry import load_tokenizer
-from .runfolder import environment_changes, move_aside
+from .runfolder import LOCK_FILE, LOCK_INFO, environment_changes, move_aside, writer_lock
 from .suite import Suite, TokenizerEntry
 from .weights import WeightsUnavailable, no_downloads
 
@@ -277,7 +277,7 @@ class Runner:
         changes = environment_changes(old, {"device": now_device, "versions": now_versions}) if old else []
         if old and (changes or self.fresh):
             # Numbers made where they would differ are not resumed into; they are kept, beside this folder.
-            dest = move_aside(self.out, old.get("created"))
+            dest = move_aside(self.out, old.get("created"), keep=(LOCK_FILE, LOCK_INFO))
             why = "--fresh" if self.fresh else f"it was made with {'; '.join(changes)}"
             self.log(f"{self.out}: moved the previous run to {dest} ({why}); measuring again here")
             (self.out / "jobs").mkdir()
@@ -308,11 +308,15 @@ class Runner:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "jobs").mkdir(exist_ok=True)
-        torch.manual_seed(self.suite.seed)
         jobs = plan_jobs(self.suite, tokenizer_names, data)
         check_protocols(self.suite, jobs)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with writer_lock(self.out, self.log):
+            return self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        (self.out / "jobs").mkdir(exist_ok=True)
+        torch.manual_seed(self.suite.seed)
         self._write_run_record(jobs)
         summaries = []
         loaded: tuple[str, Tokenizer | Exception] | None = None
