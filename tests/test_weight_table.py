@@ -92,3 +92,23 @@ def test_tokenflow_organisation_and_licences():
         assert w.repo_id == "ByteVisionLab/TokenFlow" and w.licence.startswith("MIT")
     for name in ("janus-1.3b-vq", "janus-pro-1b-vq", "janus-pro-7b-vq", "janus-pro-1b-vq-hf", "janus-pro-7b-vq-hf"):
         assert find(name)[1].weights.licence == "DeepSeek Model License (weights; code MIT)", name
+
+
+def test_fetch_verify_records_then_catches_a_replaced_or_truncated_file(hub, tmp_path, capsys):
+    from tokbench.cli import main as cli
+
+    hub.files[("FoundationVision/LlamaGen", "vq_ds16_c2i.pt")] = b"x" * 1000
+    bundle = tmp_path / "bundle"
+    assert cli(["fetch", "llamagen-vq16-c2i", "--to", str(bundle), "--verify"]) == 0
+    record = __import__("json").loads((bundle / "SHA256SUMS.json").read_text())
+    import hashlib
+
+    assert record == {"llamagen-vq16-c2i/vq_ds16_c2i.pt": {"sha256": hashlib.sha256(b"x" * 1000).hexdigest(),
+                                                           "size": 1000}}
+    assert cli(["fetch", "llamagen-vq16-c2i", "--to", str(bundle), "--verify"]) == 0  # unchanged: verified
+    assert capsys.readouterr().out.strip().endswith("1 fetched and verified, 0 failed")
+    # the hub now serves a truncated file (an interrupted copy, a replaced upload): caught
+    hub.files[("FoundationVision/LlamaGen", "vq_ds16_c2i.pt")] = b"x" * 10
+    assert cli(["fetch", "llamagen-vq16-c2i", "--to", str(bundle), "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert "vq_ds16_c2i.pt changed since it was fetched" in err and "10 bytes, recorded" in err

@@ -121,6 +121,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetch_record import record_path, verify_files
     from .weights import WeightsUnavailable, fetch, get_artifact
 
     to = Path(args.to) if args.to else None
@@ -135,9 +136,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             continue
         for p in paths:
             print(f"{name}: {p}")
+        if args.verify and (changed := verify_files(artifact.name, paths, to)):
+            print("\n".join(f"tokbench: {name}: {line}" for line in changed), file=sys.stderr)
+            failed.append(name)
     if to is not None and len(failed) < len(wanted):
         print(f"\npoint tokbench at them with: export TOKBENCH_WEIGHTS={to.resolve()}")
-    print(f"tokbench: {len(wanted) - len(failed)} fetched, {len(failed)} failed"
+    if args.verify:
+        print(f"sha256 of the files: {record_path(to)}")
+    print(f"tokbench: {len(wanted) - len(failed)} fetched{' and verified' if args.verify else ''}, "
+          f"{len(failed)} failed"
           + (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
 
@@ -179,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     fe = sub.add_parser("fetch", help="download weights ahead of time (for offline machines)")
     fe.add_argument("names", nargs="+", help="tokenizer variants or metric artifacts (see tokbench list)")
     fe.add_argument("--to", help="put files in DIR/<name>/ (then export TOKBENCH_WEIGHTS=DIR)")
+    fe.add_argument("--verify", action="store_true", help="record the sha256 of each file the first time, and "
+                    "check it against the record every later time (a replaced or truncated file fails)")
     fe.set_defaults(fn=cmd_fetch)
     return p
 
