@@ -122,3 +122,71 @@ def test_every_subcommand_follows_the_same_exit_contract(tmp_path, capsys, monke
     capsys.readouterr()
     assert cli(["fetch", "llamagen-vq16-c2i"]) == 1  # ran, and the download failed
     assert _last_line(capsys) == "tokbench: 0 fetched, 1 failed (llamagen-vq16-c2i)"
+
+
+FIXTURE = __import__("pathlib").Path(__file__).parent / "data" / "llamagen_vq16"
+
+
+def _first_run_suite(tmp_path, folder) -> str:
+    return _suite(tmp_path, f"""\
+        data: ["folder:{folder}"]
+        resolution: 32
+        download: false
+        metrics: [psnr]
+        prefetch: [llamagen-vq16-c2i]
+        tokenizers:
+          - jpeg-q50
+          - name: llamagen-vq16-c2i
+            resolution: 96
+            config: {FIXTURE / "config.json"}
+        """)
+
+
+def test_first_run_online_says_what_it_downloads_then_benchmarks_it(tmp_path, monkeypatch, capsys):
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, filename, revision=None, cache_dir=None, **kw):
+        calls.append((repo_id, filename))
+        dest = tmp_path / "hub" / filename
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIXTURE / "vq_ds16_c2i.pt", dest)
+        monkeypatch.setenv("TOKBENCH_WEIGHTS", str(tmp_path / "w"))  # where a real download lands: found after
+        (tmp_path / "w" / "llamagen-vq16-c2i").mkdir(parents=True, exist_ok=True)
+        shutil.copy(dest, tmp_path / "w" / "llamagen-vq16-c2i" / filename)
+        return str(dest)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kw: SimpleNamespace(size=302 * 2**20))
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    assert cli(["run", _first_run_suite(tmp_path, folder), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ("first run: downloading the weights of 1 neural tokenizer so that the report compares them with the "
+            "codecs: llamagen-vq16-c2i (FoundationVision/LlamaGen/vq_ds16_c2i.pt, 302 MiB); 0.29 GiB in all") in out
+    assert "Skip this with --no-download (or HF_HUB_OFFLINE=1)" in out
+    assert calls == [("FoundationVision/LlamaGen", "vq_ds16_c2i.pt")]
+    assert out.strip().splitlines()[-1] == "tokbench: 2 completed, 0 skipped, 0 failed"
+
+
+@pytest.mark.parametrize("how", ["offline", "unreachable", "--no-download"])
+def test_first_run_offline_skips_with_the_fetch_command_as_before(tmp_path, monkeypatch, capsys, how):
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
+    if how != "offline":
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    args = ["--no-download"] if how == "--no-download" else []
+    assert cli(["run", _first_run_suite(tmp_path, folder), "--out", str(tmp_path / "run"), "--quiet", *args]) == 0
+    out = capsys.readouterr().out
+    assert "first run" not in out and "tokbench fetch llamagen-vq16-c2i" in out
+    assert out.strip().splitlines()[-1] == "tokbench: 1 completed, 1 skipped, 0 failed"

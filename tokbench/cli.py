@@ -41,6 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raw["data"] = [{"source": d, "limit": args.limit} if isinstance(d, str) else {**d, "limit": args.limit}
                            for d in raw.get("data") or ["samples"]]
     suite = parse_suite(raw, str(suite_path), open_data=True, extra_tokenizers=args.tokenizers)
+    if suite.prefetch and not args.no_download:
+        from .first_run import prefetch
+
+        prefetch(suite.prefetch)
     out = Path(args.out) if args.out else Path("results") / suite.name
     print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int)
     r.add_argument("--limit", type=int, help="at most this many images per data set")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--no-download", action="store_true", help="do not fetch the suite's `prefetch` weights "
+                   "(the quick suite's first-run tokenizers)")
     r.add_argument("--strict", action="store_true", help="exit 1 also when a job is skipped (weights not here)")
     r.add_argument("--fresh", action="store_true", help="measure everything again: the folder's previous run is "
                    "moved to a dated sibling, never deleted")

@@ -66,6 +66,7 @@ class Suite:
     grid_images: int = 4
     num_workers: int | None = None
     checkpoint_seconds: float = 30.0
+    prefetch: list[str] = field(default_factory=list)  # fetched first when the hub is reachable (first_run)
     path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

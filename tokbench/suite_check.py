@@ -72,6 +72,7 @@ class SuiteModel(_Strict):
     grid_images: Annotated[int, Field(ge=0)] = 4
     num_workers: Annotated[int, Field(ge=0)] | None = None
     checkpoint_seconds: Annotated[float, Field(ge=0)] = 30.0
+    prefetch: list[str] = []
 
 
 # Options (load options and encode options; both may be swept) that each family's builder and
@@ -262,6 +263,8 @@ def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> N
         raise SuiteInvalid([("(suite)", type(raw).__name__, "a suite must be a YAML mapping")], path)
     problems = _schema_problems(raw)
     problems += tokenizer_problems(raw.get("tokenizers"))
+    if isinstance(raw.get("prefetch"), list):
+        problems += [(w.replace("].name", "]"), v, m) for w, v, m in tokenizer_problems(raw["prefetch"], "prefetch")]
     problems += _metric_problems(raw.get("metrics"))
     problems += _protocol_problems(raw)
     problems += data_problems(raw.get("data"), open_them=open_data)
