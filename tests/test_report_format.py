@@ -68,3 +68,74 @@ def test_rates_keep_three_significant_digits(value, text):
 def test_summary_frame_keeps_raw_numbers():
     df = summary_frame([_job({"zeroshot_top1": 75.0})])
     assert isinstance(df, pd.DataFrame) and df["zeroshot_top1"].iloc[0] == 75.0
+
+
+def _tick_labels(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True):
+            if t.get_visible() and t.get_text():
+                out.append((t.get_text(), t.get_window_extent(renderer)))
+    return out
+
+
+@pytest.mark.parametrize("bpp", [[0.25, 0.31, 0.42, 0.6, 0.95, 1.8], [0.004, 0.01, 0.3, 2.5, 9.0], [0.5, 0.55]])
+def test_rate_distortion_axis_labels_are_plain_and_never_overlap(tmp_path, monkeypatch, bpp):
+    import matplotlib.pyplot as plt
+
+    from tokbench.report import rate_distortion_plot
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    df = pd.DataFrame({"tokenizer": ["jpeg"] * len(bpp), "data": "samples", "family": "codec", "bpp": bpp,
+                       "psnr": [20 + 3 * i for i in range(len(bpp))]})
+    assert rate_distortion_plot(df, "psnr", tmp_path / "rd.png")
+    labels = _tick_labels(figures[0])
+    assert len(labels) >= 2, labels
+    assert not any("10^" in text or "times" in text for text, _ in labels), labels  # no 3x10^-1 mathtext
+    boxes = sorted((b.x0, b.x1) for _, b in labels)
+    assert all(a1 < b0 for (_, a1), (b0, _) in zip(boxes, boxes[1:])), [t for t, _ in labels]
+
+
+def _two_rows():
+    jobs = [_job({"psnr": 30.0, "lpips": 0.2, "bpp": 0.5, "encode_images_per_s": 3.0}),
+            {**_job({"psnr": 28.0, "lpips": 0.1, "bpp": 0.25, "encode_images_per_s": 3.0}), "job": "j2",
+             "label": "other"}]
+    return jobs
+
+
+def test_best_value_of_each_score_column_is_bold_in_markdown_html_and_latex():
+    jobs = _two_rows()
+    table = main_table(summary_frame(jobs), jobs)
+    assert list(table["PSNR (dB)"]) == ["**30.00**", "28.00"]  # higher is better
+    assert list(table["LPIPS"]) == ["0.2000", "**0.1000**"]  # lower is better
+    assert list(table["bpp"]) == ["0.5000", "0.2500"]  # the rate is the axis, not a score
+    assert list(table["enc img/s"]) == ["3.00", "3.00"]  # a tie marks nothing
+
+
+def test_html_report_is_self_contained_and_aligns_text_left(tmp_path):
+    import re
+
+    from tests.test_runner import make_folder
+    from tokbench.report import write_report
+    from tokbench.runner import run_suite
+    from tokbench.suite import parse_suite
+
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    suite = parse_suite({"name": "h", "data": [f"folder:{folder}"], "resolution": 32, "download": False,
+                         "metrics": ["psnr", "bpp"],
+                         "tokenizers": [{"name": "jpeg", "sweep": {"quality": [20, 80]}}, "llamagen-vq16-c2i"]})
+    run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    report = write_report(tmp_path / "run")
+    page = (report / "index.html").read_text()
+    # no CDN, no remote fonts or scripts: every src/href is a file beside the page
+    refs = re.findall(r"(?:src|href)=['\"]([^'\"]+)", page)
+    assert refs and all(not r.startswith(("http:", "https:", "//")) and (report / r).is_file() for r in refs), refs
+    assert "<b>" in page and "the best value of each column" in page
+    css = re.search(r"<style>(.*?)</style>", page).group(1)
+    assert "td,th{" in css and "text-align:left" in css.split("td,th{")[1].split("}")[0]  # skip reasons: left
+    assert "#results td{text-align:right}" in css  # numbers right
+    tex = (report / "summary.tex").read_text()
+    assert "\\textbf{" in tex and "**" not in tex

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ MAIN_COLUMNS = [
     ("decode_images_per_s", "dec img/s", "per second"),
     ("peak_memory_mb", "peak MiB", "MiB"),
 ]
+# Which way is better, for marking the best value of each column (rate columns are the axis, not a score).
+HIGHER_IS_BETTER = {"psnr", "ssim", "ms_ssim", "psnr_llamagen", "ssim_llamagen", "semantic_similarity", "zeroshot_top1",
+                    "zeroshot_top1_recon", "clip_score", "codebook_usage", "code_perplexity", "encode_images_per_s",
+                    "decode_images_per_s"}
+LOWER_IS_BETTER = {"lpips", "lpips_vgg", "rfid", "rfid_torch_fidelity", "rfid_pytorch_fid", "peak_memory_mb"}
 UNIT_FORMATS = {
     "count": "{:.0f}", "bits per pixel": "{:.4f}", "dB": "{:.2f}", "index": "{:.4f}", "FID": "{:.3f}",
     "percent": "{:.2f}%", "fraction": "{:.1%}", "score": "{:.2f}", "MiB": "{:.0f}",
@@ -110,12 +116,29 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def best_rows(df: pd.DataFrame, key: str) -> set[int]:
+    """Positions of the rows holding the best value of column `key` among rows on the same data set
+    (none where the direction is not a score, or fewer than two rows have a value)."""
+    if key not in HIGHER_IS_BETTER | LOWER_IS_BETTER or key not in df.columns:
+        return set()
+    best: set[int] = set()
+    for _, group in df.reset_index(drop=True).groupby("data", sort=False):
+        values = pd.to_numeric(group[key], errors="coerce").dropna()
+        if len(values) < 2 or values.nunique() < 2:
+            continue
+        target = values.max() if key in HIGHER_IS_BETTER else values.min()
+        best |= set(values.index[values == target])
+    return best
+
+
 def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
-    """Formatted main table; published numbers, where a suite gives them, in brackets after ours."""
+    """Formatted main table; published numbers, where a suite gives them, in brackets after ours; the
+    best value of each score column (per data set) in **bold**."""
     published = {j["job"]: j.get("published") or {} for j in jobs if j.get("status") == "ok"}
     cols = [c for c in MAIN_COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
+    best = {key: best_rows(df, key) for key, _, _ in cols}
     rows = []
-    for _, r in df.iterrows():
+    for i, (_, r) in enumerate(df.iterrows()):
         res = r["resolution"]
         if pd.notna(r.get("eval_resolution")) and r.get("eval_resolution"):
             res = f"{res}->{int(r['eval_resolution'])}"  # metrics measured after a resize
@@ -127,6 +150,8 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         pub = published.get(r["job"], {})
         for key, header, unit in cols:
             text = format_value(r.get(key), unit)
+            if i in best[key] and text:
+                text = f"**{text}**"
             if key in pub:
                 text += f" [{format_value(pub[key], unit)}]"
             row[header] = text
@@ -196,7 +221,7 @@ def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bp
         codec = g["family"].iloc[0] in CODEC_FAMILIES
         ax.plot(g[x], g[metric], "--" if codec else "-", marker="o" if not codec else ".", label=label,
                 alpha=0.8 if codec else 1.0)
-    ax.set_xscale("log")
+    log_axis_plain_labels(ax.xaxis)
     ax.set_xlabel({"bpp": "bits per pixel", "tokens_per_image": "tokens per image"}.get(x, x))
     ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "rfid": "rFID"}.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
@@ -206,6 +231,19 @@ def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bp
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def log_axis_plain_labels(axis) -> None:
+    """A log-scale axis labelled with plain numbers at 1, 2, 5 x 10^k (no unlabelled-minor clutter and no
+    "3x10^-1 4x10^-1" minor labels running into each other)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (axis.axes.set_xscale if axis.axis_name == "x" else axis.axes.set_yscale)("log")
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 99.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def throughput_plot(df: pd.DataFrame, path: Path) -> bool:
@@ -224,7 +262,7 @@ def throughput_plot(df: pd.DataFrame, path: Path) -> bool:
     for i, c in enumerate(cols):
         ax.barh([y + i * h for y in ypos], df[c].fillna(0), height=h, label=c.split("_")[0])
     ax.set_yticks([y + h * (len(cols) - 1) / 2 for y in ypos], names, fontsize=7)
-    ax.set_xscale("log")
+    log_axis_plain_labels(ax.xaxis)
     ax.set_xlabel(f"images / s ({df['device'].iloc[0]})")
     ax.legend(fontsize=8)
     ax.invert_yaxis()
@@ -278,6 +316,10 @@ def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, c
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _bold(html_text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html_text)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -348,6 +390,8 @@ def _write_report(run_dir: Path) -> Path:
         f"{suite.get('batch_size')}, dtype {suite.get('dtype')}, seed {suite.get('seed')}",
     ]
     md = "\n".join(header) + "\n\n## Results\n\n" + markdown_table(table)
+    if "**" in md:
+        md += "\nBold: the best value of each column on its data set.\n"
     if any(j.get("published") for j in jobs if j.get("status") == "ok"):
         md += "\nNumbers in [brackets] are the published values the suite cites (sources below).\n"
     if any(k.endswith("_llamagen") for k in metric_notes):
@@ -370,7 +414,8 @@ def _write_report(run_dir: Path) -> Path:
     (out / "report.md").write_text(md)
 
     if not table.empty:
-        latex = table.drop(columns=["protocol"]).to_latex(index=False, escape=True)
+        latex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}",
+                       table.drop(columns=["protocol"]).to_latex(index=False, escape=True))
         (out / "summary.tex").write_text(
             f"% tokbench {versions.get('tokbench')}, suite {suite.get('name')}; protocols: "
             + "; ".join(f"{k}: {v}" for k, v in sorted(metric_notes.items())) + "\n" + latex)
@@ -380,16 +425,19 @@ def _write_report(run_dir: Path) -> Path:
     page = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>tokbench report: {html.escape(str(suite.get('name')))}</title>",
+        # numbers right-aligned in the results; text (names, skip reasons) left-aligned everywhere
         "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f4f4f4}"
-        "td:first-child{text-align:left}img{max-width:100%;margin:1em 0}.note{color:#555;font-size:13px}</style>",
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+        "th{background:#f4f4f4}#results td{text-align:right}#results td:nth-child(-n+4){text-align:left}"
+        "#skipped td:last-child{max-width:60em}img{max-width:100%;margin:1em 0}.note{color:#555;font-size:13px}"
+        "</style>",
         "</head><body>",
         f"<h1>tokbench report: {html.escape(str(suite.get('name')))}</h1>",
         "<ul class='note'>" + "".join(f"<li>{html.escape(h[2:])}</li>" for h in header if h.startswith("- ")) + "</ul>",
         "<h2>Results</h2>",
-        table.to_html(index=False, table_id="results", border=0) if not table.empty else "<p>(no results)</p>",
-        "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol "
-        "(see Protocols).</p>",
+        _bold(table.to_html(index=False, table_id="results", border=0)) if not table.empty else "<p>(no results)</p>",
+        "<p class='note'><b>bold</b>: the best value of each column on its data set. [brackets]: published values "
+        "cited by the suite. PSNR*/SSIM*: LlamaGen protocol (see Protocols).</p>",
         ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
          if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"
