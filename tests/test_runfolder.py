@@ -41,8 +41,9 @@ def test_each_number_changing_difference_is_named(new, change):
     assert change in changes and len(changes) == (3 if change.startswith("device kind") else 1), changes
 
 
-def test_a_record_without_versions_differs_from_one_with_them():
-    assert "torch (none) -> 1.0" in environment_changes({"device": CPU}, record())
+def test_a_record_without_versions_or_device_differs_from_one_with_them():
+    assert environment_changes({"device": CPU}, record()) == [f"{p} (none) -> 1.0" for p in sorted(NUMERIC_PACKAGES)]
+    assert environment_changes(record(), {"versions": VERSIONS}) == ["device kind cpu -> (none)"]
 
 
 def test_move_aside_keeps_everything_in_a_dated_sibling(tmp_path):

@@ -34,8 +34,9 @@ NUMERIC_PACKAGES = ("tokbench", "torch", "torchvision", "torchmetrics", "transfo
 def numeric_environment(device: dict[str, Any], versions: dict[str, Any]) -> dict[str, Any]:
     """What of a run record's device and versions changes numbers: the device kind (cpu, cuda, mps),
     the GPU model and CUDA version, and the versions of `NUMERIC_PACKAGES`."""
-    kind = str(device.get("device", "")).split(":")[0]
-    env: dict[str, Any] = {"device kind": kind}
+    env: dict[str, Any] = {}
+    if device.get("device"):
+        env["device kind"] = str(device["device"]).split(":")[0]
     for key in ("gpu", "cuda"):
         if device.get(key) is not None:
             env[key] = device[key]
