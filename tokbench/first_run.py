@@ -31,7 +31,8 @@ def prefetch_plan(names: list[str]) -> list[Download] | None:
         return None
     missing = []
     for name in names:
-        artifact = find(name)[1].weights
+        variant = find(name)[1]  # a family name has no weights of its own to fetch
+        artifact = variant.weights if variant is not None else None
         if isinstance(artifact, Artifact) and artifact.repo_id and not is_available(artifact):
             missing.append((name, artifact))
     if not missing:

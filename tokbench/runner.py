@@ -14,8 +14,9 @@ or package versions (or any folder, with `fresh=True`) is moved aside to a dated
 deleted (see `runfolder`).
 
 A job's status is `ok` (every requested metric computed, or left out only because its network's
-weights or the tokenizer's decoder are missing), `skipped` (weights or data not on this machine) or
-`failed` (anything else: no image could be evaluated, a metric raised, an error in the tokenizer).
+weights or the tokenizer's decoder are missing), `skipped` (the tokenizer's weights are not on this
+machine) or `failed` (anything else: no image could be evaluated, the data set is gone, a metric raised,
+an error in the tokenizer).
 """
 
 from __future__ import annotations
