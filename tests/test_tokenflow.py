@@ -271,5 +271,5 @@ def test_variants_registered():
     names = tokbench.list_tokenizers("tokenflow-*")
     assert names == ["tokenflow-clipb-32k-enhanced", "tokenflow-siglip-32k"]
     for v in VARIANTS:
-        assert v.weights.repo_id == "ByteFlow-AI/TokenFlow"
+        assert v.weights.repo_id == "ByteVisionLab/TokenFlow" and v.weights.licence.startswith("MIT")
         assert set(v.published) == {"rfid_pytorch_fid", "psnr_llamagen", "ssim_llamagen"}

@@ -37,6 +37,7 @@ CLIP_VIT_L14_OPENAI = register_artifact(
     )
 )
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # what open_clip's HF hub releases ship
+OPEN_CLIP_BIN_FILE = "open_clip_pytorch_model.bin"  # what older ones ship instead
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -136,8 +137,9 @@ def open_clip_spec(model: str, pretrained: str) -> EncoderSpec:
             "(with a pretrained tag from open_clip.list_pretrained_tags_by_model(model))"
         )
     name = f"{model}-{pretrained}"
-    hub = (open_clip.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "").strip("/")
-    weights = Artifact(name=f"openclip-{name}", repo_id=hub or None, filename=OPEN_CLIP_WEIGHTS_FILE,
+    hub, filename, fallbacks = open_clip_hub_files((open_clip.get_pretrained_cfg(model, pretrained) or {})
+                                                   .get("hf_hub", ""))
+    weights = Artifact(name=f"openclip-{name}", repo_id=hub or None, filename=filename, fallbacks=fallbacks,
                        used_by="clip_score")  # fmt: skip
     tokenizer = None
     hf_tokenizer = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
@@ -146,6 +148,22 @@ def open_clip_spec(model: str, pretrained: str) -> EncoderSpec:
                              used_by="clip_score")  # fmt: skip
     text = f"open_clip {model} with pretrained {pretrained!r}" + (f" ({hub})" if hub else " (no hub release)")
     return EncoderSpec(name, model, pretrained, weights, tokenizer, text)
+
+
+def open_clip_hub_files(entry: str) -> tuple[str, str, tuple[str, ...]]:
+    """An open_clip `hf_hub` entry -> (repository, file to try first, files to try next), as open_clip's
+    `download_pretrained` reads it: `org/model/` names a repository (file `open_clip_pytorch_model.bin`,
+    its safetensors version first); `org/model/file.bin` a repository and a file (`file.safetensors` first)."""
+    entry = entry.strip()
+    if entry.count("/") < 2:  # `org/model`: no file named
+        entry = entry.rstrip("/") + "/"
+    repo, filename = entry.rsplit("/", 1)
+    filename = filename or OPEN_CLIP_BIN_FILE
+    if filename == OPEN_CLIP_BIN_FILE:
+        return repo, OPEN_CLIP_WEIGHTS_FILE, (filename,)
+    if filename.endswith((".bin", ".pth")):
+        return repo, filename[:-4] + ".safetensors", (filename,)
+    return repo, filename, ()
 
 
 def pretrained_preprocess(spec: EncoderSpec) -> dict[str, Any]:

@@ -621,6 +621,9 @@ _VQ8 = {"encoder_ch_mult": [1, 2, 2, 4], "decoder_ch_mult": [1, 2, 2, 4]}
 _LLAMAGEN_PAPER = (
     "Sun et al., Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation, arXiv:2406.06525"
 )
+# Janus / Janus-Pro: the code is MIT, the weights are under the DeepSeek Model License (model cards; the
+# hub metadata of the Janus-Pro repositories says only "mit").
+_DEEPSEEK_LICENCE = "DeepSeek Model License (weights; code MIT)"
 _JANUS_PAPER = "Wu et al., Janus, arXiv:2410.13848"
 _JANUS_PRO_PAPER = "Chen et al., Janus-Pro, arXiv:2501.17811"
 _LLAMAGEN_TABLE = (
@@ -689,7 +692,7 @@ VARIANTS = (
             "model.safetensors",
             "janus-1.3b-vq",
             "gen_vision_model.",
-            "DeepSeek Model License (code MIT)",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-1.3B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
@@ -705,7 +708,7 @@ VARIANTS = (
             "pytorch_model.bin",
             "janus-pro-1b-vq",
             "gen_vision_model.",
-            "MIT (hub card)",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-1B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
@@ -721,7 +724,7 @@ VARIANTS = (
             "pytorch_model.bin.index.json",
             "janus-pro-7b-vq",
             "gen_vision_model.",
-            "MIT (hub card)",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-7B image-generation tokenizer (only the shard holding gen_vision_model.* is fetched)",
@@ -739,7 +742,7 @@ VARIANTS = (
             "model.safetensors",
             "janus-pro-1b-vq-hf",
             "model.vqmodel.",
-            "MIT",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-1B tokenizer from the transformers-format repo (same weights, renamed keys)",
@@ -755,7 +758,7 @@ VARIANTS = (
             "model.safetensors.index.json",
             "janus-pro-7b-vq-hf",
             "model.vqmodel.",
-            "MIT",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-7B tokenizer from the transformers-format repo (same weights, renamed keys)",

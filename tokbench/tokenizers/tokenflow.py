@@ -11,7 +11,7 @@ Architecture of `tokenflow/tokenizer/vq_model.py` (ByteFlow-AI/TokenFlow, org no
 * decoders: a BEiT-style ViT `decoder_vqkd` + `decode_task_layer` rebuilds the teacher features, and
   `post_quant_conv` + `llamagen.Decoder` rebuilds the pixels.
 
-Released checkpoints: HF `ByteFlow-AI/TokenFlow`, `tokenflow_clipb_32k_enhanced.pt` (256 px, 9 scales)
+Released checkpoints: HF `ByteVisionLab/TokenFlow` (formerly ByteFlow-AI, which now only redirects), `tokenflow_clipb_32k_enhanced.pt` (256 px, 9 scales)
 and `tokenflow_siglip_32k.pt` (TokenFlow-XL, 384 px, 15 scales, pixel branch at 432 px). Each holds one
 fp32 state dict under "ema", "model" or "state_dict" (tried in that order, as the official loaders do).
 
@@ -752,7 +752,7 @@ def _build(
         preprocessing=preprocessing,
         dtype=dtype_name,
         source={
-            "code": "github.com/ByteFlow-AI/TokenFlow tokenflow/tokenizer/vq_model.py",
+            "code": "github.com/ByteVisionLab/TokenFlow tokenflow/tokenizer/vq_model.py",
             "weights": str(variant.weights.source if variant is not None and variant.weights else weights),
             **({"release": source_of_release, "weights": RANDOM_WEIGHTS} if random_weights else {}),
         },
@@ -789,10 +789,10 @@ VARIANTS: tuple[Variant, ...] = (
         },
         weights=Artifact(
             name="tokenflow-clipb-32k-enhanced",
-            repo_id="ByteFlow-AI/TokenFlow",
+            repo_id="ByteVisionLab/TokenFlow",
             filename="tokenflow_clipb_32k_enhanced.pt",
             size=1_506_802_860,
-            licence="Apache-2.0",
+            licence="MIT (model card)",
         ),
         resolution=256,
         description="TokenFlow, CLIP ViT-B/16 teacher, enhanced decoder: 256 px, 9 scales to 16x16, 817 ids, K=32768",
@@ -815,10 +815,10 @@ VARIANTS: tuple[Variant, ...] = (
         },
         weights=Artifact(
             name="tokenflow-siglip-32k",
-            repo_id="ByteFlow-AI/TokenFlow",
+            repo_id="ByteVisionLab/TokenFlow",
             filename="tokenflow_siglip_32k.pt",
             size=2_216_564_164,
-            licence="Apache-2.0",
+            licence="MIT (model card)",
         ),
         resolution=384,
         description=(
