@@ -12,6 +12,7 @@ from tokbench.report import MAIN_COLUMNS, main_table, markdown_table, summary_fr
 EXPECTED = {
     "tokens_per_image": (256.0, "256"),
     "bpp": (0.0390625, "0.0391"),
+    "latent_values_per_pixel": (0.046875, "0.0469"),  # continuous latents: C*h*w values / pixels
     "psnr": (31.23456, "31.23"),
     "ssim": (0.912345, "0.9123"),
     "ms_ssim": (0.97, "0.9700"),
@@ -50,7 +51,8 @@ def test_values_render_by_unit_in_the_main_table_and_markdown():
     headers = {k: h for k, h, _ in MAIN_COLUMNS}
     for key, (_, text) in EXPECTED.items():
         cell = table.iloc[0][headers[key]]
-        expected = {"zeroshot_top1": f"{text} [80.00%]", "psnr": f"{text} [30.00]"}.get(key, text)
+        # a row with latent values per pixel is a continuous tokenizer: its bpp is marked as a storage convention
+        expected = {"zeroshot_top1": f"{text} [80.00%]", "psnr": f"{text} [30.00]", "bpp": f"{text} †"}.get(key, text)
         assert cell.replace("**", "") == expected, key
     md = markdown_table(table)
     assert "75.00%" in md and "7500.00%" not in md
