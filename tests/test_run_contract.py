@@ -190,3 +190,19 @@ def test_first_run_offline_skips_with_the_fetch_command_as_before(tmp_path, monk
     out = capsys.readouterr().out
     assert "first run" not in out and "tokbench fetch llamagen-vq16-c2i" in out
     assert out.strip().splitlines()[-1] == "tokbench: 1 completed, 1 skipped, 0 failed"
+
+
+def test_every_family_has_an_options_row_so_its_sweeps_are_checked():
+    """A family added without a row in FAMILY_OPTIONS would get no option check at all."""
+    from tokbench.registry import families
+    from tokbench.suite import parse_suite
+    from tokbench.suite_check import FAMILY_OPTIONS, SuiteInvalid
+
+    shipped = {f.name for f in families() if f.build.__module__.startswith("tokbench.tokenizers.")}
+    assert len(shipped) >= 15 and shipped - set(FAMILY_OPTIONS) == set()  # test modules register their own
+    parse_suite({"tokenizers": [{"name": "var-vqvae-256", "sweep": {"n_scales": [1, 10]}},
+                                {"name": "sd-vae-ft-mse", "options": {"sample": True, "storage_bits": 16}}]})
+    with pytest.raises(SuiteInvalid) as e:
+        parse_suite({"tokenizers": [{"name": "var-vqvae-256", "sweep": {"n_scales": [0]}},
+                                    {"name": "ibq-1024", "options": {"ema": "yes please"}}]})
+    assert [p[0] for p in e.value.problems] == ["tokenizers[0].sweep.n_scales[0]", "tokenizers[1].options.ema"]

@@ -76,7 +76,7 @@ class SuiteModel(_Strict):
 
 
 # Options (load options and encode options; both may be swept) that each family's builder and
-# `encode` accept, with their types. Families not listed here (added later) get no option check.
+# `encode` accept, with their types (tests/test_run_contract.py checks every family has a row).
 _QUALITY = Annotated[int, Field(ge=0, le=100)]
 _DTYPE = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
 FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
@@ -86,6 +86,12 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
     "tokenflow": {"dtype": _DTYPE, "preprocessing": str, "n_scales": PositiveInt},
     **{f: {"dtype": _DTYPE, "strict_length_assertion": bool, "n_tokens": PositiveInt, "sample": bool}
        for f in ("one-d-piece", "titok")},
+    "var-vqvae": {"dtype": _DTYPE, "preprocessing": str, "n_scales": PositiveInt},
+    "open-magvit2": {"dtype": _DTYPE, "resolution": PositiveInt, "ema": bool},
+    "ibq": {"dtype": _DTYPE, "resolution": PositiveInt, "ema": bool, "protocol": str},
+    "unitok": {"dtype": _DTYPE, "preprocessing": str},
+    "diffusers-vae": {"dtype": _DTYPE, "resolution": PositiveInt, "sample": bool, "seed": int,
+                      "storage_bits": PositiveInt},
 }
 # Metric modules without networks: building one is instant, so its option values are checked by building it.
 _CHEAP_METRIC_MODULES = ("tokbench.metrics.pixel", "tokbench.metrics.rate", "tokbench.metrics.speed")
