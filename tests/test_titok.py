@@ -267,3 +267,49 @@ def test_resize_crop_protocol_is_the_official_eval_transform():
         img = Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8))
         ours = get_protocol("resize-crop").fn(img, 64)
         assert np.array_equal(np.asarray(ours), np.asarray(official(img)))
+
+
+# ------------------------------------------------------------------------- alternative configs (regression)
+# tests/data/{one_d_piece,titok}_alt/: made with the official code like the golden fixtures, with other sizes
+# and seed (non-square ViT ratios, decoder patch != encoder patch, 2-level pixel decoder, batch 2 / 3), so a
+# loader right only for config A fails here. See their READMEs.
+
+ODP_ALT = DATA / "one_d_piece_alt"
+TITOK_ALT = DATA / "titok_alt"
+
+
+def test_one_d_piece_alt_config_every_prefix():
+    tok = tokbench.load_tokenizer(
+        "one-d-piece", weights=ODP_ALT / "pytorch_model.bin", config=ODP_ALT / "config.json"
+    )
+    io = load_file(str(ODP_ALT / "io.safetensors"))
+    ref = io["indices"][:, 0]
+    k_max = ref.shape[1]
+    assert tok.spec.tokens_per_image == k_max and tok.spec.resolution == io["input"].shape[-1]
+    with torch.inference_mode():
+        z = tok.model.encode_latents(io["input"])
+        for k in (1, 5, 10):
+            logits = tok.model.decode_logits(tok.model.quantize.lookup(ref[:, :k]))
+            torch.testing.assert_close(logits, io[f"logits_k{k}"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(z, io["encoder_latents"], atol=1e-4, rtol=0)
+    assert _ks(io) == list(range(1, k_max + 1))
+    for k in _ks(io):
+        tokens = tok.encode(io["input"], n_tokens=k)
+        assert torch.equal(tokens.ids, ref[:, :k])
+        out = tok.decode(tokens)
+        assert (out - io[f"recon_k{k}"].clamp(0, 1)).abs().max().item() < 5e-4, f"k={k}"
+    assert (io["recon_k1"] < 0).any() and (io["recon_k1"] > 1).any()
+
+
+def test_titok_alt_config():
+    tok = tokbench.load_tokenizer("titok", weights=TITOK_ALT / "model.safetensors", config=TITOK_ALT / "config.json")
+    io = load_file(str(TITOK_ALT / "io.safetensors"))
+    tokens = tok.encode(io["input"])
+    assert torch.equal(tokens.ids, io["indices"][:, 0])
+    with torch.inference_mode():
+        z = tok.model.encode_latents(io["input"])
+    torch.testing.assert_close(z, io["encoder_latents"], atol=1e-4, rtol=0)
+    out = tok.decode(tokens)
+    assert out.shape == io["recon"].shape
+    assert (out - io["recon"].clamp(0, 1)).abs().max().item() < 5e-4
+    assert (io["recon"] < 0).any() and (io["recon"] > 1).any()
