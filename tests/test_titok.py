@@ -306,6 +306,8 @@ def test_one_d_piece_alt_config_every_prefix():
     assert (io["recon_k1"] < 0).any() and (io["recon_k1"] > 1).any()
 
 
-def test_titok_alt_config():
-    tok = tokbench.load_tokenizer("titok", weights=TITOK_ALT / "model.safetensors", config=TITOK_ALT / "config.json")
-    _check_titok_against_official(tok, load_file(str(TITOK_ALT / "io.safetensors")))
+@pytest.mark.parametrize("folder", [TITOK_ALT, DATA / "titok_alt_patch"], ids=lambda p: p.name)
+def test_titok_alt_config(folder):
+    # titok_alt_patch: a patch that does not divide the image (36 px, patch 8): upstream floors the grid.
+    tok = tokbench.load_tokenizer("titok", weights=folder / "model.safetensors", config=folder / "config.json")
+    _check_titok_against_official(tok, load_file(str(folder / "io.safetensors")))
