@@ -34,6 +34,9 @@ MAIN_COLUMNS = [
     ("zeroshot_top1", "0-shot top-1", "{:.2%}"),
     ("zeroshot_top1_recon", "0-shot top-1 recon", "{:.2%}"),
     ("clip_score", "CLIP-score", "{:.2f}"),
+    ("text_acc", "text acc", "{:.1%}"),
+    ("text_acc_orig", "text acc orig", "{:.1%}"),
+    ("text_ned", "text NED sim.", "{:.3f}"),
     ("codebook_usage", "code usage", "{:.1%}"),
     ("code_perplexity", "perplexity", "{:.1f}"),
     ("encode_images_per_s", "enc img/s", "{:.1f}"),
@@ -309,6 +312,9 @@ def write_report(run_dir: str | Path) -> Path:
             figures.append(("throughput.png", "encode and decode throughput"))
     if reconstruction_grid(run_dir, jobs, out / "grid.png"):
         figures.append(("grid.png", "reconstructions (bottom of each pair: zoomed centre crop, same region)"))
+    from .text_report import text_figures
+
+    figures += text_figures(run_dir, run, df, jobs, out)
 
     versions = run.get("versions", {})
     device = run.get("device", {})
