@@ -289,3 +289,40 @@ def test_jpeg_q5_reads_worse_than_q90_at_the_smallest_size(synth_results):
     small = "text_acc_h0-0.05"
     assert synth_results[5][small] < synth_results[90][small]
     assert synth_results[5]["text_acc_drop"] > synth_results[90]["text_acc_drop"]
+
+
+class ConstantOCR(OCRBackend):
+    name = "constant"
+
+    def __init__(self, **_):
+        pass
+
+    def describe(self) -> str:
+        return "constant"
+
+    def _read(self, crops):
+        return ["x"] * len(crops)
+
+
+def test_suite_rows_and_report_figures(tmp_path, monkeypatch):
+    """Runner and report plumbing (no real OCR): rows per image, bucket results, the two text figures."""
+    from tokbench.report import write_report
+    from tokbench.runner import read_rows, run_suite
+    from tokbench.suite import parse_suite
+
+    monkeypatch.setitem(BACKENDS, "constant", ConstantOCR)
+    suite = parse_suite({"data": ["text-synth:count=2,size=96,heights=0.15/0.25,words=1"], "resolution": 64,
+                         "metrics": ["bpp", {"text_preservation": {"backend": "constant", "buckets": [0, 0.2, 1]}}],
+                         "tokenizers": [{"name": "jpeg", "sweep": {"quality": [10, 90]}}], "num_workers": 0,
+                         "grid_images": 1, "batch_size": 2})
+    summaries = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    for s in summaries:
+        assert s["status"] == "ok" and not s["metric_skips"]
+        r = s["results"]
+        assert r["text_words"] == 4 and r["text_words_h0-0.2"] == 2 and r["text_acc"] == 0.0
+        assert "constant" in s["metric_protocols"]["text_preservation"]
+        rows = read_rows(tmp_path / "run" / "jobs" / s["job"] / "rows.jsonl")
+        assert [row["text_words"] for row in rows] == [2, 2]
+    out = write_report(tmp_path / "run")
+    assert (out / "text_accuracy.png").is_file() and (out / "text_crops.png").is_file()
+    assert "text acc" in (out / "report.md").read_text()
