@@ -33,6 +33,7 @@ def text_accuracy_plot(df: pd.DataFrame, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from .report import CODEC_FAMILIES, _curves
 
@@ -48,6 +49,8 @@ def text_accuracy_plot(df: pd.DataFrame, path: Path) -> bool:
         if orig in df.columns and df[orig].notna().any():
             ax.axhline(df[orig].mean(), color="grey", lw=1, ls=":", label="originals")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("bits per pixel")
         ax.set_title(f"text height {lo:g}-{hi:g} of the side")
@@ -82,7 +85,7 @@ def _small_words(run: dict[str, Any], job: dict[str, Any], low: float, high: flo
 
 
 def crops_figure(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]], df: pd.DataFrame, path: Path,
-                 max_words: int = 8, max_columns: int = 10, cell_h: int = 48) -> bool:
+                 max_words: int = 8, max_columns: int = 12, cell_h: int = 48) -> bool:
     """Rows: words of the smallest bucket; columns: the original crop, then each job's reconstruction
     of it (crops magnified with nearest neighbour, so pixels stay visible)."""
     from PIL import Image, ImageDraw
