@@ -189,7 +189,9 @@ def test_metric_arithmetic(monkeypatch):
     monkeypatch.setitem(BACKENDS, "scripted", ScriptedOCR)
     m = build_metric("text_preservation", backend="scripted", buckets=[0, 0.3, 1])
     # words: (box, transcript, ratio); readings alternate original, reconstruction
-    placed = [((( 2, 2, 30, 10), (2, 20, 60, 60)), ("Hello", "kitten"), (None, None), 1), None]
+    # (a third box, 1 px wide, cannot be read: dropped and counted with the one the protocol cut)
+    placed = [(((2, 2, 30, 10), (2, 20, 60, 60), (40, 40, 40.5, 50)), ("Hello", "kitten", "thin"),
+               (None, None, None), 1), None]
     ScriptedOCR.readings = ["Hello", "hello", "kitten", "sitting"]
     m.update(_batch(placed))
     r = m.compute()
@@ -197,9 +199,10 @@ def test_metric_arithmetic(monkeypatch):
     assert r["text_acc_orig"] == 1.0 and r["text_acc"] == 0.0 and r["text_acc_ci"] == 0.5
     assert r["text_ned_h0-0.3"] == pytest.approx(1 - 1 / 5)        # one substitution in 5
     assert r["text_ned_h0.3-1"] == pytest.approx(1 - 3 / 7)        # kitten -> sitting: 3 edits, max len 7
-    assert r["text_acc_drop"] == 1.0 and r["text_boxes_dropped"] == 1 and r["text_words"] == 2
+    assert r["text_acc_drop"] == 1.0 and r["text_boxes_dropped"] == 2 and r["text_words"] == 2
     rows = m.last_rows
     assert rows["text_acc_orig"][0] == 1.0 and torch.isnan(rows["text_acc"][1])
+    assert rows["text_boxes_dropped"].tolist() == [2.0, 0.0]
     assert "scripted" in m.protocol()["text_preservation"]
 
 

@@ -91,15 +91,17 @@ class TextPreservation(BenchMetric):
         side = originals.shape[-1]
         factor = side / batch.extra["input_size"][-1]  # boxes are in input pixels; metrics may run resized
         crops, where = [], []  # where: (image, bucket, transcript)
+        dropped = torch.zeros(len(placed), dtype=torch.float64)
         for i, p in enumerate(placed):
             if p is None:
                 continue
-            self.dropped += p.dropped
+            dropped[i] = p.dropped
             orig_u8, rec_u8 = to_uint8(originals[i]), to_uint8(recon[i])
             for box, text, ratio in zip(p.boxes, p.texts, p.ratios):
                 box = tuple(v * factor for v in box)
                 a, b = crop_box(orig_u8, box), crop_box(rec_u8, box)
-                if a is None:
+                if a is None:  # under 2 px at this resolution: nothing to read, counted with the cut ones
+                    dropped[i] += 1
                     continue
                 r = ratio if ratio is not None else (box[3] - box[1]) / side
                 crops += [a, b]
@@ -122,7 +124,8 @@ class TextPreservation(BenchMetric):
         words = rows["text_words"]
         for k in ("text_acc", "text_ned", "text_acc_orig", "text_ned_orig"):
             rows[k] = torch.where(words > 0, rows[k] / words.clamp(min=1), torch.full_like(words, float("nan")))
-        rows["text_boxes_dropped"] = torch.tensor([float(p.dropped) if p is not None else 0.0 for p in placed])
+        rows["text_boxes_dropped"] = dropped
+        self.dropped += dropped.sum()
         self.last_rows = rows
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
@@ -157,4 +160,4 @@ class TextPreservation(BenchMetric):
             "and reconstruction; word accuracy = exact match with the transcript (text_acc_ci: case-insensitive), "
             "text_ned = 1 - Levenshtein/max(len) (ICDAR 2019, TokBench); *_orig = the originals' crops; "
             f"buckets of relative text size (annotation ratio, else box height / side): {buckets}; boxes cut "
-            "by the protocol's crop are dropped and counted")}
+            "by the protocol's crop, or under 2 px, are dropped and counted")}
