@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .runner import read_rows, short_reason, write_json
+from .text_report import text_figures, text_section
 
 # Columns of the main table: (result key, header, format).
 MAIN_COLUMNS = [
@@ -312,8 +313,6 @@ def write_report(run_dir: str | Path) -> Path:
             figures.append(("throughput.png", "encode and decode throughput"))
     if reconstruction_grid(run_dir, jobs, out / "grid.png"):
         figures.append(("grid.png", "reconstructions (bottom of each pair: zoomed centre crop, same region)"))
-    from .text_report import text_figures
-
     figures += text_figures(run_dir, run, df, jobs, out)
 
     versions = run.get("versions", {})
@@ -335,6 +334,7 @@ def write_report(run_dir: str | Path) -> Path:
         md += "\nNumbers in [brackets] are the published values the suite cites (sources below).\n"
     if any(k.endswith("_llamagen") for k in metric_notes):
         md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
+    md += text_section(df) if not df.empty else ""
     published = published_table(jobs)
     if not published.empty:
         md += "\n## Published vs measured\n\n" + markdown_table(published)

@@ -145,6 +145,33 @@ def crops_figure(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]],
     return True
 
 
+def text_section(df: pd.DataFrame) -> str:
+    """Markdown: word accuracy of reconstructions per text-size bucket (originals in the header row),
+    and the overall drop; empty where the run has no text results."""
+    from .report import markdown_table
+
+    found = buckets(df)
+    if not found:
+        return ""
+    rows = []
+    for _, r in df.iterrows():
+        row = {"tokenizer": r["tokenizer"] + (f" ({r['params']})" if r["params"] else ""),
+               "bpp": f"{r['bpp']:.3f}" if pd.notna(r.get("bpp")) else ""}
+        for lo, hi, col in found:
+            row[f"acc {lo:g}-{hi:g}"] = f"{r[col]:.1%}" if pd.notna(r.get(col)) else ""
+        row["acc (all)"] = f"{r['text_acc']:.1%}"
+        row["vs originals"] = f"{-100 * r['text_acc_drop']:+.1f} pts"
+        row["NED sim."] = f"{r['text_ned']:.3f}"
+        rows.append(row)
+    originals = ", ".join(f"{lo:g}-{hi:g}: {df[col.replace('text_acc_', 'text_acc_orig_')].mean():.1%}"
+                          for lo, hi, col in found if col.replace("text_acc_", "text_acc_orig_") in df)
+    words = ", ".join(f"{int(df[c].max())}" for c in (f"text_words_h{lo:g}-{hi:g}" for lo, hi, _ in found)
+                      if c in df)
+    return ("\n## Text preservation\n\nOCR word accuracy of the reconstructions per text height (fraction of "
+            f"the image side; words per bucket: {words}). Originals read at {originals}.\n\n"
+            + markdown_table(pd.DataFrame(rows)))
+
+
 def text_figures(run_dir: Path, run: dict[str, Any], df: pd.DataFrame, jobs: list[dict[str, Any]],
                  out: Path) -> list[tuple[str, str]]:
     """The text figures this run has data for, as (file name, caption)."""
