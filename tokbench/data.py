@@ -190,9 +190,9 @@ def _loc_val_solution(root: Path) -> dict[str, str] | None:
 
 
 def _text_synth(arg: str, seed: int) -> ImageDataset:
-    from .textdata import TEXT_SYNTH_DEFAULTS, parse_options, text_synth_folder
+    from .textdata import EXCLUDED_PHOTOS, TEXT_SYNTH_DEFAULTS, parse_options, text_synth_folder
 
-    photos = [r.path for r in _samples().records if Path(r.path).name not in ("page.png",)]
+    photos = [r.path for r in _samples().records if Path(r.path).name not in EXCLUDED_PHOTOS]
     folder = text_synth_folder(parse_options(arg, TEXT_SYNTH_DEFAULTS), seed, photos)
     ds = _folder(str(folder), "text-synth")
     return ImageDataset("text-synth", f"text-synth:{arg}" if arg else "text-synth", ds.records)

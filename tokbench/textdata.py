@@ -148,7 +148,7 @@ WORDS = (
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
 TEXT_SYNTH_DEFAULTS: dict[str, Any] = {"count": 16, "heights": (0.04, 0.06, 0.09), "words": 4, "size": 512}
 TEXT_SYNTH_VERSION = 3  # bump when rendering changes: cached folders are keyed by it
-_EXCLUDED_PHOTOS = ("page.png",)  # a scanned page: its own text would sit under ours
+EXCLUDED_PHOTOS = ("page.png",)  # a scanned page: its own text would sit under ours
 
 
 def parse_options(arg: str, defaults: dict[str, Any]) -> dict[str, Any]:
