@@ -65,3 +65,17 @@ def test_errors_are_one_line_not_tracebacks(capsys):
     assert "suite file '/nonexistent/suite.yaml' does not exist" in capsys.readouterr().err
     assert cli(["info", "nope-tokenizer"]) == 2
     assert "tokbench list" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli():
+    """`python -m tokbench` (what `torchrun -m tokbench` calls) is the console script: same output and exit codes."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tokbench", "list", "jpeg-*"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "jpeg-q75" in done.stdout and "titok-l32" not in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "tokbench", "info", "no-such-tokenizer"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown tokenizer" in bad.stderr and "Traceback" not in bad.stderr

@@ -47,12 +47,16 @@ HAND = [
     ("chameleon", (650, 480), 256, (100 * 347 / 650 - 45, 100 * 256 / 480, 200 * 347 / 650 - 45, 150 * 256 / 480)),
     # long side 640 -> 384: (384, int(480/640*384) = 288), pasted at (0, (384-288)//2 = 48)
     ("janus-resize-pad", (640, 480), 384, (60.0, 108.0, 120.0, 138.0)),
+    # short side 480 -> round(1.125*256) = 288: (int(288*640/480), 288) = (384, 288); crop left = round(64) = 64,
+    # top = round(16) = 16; source box (200, 100, 300, 150) x 0.6, minus (64, 16)
+    ("var", (640, 480), 256, (120.0 - 64, 60.0 - 16, 180.0 - 64, 90.0 - 16)),
 ]
 
 
 @pytest.mark.parametrize("protocol,src,size,expected", HAND, ids=[h[0] for h in HAND])
 def test_boxes_follow_every_protocol(protocol, src, size, expected):
-    source_box = (400.0, 100.0, 800.0, 200.0) if protocol == "adm-center-crop" else BOX
+    source_box = {"adm-center-crop": (400.0, 100.0, 800.0, 200.0), "var": (200.0, 100.0, 300.0, 150.0)}.get(
+        protocol, BOX)
     kept, boxes = move_boxes([source_box], protocol, src, size)
     assert kept == [0]
     np.testing.assert_allclose(boxes[0], expected, atol=1e-9)

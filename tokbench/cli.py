@@ -1,4 +1,4 @@
-"""Command line: `tokbench run | report | list | info | fetch`."""
+"""Command line: `tokbench run | report | list | info | fetch | geneval`."""
 
 from __future__ import annotations
 
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("names", nargs="+", help="tokenizer variants or metric artifacts (see tokbench list)")
     fe.add_argument("--to", help="put files in DIR/<name>/ (then export TOKBENCH_WEIGHTS=DIR)")
     fe.set_defaults(fn=cmd_fetch)
+
+    from .geneval.cli import add_parser as add_geneval_parser  # its own module: GenEval scoring
+
+    add_geneval_parser(sub)
     return p
 
 

@@ -138,6 +138,17 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def short_side_size(w: int, h: int, short: int) -> tuple[int, int]:
+    """torchvision `Resize(short)`'s output size: the short side becomes `short`, the long one
+    int(short * long / short_side) (truncated, as `_compute_resized_output_size` does)."""
+    return (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+
+
+def resize_short_side(img: Image.Image, short: int, resample: int) -> Image.Image:
+    """torchvision `Resize(short)` on a PIL image (see `short_side_size`)."""
+    return img.resize(short_side_size(*img.size, short), resample=resample)
+
+
 def expand_geometry(w: int, h: int) -> tuple[int, Geometry]:
     """Side and mapping of `expand_to_square` for a (w, h) image."""
     side = max(w, h)
@@ -164,12 +175,9 @@ def _adm_geometry(w: int, h: int, size: int) -> Geometry:
     return g.then(shift(-((fw - size) // 2), -((fh - size) // 2)))
 
 
-def _short_side_size(w: int, h: int, size: int) -> tuple[int, int]:
-    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-
-
-def _resize_crop_geometry(w: int, h: int, size: int) -> Geometry:
-    nw, nh = _short_side_size(w, h, size)
+def short_side_crop_geometry(w: int, h: int, short: int, size: int) -> Geometry:
+    """`resize_short_side` to `short`, then `center_crop` to `size`."""
+    nw, nh = short_side_size(w, h, short)
     left, top = center_crop_offsets(nw, nh, size)
     return scale(w, h, nw, nh).then(shift(-left, -top))
 
@@ -201,11 +209,10 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
     "resize-crop",
     "short side resized to the target with PIL BICUBIC (antialiased), then centre crop "
     "(torchvision Resize(size, BICUBIC) + CenterCrop(size) on PIL images)",
-    geometry=_resize_crop_geometry,
+    geometry=lambda w, h, size: short_side_crop_geometry(w, h, size, size),
 )
 def resize_crop(img: Image.Image, size: int) -> Image.Image:
-    img = drop_alpha(img)
-    return center_crop(img.resize(_short_side_size(*img.size, size), resample=Image.BICUBIC), size)
+    return center_crop(resize_short_side(drop_alpha(img), size, Image.BICUBIC), size)
 
 
 @register_protocol("resize", "both sides resized to the target with PIL BICUBIC (aspect ratio not kept)",

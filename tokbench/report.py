@@ -303,7 +303,7 @@ def write_report(run_dir: str | Path) -> Path:
             name = f"rd_{metric}.png"
             if rate_distortion_plot(df, metric, out / name):
                 figures.append((name, f"{metric.upper()} against bits per pixel"))
-        variable = df[df["params"].str.contains("n_tokens", na=False)] if "params" in df else df.iloc[:0]
+        variable = df[df["params"].str.contains("n_tokens|n_scales", na=False)] if "params" in df else df.iloc[:0]
         if not variable.empty:
             for metric in ("psnr", "lpips", "rfid"):
                 name = f"tokens_{metric}.png"

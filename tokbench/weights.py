@@ -31,7 +31,8 @@ class Artifact:
     the full hex digest, or a prefix of at least 8 hex digits as in torch hub file names such as
     `alexnet-owt-7be5be79.pth`). `filename` may be a sharded checkpoint's index (`*.index.json`): then
     only the shards holding the keys under `prefix` are fetched. `size` is in bytes (informational);
-    `used_by` says which tokenizer or metric needs it (shown by `tokbench list`).
+    `used_by` says which tokenizer or metric needs it (shown by `tokbench list`); `fetch` also brings the
+    `companions` (e.g. a transformers model's config.json) from the same repository.
     """
 
     name: str
@@ -45,6 +46,7 @@ class Artifact:
     gated: bool = False
     prefix: str | None = None
     used_by: str = ""
+    companions: tuple[str, ...] = ()  # other files of the same repo that loading needs (config.json, ...)
 
     @property
     def basename(self) -> str:
@@ -244,7 +246,7 @@ def fetch(artifact: Artifact | str, to: str | os.PathLike | None = None) -> list
         artifact = get_artifact(artifact)
     to = Path(to).expanduser() if to is not None else None
     main = resolve(artifact, to=to)
-    paths = [main]
+    paths = [main] + [resolve(artifact, filename=f, to=to) for f in artifact.companions]
     if main.name.endswith(".index.json"):
         for shard in shards_for_prefix(main, artifact.prefix):
             paths.append(resolve(artifact, filename=_sibling(artifact.filename, shard), to=to))
@@ -267,7 +269,7 @@ _ARTIFACTS: dict[str, Artifact] = {}
 
 
 def _file_identity(a: Artifact) -> tuple:
-    return (a.repo_id, a.filename, a.revision, a.url, a.sha256, a.prefix)
+    return (a.repo_id, a.filename, a.revision, a.url, a.sha256, a.prefix, a.companions)
 
 
 def register_artifact(artifact: Artifact) -> Artifact:
@@ -297,6 +299,7 @@ def artifacts() -> dict[str, Artifact]:
     from .registry import variants
 
     metric_names()  # imports every metric module once
+    from .geneval import detector, layout  # noqa: F401 - register GenEval's detector and metadata artifacts
     known = dict(_ARTIFACTS)
     for v in variants():
         if isinstance(v.weights, Artifact):

@@ -41,6 +41,7 @@ from ..checkpoint import (
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
+from ._multiscale import multiscale_tokens, scales_for_count
 from .llamagen import Decoder, Encoder
 
 CLIP_TEACHER = "clipb_224"
@@ -562,20 +563,7 @@ class TokenFlowModel(nn.Module):
     # --- decoding ---------------------------------------------------------------------------------
     def split_scales(self, n_ids: int) -> tuple[int, ...]:
         """The prefix of `scales` whose token counts add up to `n_ids` (a coarse-only sequence is valid)."""
-        used, total = [], 0
-        for s in self.scales:
-            if total + s * s > n_ids:
-                break
-            used.append(s)
-            total += s * s
-            if total == n_ids:
-                break
-        if total != n_ids or not used:
-            raise TokbenchError(
-                f"{n_ids} ids per image is not a prefix of the scales {list(self.scales)} "
-                f"(valid counts: {[sum(t * t for t in self.scales[: i + 1]) for i in range(len(self.scales))]})"
-            )
-        return tuple(used)
+        return scales_for_count(n_ids, self.scales)
 
     def quant_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, N) multi-scale ids -> summed, upsampled codes (B, C, G, G) (official `decode_code` first half)."""
@@ -674,17 +662,7 @@ class TokenFlowTokenizer(ModuleTokenizer):
         if options:
             raise TokbenchError(f"{self.spec.name}.encode takes only n_scales, got {sorted(options)}")
         _, ids, _ = self.model.encode(self._to_model(images))
-        scales = self.scales
-        if n_scales is not None:
-            if not 1 <= int(n_scales) <= len(scales):
-                raise TokbenchError(f"n_scales must be in 1..{len(scales)}, got {n_scales}")
-            scales = scales[: int(n_scales)]
-            ids = ids[:, : sum(s * s for s in scales)]
-        return Tokens(
-            ids=ids,
-            codebook_size=self.model.cfg.codebook_size,
-            meta={"scales": list(scales), "grid": (self.scales[-1], self.scales[-1])},
-        )
+        return multiscale_tokens(ids, self.scales, n_scales, self.model.cfg.codebook_size)
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:
