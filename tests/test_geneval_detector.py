@@ -5,6 +5,8 @@ loading and clip_benchmark's formula), and GenEval layout -> results.jsonl throu
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ from tokbench.geneval.detector import (
 )
 from tokbench.geneval.rules import COLOR_TEMPLATES, COLORS, GENEVAL_RENAMED
 from tokbench.weights import WeightsUnavailable
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_open_clip import save_tiny_clip  # noqa: E402
 
 TORCH_THREADS = 1
 # COCO's names as mmdet / Detectron2 / the Hugging Face Mask2Former COCO checkpoints spell them (label id = index).
@@ -54,19 +59,7 @@ def tiny_mask2former(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    import open_clip
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-           "patch_size": 8}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-           "layers": 1}}  # fmt: skip
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
-    torch.manual_seed(1)
-    net = open_clip.create_model(TINY_CLIP, pretrained=None)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "w.safetensors"))
-    return folder / "w.safetensors"
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), TINY_CLIP, seed=1)
 
 
 def test_color_crop_composites_on_grey_then_crops_like_pil_rounds():

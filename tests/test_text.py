@@ -32,9 +32,10 @@ def _cache(monkeypatch, tmp_path_factory):
 BOX = (100.0, 100.0, 200.0, 150.0)
 
 # (protocol, source size, target, expected box), each worked out by hand from the protocol's steps.
+# short side 480 -> 256: (int(256*640/480), 256) = (341, 256); centre crop left = round(42.5) = 42
+HAND_RESIZE_CROP = (100 * 341 / 640 - 42, 100 * 256 / 480, 200 * 341 / 640 - 42, 150 * 256 / 480)
 HAND = [
-    # short side 480 -> 256: (int(256*640/480), 256) = (341, 256); centre crop left = round(42.5) = 42
-    ("resize-crop", (640, 480), 256, (100 * 341 / 640 - 42, 100 * 256 / 480, 200 * 341 / 640 - 42, 150 * 256 / 480)),
+    ("resize-crop", (640, 480), 256, HAND_RESIZE_CROP),
     # both sides to 256: x * 256/640, y * 256/480
     ("resize", (640, 480), 256, (40.0, 100 * 256 / 480, 80.0, 150 * 256 / 480)),
     # canvas 640 x 640 with the image at (0, 80), then x 256/640 = 0.4
@@ -50,13 +51,19 @@ HAND = [
     # short side 480 -> round(1.125*256) = 288: (int(288*640/480), 288) = (384, 288); crop left = round(64) = 64,
     # top = round(16) = 16; source box (200, 100, 300, 150) x 0.6, minus (64, 16)
     ("var", (640, 480), 256, (120.0 - 64, 60.0 - 16, 180.0 - 64, 90.0 - 16)),
+    # as resize-crop (short side 256, long int(341.33) = 341, left round(42.5) = 42), with bilinear
+    ("open-magvit2", (640, 480), 256, HAND_RESIZE_CROP),
+    # short side int(1.125*256) = 288: (384, 288), left round(64) = 64, top round(16) = 16 (as var)
+    ("unitok", (640, 480), 256, (120.0 - 64, 60.0 - 16, 180.0 - 64, 90.0 - 16)),
+    # OpenCV: (round(640*256/480), 256) = (341, 256); floor offsets: left (341-256)//2 = 42
+    ("ibq", (640, 480), 256, HAND_RESIZE_CROP),
 ]
 
 
 @pytest.mark.parametrize("protocol,src,size,expected", HAND, ids=[h[0] for h in HAND])
 def test_boxes_follow_every_protocol(protocol, src, size, expected):
-    source_box = {"adm-center-crop": (400.0, 100.0, 800.0, 200.0), "var": (200.0, 100.0, 300.0, 150.0)}.get(
-        protocol, BOX)
+    source_box = {"adm-center-crop": (400.0, 100.0, 800.0, 200.0), "var": (200.0, 100.0, 300.0, 150.0),
+                  "unitok": (200.0, 100.0, 300.0, 150.0)}.get(protocol, BOX)
     kept, boxes = move_boxes([source_box], protocol, src, size)
     assert kept == [0]
     np.testing.assert_allclose(boxes[0], expected, atol=1e-9)

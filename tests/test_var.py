@@ -5,6 +5,8 @@ container (plain state dict), its config (`vqvae_kwargs`, `build_vae_var_equival
 the input batch (VAR's val transform at 64 px) and what FoundationVision/VAR's `VQVAE` produced: the ids
 of every scale, the latent, the per-scale f_hat and the reconstruction; plus `manifest_full.json`, the
 names and shapes of the released `vae_ch160v4096z32.pth` built by the unpatched upstream class.
+tests/data/var_vqvae_alt/ (its README): the same kind of fixture for another config (ch_mult (1, 1), one
+res block, 3 phis, scales 1..8, batch 3), so that nothing is right only for the golden config.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -123,6 +126,48 @@ def test_wrong_input_size_is_refused(tok, io):
         tok.encode(images[..., :-4])
     with pytest.raises(TokbenchError, match="only n_scales"):
         tok.encode(images, n_tokens=3)
+
+
+# ------------------------------------------------------------------------------------ another config
+
+ALT = DATA / "var_vqvae_alt"  # official outputs for ch_mult (1, 1), 1 res block, K=3 phis, scales 1..8, batch 3
+
+
+def test_alternative_config_matches_official():
+    """tests/data/var_vqvae_alt/ (its README): a config other than the golden one, nothing read from the fixture
+    that the config implies; ids exact, latent / f_hat 1e-5, decode 1e-4 as the golden README suggests."""
+    cfg = json.loads((ALT / "config.json").read_text())
+    io = load_file(str(ALT / "io.safetensors"))
+    tok = tokbench.load_tokenizer("var-vqvae", weights=ALT / "vae_ch32v64z8.pth", config=ALT / "config.json")
+    assert tok.spec.resolution == 16 and tok.spec.tokens_per_image == 103 == cfg["total_tokens"]
+    assert list(tok.model.cfg.phi_index_per_scale) == cfg["phi_index_per_scale"] == [0, 0, 1, 2, 2]  # K=3 ticks
+    tokens = tok.encode((io["input"] + 1) / 2)
+    assert torch.equal(tokens.ids, io["indices"]) and tokens.meta["scale_lengths"] == cfg["scale_lengths"]
+    model = tok.model
+    assert (model.latent(io["input"]) - io["f"]).abs().max().item() < 1e-5
+    per_scale = model.split_ids(io["indices"])
+    for k in range(1, len(per_scale) + 1):
+        got = model.quantize.fhat_from_ids(per_scale[:k])
+        assert (got - io["fhat_per_scale"][k - 1]).abs().max().item() < 1e-5, k
+    out = tok.decode(tokens)
+    assert (out - as_unit(io["recon"])).abs().max().item() < 1e-4
+    assert (out - as_unit(io["recon_from_fhat"])).abs().max().item() < 1e-4
+
+
+def test_resnet_block_uses_upstream_silu():
+    """Upstream basic_vae's ResnetBlock activates with F.silu (not x * sigmoid(x), which rounds differently and
+    moved `f` by ~5e-6 on generated configs): the block equals the functional upstream formula bit for bit."""
+    from tokbench.tokenizers.var import VARResnetBlock
+
+    torch.manual_seed(0)
+    block = VARResnetBlock(32, 64, num_groups=32, eps=1e-6).eval()
+    x = torch.randn(2, 32, 6, 6)
+    h = F.conv2d(F.silu(F.group_norm(x, 32, block.norm1.weight, block.norm1.bias, 1e-6)), block.conv1.weight,
+                 block.conv1.bias, padding=1)
+    h = F.conv2d(F.silu(F.group_norm(h, 32, block.norm2.weight, block.norm2.bias, 1e-6)), block.conv2.weight,
+                 block.conv2.bias, padding=1)
+    with torch.no_grad():
+        assert torch.equal(block(x), F.conv2d(x, block.nin_shortcut.weight, block.nin_shortcut.bias) + h)
 
 
 # ------------------------------------------------------------------------------------ phi selection

@@ -1,4 +1,4 @@
-"""Command line: `tokbench run | report | list | info | fetch | geneval`."""
+"""Command line: `tokbench run | report | list | info | fetch | geneval | generate | gen-eval | gen-suite`."""
 
 from __future__ import annotations
 
@@ -18,12 +18,27 @@ def _default_suite() -> Path:
     raise TokbenchError(f"no suite given and {DEFAULT_SUITE} not found; pass a suite YAML file")
 
 
+def _suite_kind(path: Path) -> str | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_suite reports it
+    return data.get("kind") if isinstance(data, dict) else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runner import run_suite
     from .suite import load_suite
 
     suite_path = Path(args.suite) if args.suite else _default_suite()
+    if suite_path.parent.name == "generation" or _suite_kind(suite_path) == "generation":
+        from .generation.commands import cmd_gen_suite
+
+        return cmd_gen_suite(argparse.Namespace(suite=str(suite_path), out=args.out, limit=args.limit,
+                                                quiet=args.quiet))  # fmt: skip
     suite = load_suite(suite_path)
     if args.device:
         suite.device = args.device
@@ -152,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .geneval.cli import add_parser as add_geneval_parser  # its own module: GenEval scoring
 
     add_geneval_parser(sub)
+    from .generation.commands import add_commands  # generate, gen-eval, gen-suite
+
+    add_commands(sub)
     return p
 
 

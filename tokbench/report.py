@@ -21,6 +21,7 @@ from .text_report import text_figures, text_section
 MAIN_COLUMNS = [
     ("tokens_per_image", "tokens/img", "{:.0f}"),
     ("bpp", "bpp", "{:.4f}"),
+    ("latent_values_per_pixel", "latent values/px", "{:.4f}"),
     ("psnr", "PSNR (dB)", "{:.2f}"),
     ("ssim", "SSIM", "{:.4f}"),
     ("ms_ssim", "MS-SSIM", "{:.4f}"),
@@ -45,6 +46,29 @@ MAIN_COLUMNS = [
     ("peak_memory_mb", "peak MiB", "{:.0f}"),
 ]
 CODEC_FAMILIES = {"codec"}
+CONTINUOUS_NOTE = (
+    "continuous latents (no codebook): bpp counts C*h*w latent values at the stated storage precision "
+    "(tokbench convention, no quantisation or entropy coding), not comparable to VQ bits"
+)
+
+
+def _continuous(r: Any) -> bool:
+    """A result row of a continuous-latent tokenizer (its bpp is a storage convention, not a code length)."""
+    v = r.get("latent_values_per_pixel")
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def continuous_rate_lines(df: pd.DataFrame) -> list[str]:
+    """One line per continuous-latent tokenizer: latent values per pixel, storage bits and the resulting bpp."""
+    if "latent_values_per_pixel" not in df.columns:
+        return []
+    lines = []
+    for _, r in df.iterrows():
+        if _continuous(r):
+            label = r["tokenizer"] + (f" ({r['params']})" if r["params"] else "")
+            lines.append(f"- {label}: {r['latent_values_per_pixel']:.4f} latent values/px x "
+                         f"{r.get('latent_storage_bits', float('nan')):g} bits = {r['bpp']:.4f} bpp")
+    return lines
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -116,6 +140,8 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         pub = published.get(r["job"], {})
         for key, header, fmt in cols:
             text = _fmt(r.get(key), fmt)
+            if key == "bpp" and text and _continuous(r):
+                text += " †"  # a storage convention, explained under the table
             if key in pub:
                 text += f" [{_fmt(pub[key], fmt)}]"
             row[header] = text
@@ -155,7 +181,9 @@ def _protocol_notes(jobs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[st
     for j in jobs:
         if j.get("status") != "ok":
             continue
-        metric_notes.update(j.get("metric_protocols", {}))
+        for k, v in j.get("metric_protocols", {}).items():
+            known = metric_notes.get(k, v)  # jobs may add to a note (bpp of continuous latents): keep the longer
+            metric_notes[k] = v if known in v else known if v in known else f"{known} | {v}"
         prep_notes[j["protocol"]] = j.get("protocol_description", "")
     return metric_notes, prep_notes
 
@@ -181,15 +209,22 @@ def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bp
     if metric not in df.columns or x not in df.columns or df[[x, metric]].dropna().empty:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    any_continuous = False
     for label, g in _curves(df, x, metric):
         codec = g["family"].iloc[0] in CODEC_FAMILIES
+        if x == "bpp" and _continuous(g.iloc[0]):  # own marker and line: a storage convention, not code bits
+            any_continuous = True
+            ax.plot(g[x], g[metric], ":", marker="s", markerfacecolor="none", label=f"{label} (continuous)")
+            continue
         ax.plot(g[x], g[metric], "--" if codec else "-", marker="o" if not codec else ".", label=label,
                 alpha=0.8 if codec else 1.0)
     ax.set_xscale("log")
     ax.set_xlabel({"bpp": "bits per pixel", "tokens_per_image": "tokens per image"}.get(x, x))
     ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "rfid": "rFID"}.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="best",
+              title="open squares, dotted: continuous latents at\nstated storage bits (not VQ bits)"
+              if any_continuous else None, title_fontsize=6)
     ax.set_title(f"{metric.upper()} vs {'bits per pixel' if x == 'bpp' else 'tokens'}")
     fig.tight_layout()
     fig.savefig(path)
@@ -332,6 +367,8 @@ def write_report(run_dir: str | Path) -> Path:
     md = "\n".join(header) + "\n\n## Results\n\n" + markdown_table(table)
     if any(j.get("published") for j in jobs if j.get("status") == "ok"):
         md += "\nNumbers in [brackets] are the published values the suite cites (sources below).\n"
+    if continuous := continuous_rate_lines(df):
+        md += f"\n† {CONTINUOUS_NOTE}:\n\n" + "\n".join(continuous) + "\n"
     if any(k.endswith("_llamagen") for k in metric_notes):
         md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
     md += text_section(df) if not df.empty else ""
@@ -373,6 +410,9 @@ def write_report(run_dir: str | Path) -> Path:
         table.to_html(index=False, table_id="results", border=0) if not table.empty else "<p>(no results)</p>",
         "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol "
         "(see Protocols).</p>",
+        (f"<p class='note'>† {html.escape(CONTINUOUS_NOTE)}:<br>"
+         + "<br>".join(html.escape(line[2:]) for line in continuous_rate_lines(df)) + "</p>")
+        if continuous_rate_lines(df) else "",
         ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
          if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"

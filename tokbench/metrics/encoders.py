@@ -101,6 +101,15 @@ ENCODERS: dict[str, EncoderSpec] = {
             "OpenAI CLIP ViT-L/14 224 px (the torchmetrics CLIPScore default): ImageNet zero-shot 75.5%",
             weights=CLIP_VIT_L14_OPENAI,
         ),
+        _table_spec(  # the backbone of the ViT-B/32 and Hessel CLIP-score conventions (`tokbench gen-eval`)
+            "ViT-B-32-openai",
+            "ViT-B-32",
+            "openai",
+            "timm/vit_base_patch32_clip_224.openai",
+            "MIT",
+            False,
+            "OpenAI CLIP ViT-B/32 224 px (Hessel et al.'s CLIPScore backbone)",
+        ),
     )
 }
 
@@ -272,13 +281,39 @@ def _hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callabl
 _ENCODER_CACHE: dict[tuple[str, str, str], OpenClipEncoder] = {}
 
 
+def tokenizer_encoder(name: str, weights: str | os.PathLike | None = None) -> Any | None:
+    """The image-text encoder of a released tokenizer variant that has one (its `clip_encoder()`, e.g. UniTok's
+    CLIP head and text tower), loaded once per process; None if `name` is no such variant."""
+    from ..registry import find, load_tokenizer
+
+    try:
+        _, variant = find(name)
+    except TokbenchError:
+        return None
+    if variant is None:
+        return None
+    key = ("tokenizer", variant.name, str(weights))
+    if key not in _ENCODER_CACHE:
+        tokenizer = load_tokenizer(variant.name, weights=weights)  # missing weights: WeightsUnavailable
+        if not hasattr(tokenizer, "clip_encoder"):
+            raise TokbenchError(f"tokenizer {variant.name!r} has no image-text encoder to use as a semantic encoder")
+        _ENCODER_CACHE[key] = tokenizer.clip_encoder()
+    return _ENCODER_CACHE[key]
+
+
 def load_encoder(encoder: str | EncoderSpec, weights: str | os.PathLike | None = None) -> OpenClipEncoder:
     """The open_clip encoder `encoder` (a key of `ENCODERS`, or a spec such as `open_clip_spec(model, tag)`),
     its weights from `weights` (a file, or a folder holding it) or the resolver; cached per process, so every
     metric and job using the same model and file shares one copy."""
     if isinstance(encoder, str):
         if encoder not in ENCODERS:
-            raise TokbenchError(f"unknown semantic encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+            tower = tokenizer_encoder(encoder, weights)
+            if tower is not None:
+                return tower
+            raise TokbenchError(
+                f"unknown semantic encoder {encoder!r}; choose one of {', '.join(ENCODERS)}, or a released tokenizer "
+                "that is also an image-text encoder (`clip_encoder()`, e.g. unitok-large)"
+            )
         spec = ENCODERS[encoder]
     else:
         spec = encoder

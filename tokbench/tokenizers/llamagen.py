@@ -116,10 +116,12 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h_ = self.norm(x)
         b, c, h, w = h_.shape
-        # (B, C, H, W) -> (B, HW, C); softmax(q k^T / sqrt(C)) v, the official bmm formulation.
-        q, k, v = (t.reshape(b, c, h * w).transpose(1, 2) for t in (self.q(h_), self.k(h_), self.v(h_)))
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
-        out = out.transpose(1, 2).reshape(b, c, h, w)
+        # softmax(q k^T C^-0.5) v in the official bmm order (not SDPA): same float32 rounding as upstream,
+        # so near-tied codes in other configs resolve as the official code resolves them.
+        q = self.q(h_).reshape(b, c, h * w).permute(0, 2, 1)
+        k = self.k(h_).reshape(b, c, h * w)
+        weights = F.softmax(torch.bmm(q, k) * (int(c) ** -0.5), dim=2)
+        out = torch.bmm(self.v(h_).reshape(b, c, h * w), weights.permute(0, 2, 1)).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
 
