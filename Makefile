@@ -31,13 +31,15 @@ lint: setup
 report: setup
 	$(BIN)/tokbench report results/quick
 
-# Measure again what results/ holds (the committed quick run and the CPU throughput table).
+# Measure again what results/ holds (the committed quick run, the CPU throughput table, the text run).
 results: setup
 	$(BIN)/tokbench run --out results/quick --quiet --fresh
 	$(BIN)/python benchmarks/throughput.py --random-weights --tokenizers jpeg-q75 webp-q75 avif-q75 \
 	    llamagen-vq16-c2i janus-pro-1b-vq chameleon-vqgan-anole tokenflow-clipb-32k-enhanced \
 	    one-d-piece-l-256 titok-l32 siglip-large-patch16-384 --batch-sizes 1 --warmup 1 --iters 3 \
 	    --device cpu --out results/throughput
+	rm -rf results/text
+	$(BIN)/tokbench run benchmarks/text.yaml --out results/text --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tokbench.egg-info

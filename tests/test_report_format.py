@@ -27,6 +27,9 @@ EXPECTED = {
     "zeroshot_top1": (75.0, "75.00%"),  # zero-shot reports percent: 75 % is not 7500 %
     "zeroshot_top1_recon": (62.5, "62.50%"),
     "clip_score": (31.4159, "31.42"),
+    "text_acc": (0.8125, "81.2%"),  # word accuracy, a fraction of the words
+    "text_acc_orig": (0.96875, "96.9%"),
+    "text_ned": (0.93456, "0.9346"),  # normalised edit similarity in [0, 1]
     "codebook_usage": (0.5, "50.0%"),  # a fraction of the codebook
     "code_perplexity": (812.345, "812.35"),
     "encode_images_per_s": (0.0345, "0.0345"),

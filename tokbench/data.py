@@ -1,4 +1,5 @@
-"""Image data sets and loading: `samples`, `folder:PATH`, `imagenet-val:PATH`.
+"""Image data sets and loading: `samples`, `folder:PATH`, `imagenet-val:PATH`, and the annotated-text
+sets `text-synth` and `tokbench-text:PATH` (`tokbench.textdata`).
 
 Every image is decoded to RGB (RGBA kept for protocols that composite transparency), EXIF rotation
 applied, then turned into the tokenizer's square input by a named protocol (`tokbench.protocols`).
@@ -17,7 +18,8 @@ import torch
 from PIL import Image, ImageOps
 
 from .core import TokbenchError
-from .protocols import get_protocol
+from .protocols import get_protocol, move_boxes
+from .textdata import BadAnnotation, TextBox, read_annotations
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -46,6 +48,7 @@ class ImageRecord:
     id: str
     label: int | None = None
     caption: str | None = None
+    text: tuple[TextBox, ...] | None = None  # words with boxes in the file's pixels (annotated data)
 
 
 @dataclass
@@ -138,7 +141,11 @@ def _folder(path: str, name: str) -> ImageDataset:
     files = _list_images(root)
     if not files:
         raise DataUnavailable(f"image folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    records = [ImageRecord(str(p), str(p.relative_to(root)), caption=_caption_for(p)) for p in files]
+    try:
+        records = [ImageRecord(str(p), str(p.relative_to(root)), caption=_caption_for(p), text=read_annotations(p))
+                   for p in files]
+    except BadAnnotation as e:
+        raise DataUnavailable(str(e)) from None
     return ImageDataset(name, f"folder:{root}", records)
 
 
@@ -182,12 +189,39 @@ def _loc_val_solution(root: Path) -> dict[str, str] | None:
     return None
 
 
-def open_dataset(spec: str, limit: int | None = None) -> ImageDataset:
-    """`samples`, `folder:PATH` or `imagenet-val:PATH` (environment variables expanded)."""
+def _text_synth(arg: str, seed: int) -> ImageDataset:
+    from .textdata import EXCLUDED_PHOTOS, TEXT_SYNTH_DEFAULTS, parse_options, text_synth_folder
+
+    photos = [r.path for r in _samples().records if Path(r.path).name not in EXCLUDED_PHOTOS]
+    folder = text_synth_folder(parse_options(arg, TEXT_SYNTH_DEFAULTS), seed, photos)
+    ds = _folder(str(folder), "text-synth")
+    return ImageDataset("text-synth", f"text-synth:{arg}" if arg else "text-synth", ds.records)
+
+
+def _tokbench_text(path: str) -> ImageDataset:
+    from .textdata import tokbench_records
+
+    if not path or "$" in path:
+        raise DataUnavailable(f"data path {path!r} is unset; set the environment variable it names")
+    try:
+        found = tokbench_records(path)
+    except BadAnnotation as e:
+        raise DataUnavailable(str(e)) from None
+    records = [ImageRecord(p, i, text=boxes) for p, i, boxes in found]
+    return ImageDataset("tokbench-text", f"tokbench-text:{Path(path).expanduser()}", records)
+
+
+def open_dataset(spec: str, limit: int | None = None, seed: int = 0) -> ImageDataset:
+    """`samples`, `folder:PATH`, `imagenet-val:PATH`, `text-synth[:OPTIONS]` (rendered from `seed`) or
+    `tokbench-text:PATH` (environment variables expanded)."""
     spec = os.path.expandvars(spec.strip())
     kind, _, arg = spec.partition(":")
     if kind == "samples":
         ds = _samples()
+    elif kind == "text-synth":
+        ds = _text_synth(arg, seed)
+    elif kind == "tokbench-text":
+        ds = _tokbench_text(arg)
     elif kind == "folder":
         ds = _folder(arg, Path(arg).name or "folder")
         if (c := sorted({Path(r.id).parts[0] for r in ds.records if len(Path(r.id).parts) > 1})) and all(
@@ -199,7 +233,8 @@ def open_dataset(spec: str, limit: int | None = None) -> ImageDataset:
     elif kind == "imagenet-val":
         ds = _imagenet_val(arg)
     else:
-        raise DataUnavailable(f"unknown data source {spec!r}; use samples, folder:PATH or imagenet-val:PATH")
+        raise DataUnavailable(f"unknown data source {spec!r}; use samples, folder:PATH, imagenet-val:PATH, "
+                              "text-synth or tokbench-text:PATH")
     if limit is not None:
         ds.records = ds.records[: int(limit)]
     return ds
@@ -211,11 +246,32 @@ class Batch:
     images: torch.Tensor  # (B, 3, S, S) float [0, 1]
     records: list[ImageRecord]
     skipped: list[tuple[int, str, str]]  # (position, path, reason) of unreadable files in this span
+    text: list[PlacedText | None] | None = None  # per image, where the data set is annotated
+
+
+@dataclass(frozen=True)
+class PlacedText:
+    """An image's words after its protocol: boxes in the S x S input's pixels; `dropped` words were cut."""
+
+    boxes: tuple[tuple[float, float, float, float], ...]
+    texts: tuple[str, ...]
+    ratios: tuple[float | None, ...]
+    dropped: int
+
+
+def place_text(rec: ImageRecord, protocol: str, source_size: tuple[int, int], size: int) -> PlacedText | None:
+    """The record's words moved by `protocol` from a source of `source_size` to its size x size output."""
+    if rec.text is None:
+        return None
+    kept, boxes = move_boxes([t.box for t in rec.text], protocol, source_size, size)
+    return PlacedText(tuple(boxes), tuple(rec.text[i].text for i in kept), tuple(rec.text[i].ratio for i in kept),
+                      len(rec.text) - len(kept))
 
 
 class _ProtocolDataset(torch.utils.data.Dataset):
     def __init__(self, ds: ImageDataset, protocol: str, size: int, start: int) -> None:
         self.ds, self.fn, self.size, self.start = ds, get_protocol(protocol).fn, size, start
+        self.protocol = protocol
 
     def __len__(self) -> int:
         return max(0, len(self.ds) - self.start)
@@ -224,12 +280,13 @@ class _ProtocolDataset(torch.utils.data.Dataset):
         pos = self.start + i
         rec = self.ds.records[pos]
         try:
-            img = self.fn(open_image(rec.path), self.size)
+            source = open_image(rec.path)
+            img = self.fn(source, self.size)
             if img.size != (self.size, self.size):
                 raise BadImage(f"protocol returned {img.size}, expected {(self.size, self.size)}")
-            return pos, pil_to_tensor(img), None
+            return pos, pil_to_tensor(img), None, place_text(rec, self.protocol, source.size, self.size)
         except Exception as e:  # noqa: BLE001 - any failure on one image is a counted skip
-            return pos, None, f"{type(e).__name__}: {e}"
+            return pos, None, f"{type(e).__name__}: {e}", None
 
 
 def _collate(items):
@@ -259,11 +316,12 @@ def iterate_batches(
         collate_fn=_collate,
     )
     for items in loader:
-        good = [(p, t) for p, t, err in items if err is None]
-        skipped = [(p, ds.records[p].path, err) for p, t, err in items if err is not None]
+        good = [(p, t, text) for p, t, err, text in items if err is None]
+        skipped = [(p, ds.records[p].path, err) for p, t, err, _ in items if err is not None]
         yield Batch(
-            index=torch.tensor([p for p, _ in good], dtype=torch.long),
-            images=torch.stack([t for _, t in good]) if good else torch.empty(0, 3, size, size),
-            records=[ds.records[p] for p, _ in good],
+            index=torch.tensor([p for p, _, _ in good], dtype=torch.long),
+            images=torch.stack([t for _, t, _ in good]) if good else torch.empty(0, 3, size, size),
+            records=[ds.records[p] for p, _, _ in good],
             skipped=skipped,
+            text=[text for _, _, text in good] if any(ds.records[p].text is not None for p, _, _ in good) else None,
         )

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .core import TokbenchError
 from .runner import read_rows, short_reason, write_json
+from .text_report import text_figures, text_section
 
 # Columns of the main table: (result key, header, unit). Values are formatted by their unit.
 MAIN_COLUMNS = [
@@ -37,6 +38,9 @@ MAIN_COLUMNS = [
     ("zeroshot_top1", "0-shot top-1", "percent"),  # the metric reports % already
     ("zeroshot_top1_recon", "0-shot top-1 recon", "percent"),
     ("clip_score", "CLIP-score", "score"),
+    ("text_acc", "text acc", "fraction"),  # word accuracy 0..1, shown as %
+    ("text_acc_orig", "text acc orig", "fraction"),
+    ("text_ned", "text NED sim.", "index"),
     ("codebook_usage", "code usage", "fraction"),  # 0..1, shown as %
     ("code_perplexity", "perplexity", "score"),
     ("encode_images_per_s", "enc img/s", "per second"),
@@ -45,7 +49,8 @@ MAIN_COLUMNS = [
 ]
 # Which way is better, for marking the best value of each column (rate columns are the axis, not a score).
 HIGHER_IS_BETTER = {"psnr", "ssim", "ms_ssim", "psnr_llamagen", "ssim_llamagen", "semantic_similarity", "zeroshot_top1",
-                    "zeroshot_top1_recon", "clip_score", "codebook_usage", "code_perplexity", "encode_images_per_s",
+                    "zeroshot_top1_recon", "clip_score", "text_acc", "text_ned", "codebook_usage", "code_perplexity",
+                    "encode_images_per_s",
                     "decode_images_per_s"}
 LOWER_IS_BETTER = {"lpips", "lpips_vgg", "rfid", "rfid_torch_fidelity", "rfid_pytorch_fid", "peak_memory_mb"}
 UNIT_FORMATS = {
@@ -409,6 +414,7 @@ def _write_report(run_dir: Path) -> Path:
             figures.append(("throughput.png", "encode and decode throughput"))
     if reconstruction_grid(run_dir, jobs, out / "grid.png"):
         figures.append(("grid.png", "reconstructions (bottom of each pair: zoomed centre crop, same region)"))
+    figures += text_figures(run_dir, run, df, jobs, out)
 
     versions = run.get("versions", {})
     device = run.get("device", {})
@@ -433,6 +439,7 @@ def _write_report(run_dir: Path) -> Path:
         md += f"\n† {CONTINUOUS_NOTE}:\n\n" + "\n".join(continuous) + "\n"
     if any(k.endswith("_llamagen") for k in metric_notes):
         md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
+    md += text_section(df) if not df.empty else ""
     published = published_table(jobs)
     if not published.empty:
         md += "\n## Published vs measured\n\n" + markdown_table(published)

@@ -299,7 +299,7 @@ class Runner:
         key = (source, limit)
         if key not in self._datasets:
             try:
-                self._datasets[key] = open_dataset(source, limit)
+                self._datasets[key] = open_dataset(source, limit, seed=self.suite.seed)
             except DataUnavailable as e:
                 self._datasets[key] = str(e)
         ds = self._datasets[key]
@@ -483,7 +483,7 @@ class Runner:
                             captions=[r.caption for r in batch.records] if any(r.caption for r in batch.records)
                             else None,
                             extra={"peak_memory_mb": peak_memory_mb(self.device), "class_names": ds.class_names,
-                                   "input_size": tuple(images.shape[-2:])},
+                                   "input_size": tuple(images.shape[-2:]), "text": batch.text},
                         )
                         if all(r.label is None for r in batch.records):
                             ev.labels = None

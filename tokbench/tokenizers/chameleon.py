@@ -38,7 +38,7 @@ from ..checkpoint import (
     seeded_rng,
 )
 from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, torch_dtype
-from ..protocols import register_protocol
+from ..protocols import Geometry, register_protocol, scale, shift
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, local_path, resolve, shard_resolver
 
@@ -68,15 +68,26 @@ def whiten_transparency(img: Image.Image) -> Image.Image:
     "chameleon",
     "Chameleon's ImageTokenizer: transparency alpha-blended onto white (truncated), short side resized to the "
     "target with round() and PIL LANCZOS, centre crop with floor offsets",
+    geometry=lambda w, h, size: chameleon_geometry(w, h, size),
 )
 def chameleon_preprocess(img: Image.Image, size: int) -> Image.Image:
     """The official `_whiten_transparency` then `_vqgan_input_from` (up to the x/255*2-1 scaling): RGB PIL, size x size."""
     img = whiten_transparency(img)
-    scale = size / min(img.size)
-    img = img.resize((round(scale * img.size[0]), round(scale * img.size[1])), Image.LANCZOS)
+    img = img.resize(_chameleon_resized(*img.size, size), Image.LANCZOS)
     x0 = (img.width - size) // 2
     y0 = (img.height - size) // 2
     return img.crop((x0, y0, x0 + size, y0 + size))
+
+
+def _chameleon_resized(w: int, h: int, size: int) -> tuple[int, int]:
+    factor = size / min(w, h)
+    return round(factor * w), round(factor * h)
+
+
+def chameleon_geometry(w: int, h: int, size: int) -> Geometry:
+    """Where `chameleon_preprocess` puts source pixels (boxes of annotated text follow it)."""
+    nw, nh = _chameleon_resized(w, h, size)
+    return scale(w, h, nw, nh).then(shift(-((nw - size) // 2), -((nh - size) // 2)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,16 @@ from ..checkpoint import (
     select_lit_ema,
 )
 from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
-from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
+from ..protocols import (
+    Geometry,
+    center_crop,
+    drop_alpha,
+    register_protocol,
+    resize_short_side,
+    scale,
+    shift,
+    short_side_crop_geometry,
+)
 from ..registry import Variant
 from ..weights import resolve
 
@@ -255,6 +264,7 @@ def build_tokenizer(
     "open-magvit2",
     "Open-MAGVIT2's ImageNet eval (src/Open_MAGVIT2/data/base.py ImagePaths): torchvision Resize(size) of the "
     "short side (PIL bilinear, antialiased), CenterCrop(size); also IBQ's pretrain tokenizers' validation",
+    geometry=lambda w, h, size: short_side_crop_geometry(w, h, size, size),
 )
 def open_magvit2_preprocess(img: Image.Image, size: int) -> Image.Image:
     # torchvision's Resize(int) on PIL is PIL's antialiased BILINEAR at int(size * long / short)
@@ -266,6 +276,7 @@ def open_magvit2_preprocess(img: Image.Image, size: int) -> Image.Image:
     "IBQ's ImageNet eval (src/IBQ/data/base.py ImagePaths): albumentations 1.4.4 SmallestMaxSize(size) (OpenCV "
     "INTER_LINEAR, no antialiasing, sides rounded with round()), CenterCrop(size, size) with floor offsets; "
     "needs opencv-python(-headless)",
+    geometry=lambda w, h, size: ibq_geometry(w, h, size),
 )
 def ibq_preprocess(img: Image.Image, size: int) -> Image.Image:
     import numpy as np
@@ -287,3 +298,10 @@ def ibq_preprocess(img: Image.Image, size: int) -> Image.Image:
     h, w = arr.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
     return Image.fromarray(np.ascontiguousarray(arr[top : top + size, left : left + size]))
+
+
+def ibq_geometry(w: int, h: int, size: int) -> Geometry:
+    """Where `ibq_preprocess` puts source pixels (OpenCV's resize maps pixel edges as PIL's does)."""
+    factor = size / float(min(h, w))
+    nw, nh = (round(w * factor), round(h * factor)) if factor != 1.0 else (w, h)
+    return scale(w, h, nw, nh).then(shift(-((nw - size) // 2), -((nh - size) // 2)))

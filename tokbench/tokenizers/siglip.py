@@ -38,7 +38,7 @@ from ..checkpoint import (
     seeded_rng,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
-from ..protocols import drop_alpha, expand_to_square, register_protocol
+from ..protocols import Geometry, drop_alpha, expand_geometry, expand_to_square, register_protocol, scale
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve, shard_resolver
 
@@ -86,14 +86,23 @@ JANUS_BACKGROUND = (127, 127, 127)  # tuple(int(m * 255) for m in image_mean) wi
     "janus-resize-pad",
     "Janus VLMImageProcessor: long side resized to the target with PIL BICUBIC (sides truncated with int(), "
     "short side at least 14), then padded to a square with (127, 127, 127), image centred (expand2square)",
+    geometry=lambda w, h, size: janus_geometry(w, h, size),
 )
 def janus_resize_pad(img: Image.Image, size: int) -> Image.Image:
     img = drop_alpha(img)
-    w, h = img.size
+    return expand_to_square(img.resize(_janus_resized(*img.size, size), resample=Image.BICUBIC), JANUS_BACKGROUND)
+
+
+def _janus_resized(w: int, h: int, size: int) -> tuple[int, int]:
     longest = max(w, h)
-    new_h = max(int(h / longest * size), JANUS_MIN_SIZE)
-    new_w = max(int(w / longest * size), JANUS_MIN_SIZE)
-    return expand_to_square(img.resize((new_w, new_h), resample=Image.BICUBIC), JANUS_BACKGROUND)
+    return max(int(w / longest * size), JANUS_MIN_SIZE), max(int(h / longest * size), JANUS_MIN_SIZE)
+
+
+def janus_geometry(w: int, h: int, size: int) -> Geometry:
+    """Where `janus_resize_pad` puts source pixels (boxes of annotated text follow it)."""
+    nw, nh = _janus_resized(w, h, size)
+    _, pad = expand_geometry(nw, nh)
+    return scale(w, h, nw, nh).then(pad)
 
 
 def janus_depth(layers: int, select_layer: int) -> int:

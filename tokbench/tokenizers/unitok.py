@@ -52,7 +52,13 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
-from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
+from ..protocols import (
+    center_crop,
+    drop_alpha,
+    register_protocol,
+    resize_short_side,
+    short_side_crop_geometry,
+)
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact, resolve
 
@@ -633,6 +639,7 @@ RESIZE_RATIO = 1.125
     "unitok",
     "UniTok inference.py: short side resized to int(1.125 x target) with PIL BILINEAR (antialiased; torchvision "
     "Resize default on PIL), then centre crop",
+    geometry=lambda w, h, size: short_side_crop_geometry(w, h, int(size * RESIZE_RATIO), size),
 )
 def unitok_resize_crop(img: Image.Image, size: int) -> Image.Image:
     return center_crop(resize_short_side(drop_alpha(img), int(size * RESIZE_RATIO), Image.BILINEAR), size)

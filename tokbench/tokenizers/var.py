@@ -43,7 +43,13 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
-from ..protocols import center_crop, drop_alpha, register_protocol, resize_short_side
+from ..protocols import (
+    center_crop,
+    drop_alpha,
+    register_protocol,
+    resize_short_side,
+    short_side_crop_geometry,
+)
 from ..registry import Family, Variant, read_config
 from ..weights import Artifact, register_artifact, resolve
 from ._multiscale import multiscale_tokens, scales_for_count
@@ -63,6 +69,7 @@ MID_RESIZE_RATIO = 1.125  # utils/data.py: resize the short side to round(1.125 
     "var",
     "VAR's val_aug: short side resized to round(1.125 x target) with PIL LANCZOS (torchvision Resize(int): the "
     "long side int()-truncated), then centre crop to the target",
+    geometry=lambda w, h, size: short_side_crop_geometry(w, h, round(MID_RESIZE_RATIO * size), size),
 )
 def var_preprocess(img: Image.Image, size: int) -> Image.Image:
     """torchvision `Resize(round(1.125 size), LANCZOS)` + `CenterCrop(size)` on a PIL image (RGB out)."""

@@ -1,0 +1,342 @@
+"""Text preservation: boxes through every protocol, text-synth, TokBench's layout, the metric, OCR backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tokbench.core import TokbenchError
+from tokbench.data import ImageRecord, iterate_batches, open_dataset, place_text
+from tokbench.metrics.base import EvalBatch, build_metric
+from tokbench.ocr import BACKENDS, OCRBackend, OCRUnavailable
+from tokbench.protocols import get_protocol, move_boxes
+from tokbench.textdata import TextBox
+
+HAS_TESSERACT = shutil.which("tesseract") is not None
+needs_tesseract = pytest.mark.skipif(not HAS_TESSERACT, reason="the tesseract program is not installed "
+                                     "(sudo apt-get install tesseract-ocr; .ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("TOKBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "tokbench-cache"))
+
+
+# ------------------------------------------------------------------------------------------ boxes
+
+BOX = (100.0, 100.0, 200.0, 150.0)
+
+# (protocol, source size, target, expected box), each worked out by hand from the protocol's steps.
+# short side 480 -> 256: (int(256*640/480), 256) = (341, 256); centre crop left = round(42.5) = 42
+HAND_RESIZE_CROP = (100 * 341 / 640 - 42, 100 * 256 / 480, 200 * 341 / 640 - 42, 150 * 256 / 480)
+HAND = [
+    ("resize-crop", (640, 480), 256, HAND_RESIZE_CROP),
+    # both sides to 256: x * 256/640, y * 256/480
+    ("resize", (640, 480), 256, (40.0, 100 * 256 / 480, 80.0, 150 * 256 / 480)),
+    # canvas 640 x 640 with the image at (0, 80), then x 256/640 = 0.4
+    ("pad-square", (640, 480), 256, (40.0, 72.0, 80.0, 92.0)),
+    # 1200x600: one BOX halving to 600x300 (300 < 512), bicubic to (round(600*256/300), 256) = (512, 256),
+    # crop left = (512 - 256) // 2 = 128
+    ("adm-center-crop", (1200, 600), 256, (400 * 512 / 1200 - 128, 100 * 256 / 600, 800 * 512 / 1200 - 128,
+                                           200 * 256 / 600)),
+    # 650x480 -> (round(650*256/480), 256) = (347, 256) with LANCZOS; crop left = (347 - 256) // 2 = 45
+    ("chameleon", (650, 480), 256, (100 * 347 / 650 - 45, 100 * 256 / 480, 200 * 347 / 650 - 45, 150 * 256 / 480)),
+    # long side 640 -> 384: (384, int(480/640*384) = 288), pasted at (0, (384-288)//2 = 48)
+    ("janus-resize-pad", (640, 480), 384, (60.0, 108.0, 120.0, 138.0)),
+    # short side 480 -> round(1.125*256) = 288: (int(288*640/480), 288) = (384, 288); crop left = round(64) = 64,
+    # top = round(16) = 16; source box (200, 100, 300, 150) x 0.6, minus (64, 16)
+    ("var", (640, 480), 256, (120.0 - 64, 60.0 - 16, 180.0 - 64, 90.0 - 16)),
+    # as resize-crop (short side 256, long int(341.33) = 341, left round(42.5) = 42), with bilinear
+    ("open-magvit2", (640, 480), 256, HAND_RESIZE_CROP),
+    # short side int(1.125*256) = 288: (384, 288), left round(64) = 64, top round(16) = 16 (as var)
+    ("unitok", (640, 480), 256, (120.0 - 64, 60.0 - 16, 180.0 - 64, 90.0 - 16)),
+    # OpenCV: (round(640*256/480), 256) = (341, 256); floor offsets: left (341-256)//2 = 42
+    ("ibq", (640, 480), 256, HAND_RESIZE_CROP),
+]
+
+
+@pytest.mark.parametrize("protocol,src,size,expected", HAND, ids=[h[0] for h in HAND])
+def test_boxes_follow_every_protocol(protocol, src, size, expected):
+    source_box = {"adm-center-crop": (400.0, 100.0, 800.0, 200.0), "var": (200.0, 100.0, 300.0, 150.0),
+                  "unitok": (200.0, 100.0, 300.0, 150.0)}.get(protocol, BOX)
+    kept, boxes = move_boxes([source_box], protocol, src, size)
+    assert kept == [0]
+    np.testing.assert_allclose(boxes[0], expected, atol=1e-9)
+    # and the protocol's own pixels agree: a white box on black lands where the moved box says
+    img = Image.new("RGB", src, "black")
+    img.paste((255, 255, 255), tuple(int(v) for v in source_box))
+    out = np.asarray(get_protocol(protocol).fn(img, size).convert("L")) > 191  # above grey padding + ringing
+    ys, xs = np.nonzero(out)
+    np.testing.assert_allclose((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), expected, atol=1.5)
+
+
+def test_every_registered_protocol_moves_boxes():
+    from tokbench.protocols import protocols
+
+    assert sorted(h[0] for h in HAND) == sorted(protocols())
+    assert all(p.geometry is not None for p in protocols().values())
+
+
+def test_boxes_cut_by_the_crop_are_dropped_and_counted():
+    # resize-crop of 640x480 at 256 keeps source x in [42*640/341, 298*640/341] = [78.8, 559.3]
+    rec = ImageRecord("x.png", "x", text=(TextBox((10, 10, 60, 40), "left"), TextBox((100, 10, 200, 40), "in"),
+                                          TextBox((500, 10, 600, 40), "right")))
+    placed = place_text(rec, "resize-crop", (640, 480), 256)
+    assert placed.texts == ("in",) and placed.dropped == 2
+    placed = place_text(rec, "pad-square", (640, 480), 256)  # padding cuts nothing
+    assert placed.dropped == 0 and len(placed.boxes) == 3
+
+
+def test_annotated_folder_reaches_the_batches(tmp_path):
+    Image.new("RGB", (640, 480), "grey").save(tmp_path / "photo.jpg")
+    (tmp_path / "photo.text.json").write_text(json.dumps([{"box": [100, 100, 200, 150], "text": "Hello"},
+                                                          {"box": [0, 0, 30, 30], "text": "cut"}]))
+    Image.new("RGB", (64, 64), "grey").save(tmp_path / "plain.png")
+    ds = open_dataset(f"folder:{tmp_path}")
+    batch = next(iterate_batches(ds, "resize-crop", 256, 4, num_workers=0))
+    by_id = dict(zip([r.id for r in batch.records], batch.text))
+    assert by_id["plain.png"] is None
+    assert by_id["photo.jpg"].texts == ("Hello",) and by_id["photo.jpg"].dropped == 1
+    np.testing.assert_allclose(by_id["photo.jpg"].boxes[0], HAND[0][3])
+
+
+def test_bad_annotation_file_is_a_clear_error(tmp_path):
+    from tokbench.data import DataUnavailable
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "a.text.json").write_text(json.dumps([{"box": [5, 5, 1, 1], "text": "x"}]))
+    with pytest.raises(DataUnavailable, match=r"a\.text\.json.*entry 0"):
+        open_dataset(f"folder:{tmp_path}")
+
+
+# ------------------------------------------------------------------------------------- text-synth
+
+
+def test_text_synth_is_deterministic_from_the_seed(tmp_path, monkeypatch):
+    spec = "text-synth:count=2,size=128,heights=0.08/0.12,words=2"
+    monkeypatch.setenv("TOKBENCH_CACHE", str(tmp_path / "a"))
+    a = open_dataset(spec, seed=3)
+    monkeypatch.setenv("TOKBENCH_CACHE", str(tmp_path / "b"))
+    b = open_dataset(spec, seed=3)
+    c = open_dataset(spec, seed=4)
+    assert [r.text for r in a.records] == [r.text for r in b.records]
+    for ra, rb in zip(a.records, b.records):
+        assert np.array_equal(np.asarray(Image.open(ra.path)), np.asarray(Image.open(rb.path)))
+    assert [r.text for r in a.records] != [r.text for r in c.records]
+    for r in a.records:
+        assert Image.open(r.path).size == (128, 128)
+        assert sorted({t.ratio for t in r.text}) == [0.08, 0.12]
+        assert all(0 <= t.box[0] < t.box[2] <= 128 and 0 <= t.box[1] < t.box[3] <= 128 for t in r.text)
+        assert all(any(ch.isalnum() for ch in t.text) for t in r.text)
+
+
+def test_text_synth_options_are_checked():
+    with pytest.raises(TokbenchError, match="heights"):
+        open_dataset("text-synth:heights=0.9")
+    with pytest.raises(TokbenchError, match="options are"):
+        open_dataset("text-synth:fonts=3")
+
+
+# --------------------------------------------------------------------------------------- TokBench
+
+
+def test_tokbench_layout(tmp_path):
+    """TokBench's annotations/text_<set>.json (OCRJSONForTokBench's fields) with images/text_data/<set>/."""
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images" / "text_data" / "ic13").mkdir(parents=True)
+    Image.new("RGB", (960, 1280)).save(tmp_path / "images" / "text_data" / "ic13" / "img_1.jpg")
+    (tmp_path / "annotations" / "text_ic13.json").write_text(json.dumps([{
+        "file_name": "img_1.jpg", "height": 1280, "width": 960,
+        "annotations": [{"bbox": [10, 20, 110, 60], "rec": "Tiredness", "ratio": 0.102},
+                        {"bbox": [[5, 5], [50, 8], [48, 30], [4, 28]], "rec": "kills", "ratio": 0.081}]}]))
+    ds = open_dataset(f"tokbench-text:{tmp_path}")
+    (rec,) = ds.records
+    assert rec.id == "ic13/img_1.jpg" and rec.path.endswith("images/text_data/ic13/img_1.jpg")
+    assert rec.text == (TextBox((10, 20, 110, 60), "Tiredness", 0.102), TextBox((4, 5, 50, 30), "kills", 0.081))
+
+
+def test_tokbench_layout_missing_is_a_clear_error(tmp_path):
+    from tokbench.data import DataUnavailable
+
+    with pytest.raises(DataUnavailable, match="Junfeng5/TokBench"):
+        open_dataset(f"tokbench-text:{tmp_path}")
+
+
+# ------------------------------------------------------------------------------------------ metric
+
+
+class ScriptedOCR(OCRBackend):
+    """Reads what it is told to, in order: the metric's arithmetic checked against hand values."""
+
+    name = "scripted"
+    readings: list[str] = []
+
+    def __init__(self, **_):
+        pass
+
+    def describe(self) -> str:
+        return f"scripted {id(self)}"
+
+    def _read(self, crops):
+        assert all(c.dtype == np.uint8 and c.ndim == 3 for c in crops)
+        return [ScriptedOCR.readings.pop(0) for _ in crops]
+
+
+def _batch(placed, size=64):
+    from tokbench.data import PlacedText
+
+    imgs = torch.rand(len(placed), 3, size, size, generator=torch.Generator().manual_seed(0))
+    return EvalBatch(originals=imgs, tokens=None, tokenizer=None, index=torch.arange(len(placed)),
+                     reconstructions=imgs.flip(-1), extra={"input_size": (size, size), "text": [
+                         None if p is None else PlacedText(*p) for p in placed]})
+
+
+def test_metric_arithmetic(monkeypatch):
+    monkeypatch.setitem(BACKENDS, "scripted", ScriptedOCR)
+    m = build_metric("text_preservation", backend="scripted", buckets=[0, 0.3, 1])
+    # words: (box, transcript, ratio); readings alternate original, reconstruction
+    # (a third box, 1 px wide, cannot be read: dropped and counted with the one the protocol cut)
+    placed = [(((2, 2, 30, 10), (2, 20, 60, 60), (40, 40, 40.5, 50)), ("Hello", "kitten", "thin"),
+               (None, None, None), 1), None]
+    ScriptedOCR.readings = ["Hello", "hello", "kitten", "sitting"]
+    m.update(_batch(placed))
+    r = m.compute()
+    # "Hello" is 8/64 high (bucket 0): original exact; reconstruction case-only; "kitten" 40/64 (bucket 1)
+    assert r["text_acc_orig"] == 1.0 and r["text_acc"] == 0.0 and r["text_acc_ci"] == 0.5
+    assert r["text_ned_h0-0.3"] == pytest.approx(1 - 1 / 5)        # one substitution in 5
+    assert r["text_ned_h0.3-1"] == pytest.approx(1 - 3 / 7)        # kitten -> sitting: 3 edits, max len 7
+    assert r["text_acc_drop"] == 1.0 and r["text_boxes_dropped"] == 2 and r["text_words"] == 2
+    rows = m.last_rows
+    assert rows["text_acc_orig"][0] == 1.0 and torch.isnan(rows["text_acc"][1])
+    assert rows["text_boxes_dropped"].tolist() == [2.0, 0.0]
+    assert "scripted" in m.protocol()["text_preservation"]
+
+
+def test_metric_needs_annotated_data(monkeypatch):
+    monkeypatch.setitem(BACKENDS, "scripted", ScriptedOCR)
+    m = build_metric("text_preservation", backend="scripted")
+    b = _batch([None])
+    b.extra["text"] = None
+    with pytest.raises(TokbenchError, match="text-synth"):
+        m.update(b)
+
+
+def test_missing_tesseract_is_a_skip_with_the_install_command(monkeypatch):
+    import pytesseract
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    with pytest.raises(OCRUnavailable, match="apt-get install tesseract-ocr"):
+        build_metric("text_preservation")
+
+
+def test_runner_records_a_missing_backend_as_a_metric_skip(tmp_path, monkeypatch):
+    import pytesseract
+
+    from tokbench.runner import run_suite
+    from tokbench.suite import parse_suite
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    suite = parse_suite({"data": ["text-synth:count=1,size=64,heights=0.2,words=1"], "resolution": 64,
+                         "metrics": ["psnr", "text_preservation"], "tokenizers": [{"name": "jpeg"}],
+                         "num_workers": 0, "grid_images": 0})
+    (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert summary["status"] == "ok" and "psnr" in summary["results"]
+    assert "apt-get install tesseract-ocr" in summary["metric_skips"]["text_preservation"]
+
+
+def test_doctr_missing_is_a_clear_skip():
+    try:
+        import doctr  # noqa: F401
+    except ImportError:
+        with pytest.raises(OCRUnavailable, match="pip install python-doctr"):
+            build_metric("text_preservation", backend="doctr")
+    else:
+        pytest.skip("python-doctr is installed: test_doctr_random_weights covers it")
+
+
+def test_doctr_random_weights_plumbing():
+    pytest.importorskip("doctr", reason="python-doctr is not installed (it needs huggingface-hub<2)")
+    m = build_metric("text_preservation", backend="doctr", weights="random")
+    placed = [(((2, 2, 60, 20),), ("word",), (None,), 0)]
+    m.update(_batch(placed))
+    r = m.compute()
+    assert r["text_words"] == 1 and 0 <= r["text_ned"] <= 1
+    assert "random weights" in m.protocol()["text_preservation"]
+
+
+# ------------------------------------------------------------------------------- real OCR facts
+
+
+@pytest.fixture(scope="module")
+def synth_results(tmp_path_factory):
+    """text-synth (2 images, 24 words) at 256 px through JPEG q5 and q90, read by Tesseract."""
+    from tokbench.registry import load_tokenizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOKBENCH_CACHE", str(tmp_path_factory.mktemp("synth-cache")))
+        ds = open_dataset("text-synth:count=2", seed=0)
+    out = {}
+    for q in (5, 90):
+        m = build_metric("text_preservation")
+        tok = load_tokenizer("jpeg", quality=q)
+        for b in iterate_batches(ds, "resize-crop", 256, 2, num_workers=0):
+            t = tok.encode(b.images)
+            m.update(EvalBatch(originals=b.images, tokens=t, tokenizer=tok, index=b.index,
+                               reconstructions=tok.decode(t), extra={"input_size": (256, 256), "text": b.text}))
+        out[q] = m.compute()
+    return out
+
+
+@needs_tesseract
+def test_tesseract_reads_text_synth_originals(synth_results):
+    assert synth_results[90]["text_words"] == 24
+    assert synth_results[90]["text_acc_orig"] >= 0.95
+
+
+@needs_tesseract
+def test_jpeg_q5_reads_worse_than_q90_at_the_smallest_size(synth_results):
+    small = "text_acc_h0-0.05"
+    assert synth_results[5][small] < synth_results[90][small]
+    assert synth_results[5]["text_acc_drop"] > synth_results[90]["text_acc_drop"]
+
+
+class ConstantOCR(OCRBackend):
+    name = "constant"
+
+    def __init__(self, **_):
+        pass
+
+    def describe(self) -> str:
+        return "constant"
+
+    def _read(self, crops):
+        return ["x"] * len(crops)
+
+
+def test_suite_rows_and_report_figures(tmp_path, monkeypatch):
+    """Runner and report plumbing (no real OCR): rows per image, bucket results, the two text figures."""
+    from tokbench.report import write_report
+    from tokbench.runner import read_rows, run_suite
+    from tokbench.suite import parse_suite
+
+    monkeypatch.setitem(BACKENDS, "constant", ConstantOCR)
+    suite = parse_suite({"data": ["text-synth:count=2,size=96,heights=0.15/0.25,words=1"], "resolution": 64,
+                         "metrics": ["bpp", {"text_preservation": {"backend": "constant", "buckets": [0, 0.2, 1]}}],
+                         "tokenizers": [{"name": "jpeg", "sweep": {"quality": [10, 90]}}], "num_workers": 0,
+                         "grid_images": 1, "batch_size": 2})
+    summaries = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    for s in summaries:
+        assert s["status"] == "ok" and not s["metric_skips"]
+        r = s["results"]
+        assert r["text_words"] == 4 and r["text_words_h0-0.2"] == 2 and r["text_acc"] == 0.0
+        assert "constant" in s["metric_protocols"]["text_preservation"]
+        rows = read_rows(tmp_path / "run" / "jobs" / s["job"] / "rows.jsonl")
+        assert [row["text_words"] for row in rows] == [2, 2]
+    out = write_report(tmp_path / "run")
+    assert (out / "text_accuracy.png").is_file() and (out / "text_crops.png").is_file()
+    assert "text acc" in (out / "report.md").read_text()
