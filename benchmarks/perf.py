@@ -76,10 +76,13 @@ FAMILY_VARIANTS = ("jpeg-q75", "webp-q75", "avif-q75", "llamagen-vq16-c2i", "jan
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: few images, the neural tokenizer at 128 px, one timed call per throughput row.
     "cpu": {"cases": ["jpeg-q75:images=20", "llamagen-vq16-c2i:images=12,resolution=128"], "batch_size": 4,
-            "reps": 3, "scaling_procs": 2, "batch_sizes": [1], "dtypes": ["float32"], "warmup": 1, "iters": 1},
+            "reps": 3, "scaling_procs": 2, "batch_sizes": [1], "dtypes": ["float32"], "warmup": 1, "iters": 1,
+            # Emu3's tokenizer at 512 px takes minutes per call and ~7 GB on a CPU: GPU preset only.
+            "tokenizers": [t for t in FAMILY_VARIANTS if t != "emu3-vision-tokenizer"]},
     "gpu": {"cases": ["jpeg-q75:images=2000", "llamagen-vq16-c2i:images=1024", "titok-l32:images=1024"],
             "batch_size": 32, "reps": 5, "scaling_procs": max(2, torch.cuda.device_count()),
-            "batch_sizes": [1, 8, 32], "dtypes": ["float32", "bfloat16"], "warmup": 3, "iters": 10},
+            "batch_sizes": [1, 8, 32], "dtypes": ["float32", "bfloat16"], "warmup": 3, "iters": 10,
+            "tokenizers": list(FAMILY_VARIANTS)},
 }
 
 
@@ -108,8 +111,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         env["load_average_1min"] = round(os.getloadavg()[0], 2)
     try:
-        env["git_revision"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                             capture_output=True, text=True, timeout=5).stdout.strip() or None
+        git = ["git", "-C", str(Path(__file__).resolve().parent)]
+        rev = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        env["git_revision"] = (rev + ("-dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         env["git_revision"] = None
     return env
@@ -200,11 +206,13 @@ def metric_set(device: torch.device) -> list[str]:
 
 
 def write_suite(path: Path, case: Case, data_dir: Path, images: int, batch_size: int, device: torch.device,
-                metrics: list[str], seed: int = 0) -> Path:
+                metrics: list[str], num_workers: int | None = None) -> Path:
     """The harness side as a suite file (also what torchrun runs)."""
     suite = {"name": "perf", "data": [{"source": f"folder:{data_dir}", "limit": images}],
              "tokenizers": [case.suite_entry()], "metrics": list(metrics), "batch_size": batch_size,
-             "device": str(device), "dtype": "float32", "seed": seed, "download": False}
+             "device": str(device), "dtype": "float32", "seed": 0, "download": False}
+    if num_workers is not None:
+        suite["num_workers"] = num_workers
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
 
@@ -226,11 +234,11 @@ def harness(suite_path: Path, out: Path, images: int) -> tuple[float, dict[str, 
 
 
 def bare_loop(tok: Tokenizer, ds: ImageDataset, protocol: str, side: int, batch_size: int,
-              device: torch.device) -> tuple[float, int]:
+              device: torch.device, num_workers: int | None = None) -> tuple[float, int]:
     """Read (the harness's loader), encode, decode; nothing else. Seconds and images after batch 1."""
     t0, timed = None, 0
     with torch.inference_mode():
-        for batch in iterate_batches(ds, protocol, side, batch_size):
+        for batch in iterate_batches(ds, protocol, side, batch_size, num_workers=num_workers):
             images = batch.images.to(device)
             tokens = tok.encode(images)
             if tok.spec.supports_decode:
@@ -250,7 +258,8 @@ def quantise_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def png_pipeline(tok: Tokenizer, ds: ImageDataset, protocol: str, side: int, batch_size: int,
-                 device: torch.device, metrics: list[str], folder: Path) -> tuple[float, int, dict[str, float]]:
+                 device: torch.device, metrics: list[str], folder: Path,
+                 num_workers: int | None = None) -> tuple[float, int, dict[str, float]]:
     """Reconstruct and write PNGs, then read them back and evaluate. Seconds and images after each
     pass's first batch, and the metric values (over all images)."""
     rate = {n: build_metric(n).to(device) for n in metrics if n in RATE_METRICS}
@@ -260,7 +269,7 @@ def png_pipeline(tok: Tokenizer, ds: ImageDataset, protocol: str, side: int, bat
     elapsed, timed = 0.0, 0
     with torch.inference_mode():
         t0 = None
-        for batch in iterate_batches(ds, protocol, side, batch_size):  # pass 1: reconstruct, write PNGs
+        for batch in iterate_batches(ds, protocol, side, batch_size, num_workers=num_workers):  # pass 1: reconstruct, write PNGs
             images = batch.images.to(device)
             tokens = tok.encode(images)
             recon = tok.decode(tokens)
@@ -276,7 +285,7 @@ def png_pipeline(tok: Tokenizer, ds: ImageDataset, protocol: str, side: int, bat
                 timed += len(batch.records)
         elapsed += time.perf_counter() - t0
         t0 = None
-        for batch in iterate_batches(ds, protocol, side, batch_size):  # pass 2: read back, evaluate
+        for batch in iterate_batches(ds, protocol, side, batch_size, num_workers=num_workers):  # pass 2: read back, evaluate
             recon = torch.stack([torch.from_numpy(np.array(Image.open(folder / f"{pos:06d}.png").convert("RGB")))
                                  for pos in batch.index.tolist()]).permute(0, 3, 1, 2).float().div(255)
             ev = EvalBatch(originals=batch.images.to(device), reconstructions=recon.to(device), tokens=None,
@@ -288,7 +297,10 @@ def png_pipeline(tok: Tokenizer, ds: ImageDataset, protocol: str, side: int, bat
                 t0 = time.perf_counter()
         results: dict[str, float] = {}
         for m in [*rate.values(), *pixel.values()]:
-            results.update(m.compute())
+            try:
+                results.update(m.compute())
+            except (TokbenchError, ValueError, RuntimeError):
+                pass  # e.g. rFID of too few images: the harness records it as a metric skip too
         synchronize(device)
         elapsed += time.perf_counter() - t0
     return elapsed, timed, results
@@ -305,7 +317,7 @@ class Repetition:
 
 
 def compare(case: Case, batch_size: int, reps: int, device: torch.device, default_side: int, work: Path,
-            log=print) -> tuple[list[Repetition], dict[str, Any]]:
+            num_workers: int | None = None, log=print) -> tuple[list[Repetition], dict[str, Any]]:
     """Run the harness, the bare loop and the PNG pipeline `reps` times each over the same images,
     alternating their order; returns each repetition's times and the setting they were measured in."""
     if case.images < 2 * batch_size:
@@ -318,7 +330,8 @@ def compare(case: Case, batch_size: int, reps: int, device: torch.device, defaul
     metrics = metric_set(device)
     data_dir = prepare_images(work / "images", case.images)
     ds = open_dataset(f"folder:{data_dir}", case.images)
-    suite_path = write_suite(work / "suite.yaml", case, data_dir, case.images, batch_size, device, metrics)
+    suite_path = write_suite(work / "suite.yaml", case, data_dir, case.images, batch_size, device, metrics,
+                             num_workers)
     steps = ("harness", "harness-first-batch", "bare", "png")
     out: list[Repetition] = []
     for r in range(reps):
@@ -329,9 +342,10 @@ def compare(case: Case, batch_size: int, reps: int, device: torch.device, defaul
             elif step == "harness-first-batch":
                 t[step] = harness(suite_path, work / "run-first", batch_size)
             elif step == "bare":
-                t[step] = bare_loop(tok, ds, protocol, side, batch_size, device)
+                t[step] = bare_loop(tok, ds, protocol, side, batch_size, device, num_workers)
             else:
-                t[step] = png_pipeline(tok, ds, protocol, side, batch_size, device, metrics, work / "png")
+                t[step] = png_pipeline(tok, ds, protocol, side, batch_size, device, metrics, work / "png",
+                                       num_workers)
         summary = t["harness"][1]
         if (summary.get("resolution"), summary.get("protocol")) != (side, protocol):
             raise TokbenchError(f"{case.name}: the harness ran at {summary.get('resolution')} px / "
@@ -649,8 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size of the ratio sections")
     p.add_argument("--reps", type=int, help="repetitions of the ratio sections")
     p.add_argument("--scaling-procs", type=int, help="N of the 1-vs-N process scaling row")
-    p.add_argument("--tokenizers", nargs="+", default=list(FAMILY_VARIANTS), help="tokenizers of the throughput "
-                   "table (default: one released variant per family)")
+    p.add_argument("--tokenizers", nargs="+", help="tokenizers of the throughput table (default: one released "
+                   "variant per family)")
     p.add_argument("--batch-sizes", nargs="+", type=int)
     p.add_argument("--dtypes", nargs="+")
     p.add_argument("--resolutions", nargs="+", default=["native"], help="`native` or sides in px")
@@ -660,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--released-weights", action="store_true",
                    help="time the released weights (must be on the machine) instead of random ones")
     p.add_argument("--skip", nargs="+", default=[], choices=["ratios", "scaling", "throughput"])
+    p.add_argument("--num-workers", type=int, help="image-loading workers of all pipelines (default: the runner's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--note", default="", help="a line for the top of perf.md (e.g. what else ran on the machine)")
     p.add_argument("--out", default="results/perf")
@@ -683,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
                 work = Path(tmp) / f"case{i}"
                 if "ratios" not in args.skip:
                     print(f"harness against baselines: {case.name}")
-                    reps, setting = compare(case, args.batch_size, args.reps, device, args.resolution, work)
+                    reps, setting = compare(case, args.batch_size, args.reps, device, args.resolution, work,
+                                            args.num_workers)
                     ratios += ratio_rows(reps, setting)
                 if "scaling" not in args.skip and i == 0:
                     ratios += scaling_rows(case, args.scaling_procs, args.batch_size, args.reps, device,

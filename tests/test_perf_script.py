@@ -31,7 +31,7 @@ def run(perf, tmp_path_factory):
     out = tmp_path_factory.mktemp("perf") / "out"
     argv = ["--cases", "jpeg-q50:images=4,resolution=32",
             f"llamagen-vq16-c2i:images=4,resolution=32,config={TINY_LLAMAGEN}",
-            "--batch-size", "2", "--reps", "1", "--scaling-procs", "2", "--tokenizers", "jpeg-q50",
+            "--batch-size", "2", "--reps", "1", "--scaling-procs", "2", "--num-workers", "0", "--tokenizers", "jpeg-q50",
             "--batch-sizes", "1", "--warmup", "1", "--iters", "1", "--device", "cpu", "--out", str(out)]
     assert perf.main(argv) == 0
     return out, perf
