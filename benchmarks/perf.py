@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -418,8 +419,8 @@ def scaling_rows(case: Case, nproc: int, batch_size: int, reps: int, device: tor
     row: dict[str, Any] = {"measure": "scaling", "compared": f"{nproc} processes / 1 process",
                            "target": "efficiency ~ 1", "tokenizer": case.name, "weights": case.weights_label,
                            "batch": batch_size, "images": case.images, "reps": reps,
-                           "command": " ".join(torchrun_command(nproc, Path("SUITE.yaml"), Path("OUT"),
-                                                                case.images)[1:])}
+                           "command": "torchrun " + " ".join(torchrun_command(nproc, Path("SUITE.yaml"),
+                                                                              Path("OUT"), case.images)[3:])}
     reason = distributed_runner_reason()
     if reason is not None:
         return [{**row, "status": reason}]
@@ -586,7 +587,7 @@ def plot(ratios: pd.DataFrame, throughput: pd.DataFrame, path: Path) -> None:
         err = np.vstack([med - done["ratio_min"].to_numpy(float), done["ratio_max"].to_numpy(float) - med])
         ax1.bar(range(len(done)), med, yerr=err, color=["C0" if m == "overhead" else "C1" if m == "png-pipeline"
                                                          else "C2" for m in done["measure"]], capsize=4)
-        ax1.set_xticks(range(len(done)), labels, fontsize=8)
+        ax1.set_xticks(range(len(done)), labels, fontsize=7, rotation=20)
         ax1.axhline(1.10, color="C0", ls="--", lw=1, label="overhead target <= 1.10")
         ax1.axhline(3.0, color="C1", ls="--", lw=1, label="PNG pipeline target >= 3 (GPU)")
         ax1.legend(fontsize=8)
@@ -711,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks/perf.py: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    write_results(out, ratios, throughput, env, f"python benchmarks/perf.py {' '.join(argv)}".strip(), args.note)
+    write_results(out, ratios, throughput, env, shlex.join(["python", "benchmarks/perf.py", *argv]), args.note)
     print(f"\nwrote {', '.join(str(out / f) for f in ('perf.md', 'perf.csv', 'throughput.csv', 'perf.png'))}")
     return 0
 
