@@ -33,8 +33,7 @@ report: setup
 
 # Measure again what results/ holds (the committed quick run, the CPU throughput table, the perf benchmark).
 results: setup
-	rm -rf results/quick
-	$(BIN)/tokbench run --out results/quick --quiet
+	$(BIN)/tokbench run --out results/quick --quiet --fresh
 	$(BIN)/python benchmarks/throughput.py --random-weights --tokenizers jpeg-q75 webp-q75 avif-q75 \
 	    llamagen-vq16-c2i janus-pro-1b-vq chameleon-vqgan-anole tokenflow-clipb-32k-enhanced \
 	    one-d-piece-l-256 titok-l32 siglip-large-patch16-384 --batch-sizes 1 --warmup 1 --iters 3 \

@@ -333,3 +333,42 @@ def test_config_beside_the_checkpoint_is_used(io, tmp_path):
     tok = tokbench.load_tokenizer("chameleon-vqgan", weights=tmp_path)
     assert tok.spec.source["config"] == str(tmp_path / "vqgan.yaml")
     assert torch.equal(tok.encode((io["input"] + 1) / 2).ids.reshape(-1), io["indices"])
+
+
+ALT = Path(__file__).parent / "data" / "chameleon_vqgan_alt"
+
+
+@pytest.mark.parametrize("config", ["vqgan.yaml", "config.json"])
+def test_alternative_config_matches_official_outputs(config):
+    """Another size than config A (see its README): attention at both levels (attn_resolutions [16, 8] for
+    ddconfig.resolution 16, while the images are 16x32), num_res_blocks 2, batch 3, downsample 2."""
+    alt = load_file(str(ALT / "io.safetensors"))
+    tok = tokbench.load_tokenizer("chameleon-vqgan", weights=ALT / "vqgan.ckpt", config=ALT / config)
+    b, _, h, w = alt["latent"].shape
+    tokens = tok.encode((alt["input"] + 1) / 2)
+    assert tokens.grid == (h, w) and torch.equal(tokens.ids, alt["indices"].view(b, h * w))
+    recon = tok.decode(tokens)
+    torch.testing.assert_close(recon, as_unit(alt["recon_from_indices"]), atol=1e-4, rtol=0)
+    diff = ((recon * 255).permute(0, 2, 3, 1).to(torch.uint8).long() - alt["recon_from_indices_uint8"]).abs()
+    assert int(diff.max()) <= 1
+    m = tok.model
+    with torch.inference_mode():
+        torch.testing.assert_close(m.quant_conv(m.encoder(alt["input"])), alt["latent"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(m.decoder(m.post_quant_conv(alt["quant"])), alt["recon"], atol=1e-4, rtol=0)
+    # the preprocessing on another aspect ratio and target size (37x23 RGBA -> 32x32)
+    rgba = alt["raw_rgba"].numpy().astype(np.uint8)
+    side = alt["raw_preprocessed"].shape[-1]
+    out = get_protocol("chameleon").fn(Image.fromarray(rgba, "RGBA"), side)
+    ours = torch.from_numpy(np.array(out) / 255.0 * 2 - 1).permute(2, 0, 1).float()[None]
+    assert float((ours - alt["raw_preprocessed"]).abs().max()) <= 2 / 255 + 1e-6
+
+
+def test_config_resolution_need_not_be_a_multiple_of_the_factor(tmp_path):
+    """ddconfig.resolution only places attention upstream (50 with factor 16 builds there): the default
+    benchmark size becomes the largest multiple below it; an explicit size must still be a multiple."""
+    cfg = json.loads((DATA / "config.json").read_text())
+    cfg["ddconfig"]["resolution"] = 50
+    tok = tokbench.load_tokenizer("chameleon-vqgan", weights=CKPT, config=cfg)
+    assert tok.spec.resolution == 48 and tok.spec.tokens_per_image == 9
+    with pytest.raises(TokbenchError, match="multiple of 16"):
+        tokbench.load_tokenizer("chameleon-vqgan", weights=CKPT, config=cfg, resolution=50)

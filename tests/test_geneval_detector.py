@@ -5,6 +5,8 @@ loading and clip_benchmark's formula), and GenEval layout -> results.jsonl throu
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,52 +23,25 @@ from tokbench.geneval.detector import (
     load_detector,
     map_labels,
 )
-from tokbench.geneval.rules import COLOR_TEMPLATES, COLORS, GENEVAL_RENAMED
+from tokbench.geneval.rules import COLOR_TEMPLATES, COLORS
 from tokbench.weights import WeightsUnavailable
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_mask2former import COCO_NAMES, save_tiny_mask2former  # noqa: E402
+from tiny_open_clip import save_tiny_clip  # noqa: E402
+
 TORCH_THREADS = 1
-# COCO's names as mmdet / Detectron2 / the Hugging Face Mask2Former COCO checkpoints spell them (label id = index).
-COCO_NAMES = [GENEVAL_RENAMED.get(n, n) for n in GENEVAL_CLASSES]
 TINY_CLIP = "tokbench-test-tiny-geneval-clip"
 
 
 @pytest.fixture(scope="module")
 def tiny_mask2former(tmp_path_factory):
-    from transformers import (
-        Mask2FormerConfig,
-        Mask2FormerForUniversalSegmentation,
-        Mask2FormerImageProcessor,
-        SwinConfig,
-    )
-
-    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                          window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
-    cfg = Mask2FormerConfig(backbone_config=backbone, hidden_dim=32, mask_feature_size=32, feature_size=32,
-                            num_queries=6, encoder_layers=1, decoder_layers=2, dim_feedforward=32,
-                            num_attention_heads=2, encoder_feedforward_dim=32, num_labels=80,
-                            id2label=dict(enumerate(COCO_NAMES)), label2id={n: i for i, n in enumerate(COCO_NAMES)})  # fmt: skip
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("mask2former")
-    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(folder)
-    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, size_divisor=32).save_pretrained(folder)
-    return folder
+    return save_tiny_mask2former(tmp_path_factory.mktemp("mask2former"))
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    import open_clip
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-           "patch_size": 8}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-           "layers": 1}}  # fmt: skip
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
-    torch.manual_seed(1)
-    net = open_clip.create_model(TINY_CLIP, pretrained=None)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "w.safetensors"))
-    return folder / "w.safetensors"
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), TINY_CLIP, seed=1)
 
 
 def test_color_crop_composites_on_grey_then_crops_like_pil_rounds():

@@ -95,6 +95,31 @@ def test_matches_official_outputs(folder: Path, filename: str, name: str) -> Non
         torch.testing.assert_close(tok.model.latent(io["input"]), io["latent"], atol=1e-5, rtol=0)
 
 
+ALT_CASES = [
+    pytest.param(DATA / "llamagen_vq16_alt", "vq_alt.pt", "llamagen-vq", id="llamagen-alt"),
+    pytest.param(DATA / "janus_vq16_alt", "model.safetensors", "janus-vq", id="janus-alt"),
+]
+
+
+@pytest.mark.parametrize(("folder", "filename", "name"), ALT_CASES)
+def test_alternative_configs_match_official_outputs(folder: Path, filename: str, name: str) -> None:
+    """Other sizes than config A (see the folders' READMEs): downsample 2 / 4, num_res_blocks 2 (two attn
+    blocks per level), codebook 32 x 4 without the usage buffer, non-square inputs, batch 3, bf16 Janus."""
+    io = golden(folder)
+    tok = tokbench.load_tokenizer(name, weights=folder / filename, config=folder / "config.json")
+    b, _, h, w = io["latent"].shape
+    cfg = json.loads((folder / "config.json").read_text())["model_args"]
+
+    tokens = tok.encode((io["input"] + 1) / 2)
+    assert tokens.grid == (h, w) and h != w
+    assert torch.equal(tokens.ids, io["indices"].view(b, -1))
+    assert tokens.codebook_size == cfg["codebook_size"]
+    torch.testing.assert_close(tok.decode(tokens), as_unit(io["recon_from_indices"]), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(tok.model.latent(io["input"]), io["latent"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(tok.model.decode(io["quant"]), io["recon"], atol=1e-4, rtol=0)
+
+
 def test_llamagen_uint8_postprocessing_matches() -> None:
     """LlamaGen's clamp(127.5 x + 128).to(uint8) on our decode_code agrees up to rounding-boundary ties."""
     io = golden(LLAMAGEN)

@@ -111,3 +111,25 @@ def test_identical_images_counted_not_averaged():
     out = m.compute()
     assert out["psnr_identical"] == 1.0
     assert out["psnr"] == pytest.approx(peak_signal_noise_ratio(_hwc(x[1]), _hwc(y[1]), data_range=1.0))
+
+
+def test_std_outputs_equal_numpy_over_the_per_image_values():
+    """`<metric>_std` is the population standard deviation over images (numpy's np.std, ddof=0) of
+    per-image values computed independently (scikit-image, pytorch-msssim), across streamed batches."""
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    x, y = _pair(b=5, h=168, w=176, noise=0.1, seed=3)
+    y[1] = (x[1] + 0.02 * torch.randn_like(x[1])).clamp(0, 1)  # spread the values out
+    refs = {
+        "psnr": [peak_signal_noise_ratio(_hwc(a), _hwc(b), data_range=1.0) for a, b in zip(x, y)],
+        "ssim": [structural_similarity(_hwc(a), _hwc(b), data_range=1.0, channel_axis=-1, gaussian_weights=True,
+                                       sigma=1.5, use_sample_covariance=False) for a, b in zip(x, y)],
+        "ms_ssim": pytorch_msssim.ms_ssim(x.double(), y.double(), data_range=1.0, size_average=False).tolist(),
+    }
+    for name, key in (("psnr", "psnr"), ("ssim", "ssim"), ("ms-ssim", "ms_ssim")):
+        m = build_metric(name)
+        m.update(_batch(x[:2], y[:2]))
+        m.update(_batch(x[2:], y[2:], start=2))
+        out = m.compute()
+        assert np.std(refs[key]) > 1e-3, key  # a real spread, so a wrong formula cannot pass by luck
+        assert out[key] == pytest.approx(np.mean(refs[key]), rel=1e-6), key
+        assert out[f"{key}_std"] == pytest.approx(np.std(refs[key]), rel=1e-5), key

@@ -56,6 +56,8 @@ TINY = {
     "tokenflow": (DATA / "tokenflow/config.json", DATA / "tokenflow/tokenflow_clipb_32k_enhanced.pt", None),
     "titok": (DATA / "titok/config.json", DATA / "titok/model.safetensors", None),
     "one-d-piece": (DATA / "one_d_piece/config.json", DATA / "one_d_piece/pytorch_model.bin", None),
+    "open-magvit2": (DATA / "open_magvit2/config.json", DATA / "open_magvit2/imagenet_256_L.ckpt", None),
+    "ibq": (DATA / "ibq/config.json", DATA / "ibq/imagenet256_262144.ckpt", None),
     "siglip": (SIGLIP_TINY, None, None),
     "siglip-janus": (JANUS_TINY, None, None),
 }
@@ -233,6 +235,14 @@ def _titok_reference(folder: str, repo: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v) for k, v in params.items()}
 
 
+def _seed_voken_reference(folder: str, variant: str) -> dict[str, tuple[int, ...]]:
+    """A SEED-Voken manifest's released parameter shapes (other variants: full list or the differing shapes)."""
+    m = _manifest(folder)
+    other = m["other_variants"][variant]
+    params = other.get("params") or {**m["params"], **other["shapes_differing_from_primary"]}
+    return {k: tuple(v) for k, v in params.items()}
+
+
 def _siglip_l_reference() -> dict[str, int]:
     """SigLIP-L/16-384 as transformers defines it (built on meta): its parameter count, no pooling head."""
     from tokbench.tokenizers.siglip import _SIGLIP_L16_384, build_transformers_model
@@ -252,6 +262,8 @@ FULL = {
     "titok-s128": (lambda: _titok_reference("titok", "yucornetto/tokenizer_titok_s128_imagenet"), 256),
     "one-d-piece-s-256": (lambda: _titok_reference("one_d_piece", "turing-motors/One-D-Piece-S-256"), None),
     "janus-siglip-l-384": (_siglip_l_reference, None),
+    "open-magvit2-128-b": (lambda: _seed_voken_reference("open_magvit2", "imagenet_128_B"), 32),
+    "ibq-1024": (lambda: _seed_voken_reference("ibq", "imagenet256_1024"), 32),
 }
 
 

@@ -18,8 +18,11 @@ PROBE = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images].map(i => i.complete && i.naturalWidth > 0 ? i.naturalWidth : 0);
   const rows = document.querySelectorAll('#results tbody tr').length;
+  const align = q => getComputedStyle(document.querySelector(q)).textAlign;
+  const aligns = [align('#skipped tbody td:last-child'), align('#results tbody td:last-child'),
+                  align('#results tbody td:first-child')].join(',');
   document.body.insertAdjacentHTML('beforeend',
-    `<pre id="probe">images=${imgs.join(',')};rows=${rows}</pre>`);
+    `<pre id="probe">images=${imgs.join(',')};rows=${rows};align=${aligns}</pre>`);
 });
 </script></body>"""
 
@@ -28,8 +31,8 @@ window.addEventListener('load', () => {
 def test_html_report_renders_tables_and_images(tmp_path):
     folder = make_folder(tmp_path / "imgs", n=4, corrupt=False)
     suite = parse_suite({"name": "html", "data": [f"folder:{folder}"], "resolution": 32, "batch_size": 2,
-                         "metrics": ["psnr", "ssim", "bpp", "speed"],
-                         "tokenizers": [{"name": "jpeg", "sweep": {"quality": [30, 70]}}]})
+                         "metrics": ["psnr", "ssim", "bpp", "speed"], "download": False,
+                         "tokenizers": [{"name": "jpeg", "sweep": {"quality": [30, 70]}}, "llamagen-vq16-c2i"]})
     run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
     report = write_report(tmp_path / "run")
     page = report / "index.html"
@@ -42,9 +45,11 @@ def test_html_report_renders_tables_and_images(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    m = re.search(r"images=([\d,]*);rows=(\d+)", out.stdout)
+    m = re.search(r"images=([\d,]*);rows=(\d+);align=([a-z,]+)", out.stdout)
     assert m, out.stdout[-2000:]
     widths = [int(w) for w in m.group(1).split(",") if w]
     assert len(widths) >= 3 and all(w > 0 for w in widths), widths  # every figure decoded
     assert int(m.group(2)) == 2  # one table row per job
+    # a long skip reason reads left-aligned; numbers are right-aligned, names left
+    assert m.group(3).split(",") == ["left", "right", "left"], m.group(3)
     assert "jpeg (quality=30)" in out.stdout and "PSNR (dB)" in out.stdout

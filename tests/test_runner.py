@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from tokbench.cli import main as cli
 from tokbench.data import open_image
+from tokbench.metrics.base import BenchMetric, register_metric
 from tokbench.protocols import get_protocol
+from tokbench.registry import Family, register_family
 from tokbench.report import load_run, write_report
 from tokbench.runner import read_rows, run_suite
 from tokbench.suite import load_suite, parse_suite
@@ -51,7 +54,7 @@ def suite_yaml(path: Path, folder: Path, extra: str = "") -> Path:
         download: false
         checkpoint_seconds: 0
         grid_images: 2
-        metrics: [psnr, ssim, {{psnr: {{protocol: llamagen}}}}, bpp, codebook, speed, lpips, no-such-metric]
+        metrics: [psnr, ssim, {{psnr: {{protocol: llamagen}}}}, bpp, codebook, speed, lpips]
         tokenizers:
           - name: jpeg
             sweep: {{quality: [20, 80]}}
@@ -83,7 +86,6 @@ def test_run_and_report_end_to_end(tmp_path, capsys):
     job = next(j for j in by_status["ok"] if j["params"] == {"quality": 20})
     assert job["images_evaluated"] == 7 and job["images_skipped"] == 1
     assert job["skipped_files"][0]["path"].endswith("img99_broken.jpg")
-    assert "unknown metric" in job["metric_skips"]["no-such-metric"]
     assert "lpips" in job["metric_skips"]  # its backbone weights are not on this machine
     rows = read_rows(out / "jobs" / job["job"] / "rows.jsonl")
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]
@@ -125,97 +127,138 @@ def test_run_and_report_end_to_end(tmp_path, capsys):
     assert "already done" in capsys.readouterr().out
 
 
+def make_folder_with_broken(root: Path, n: int, broken: set[int]) -> Path:
+    """n files in name order; those at the positions in `broken` are unreadable."""
+    good = make_folder(root / "good", n=n - len(broken), corrupt=False)
+    for pos, src in zip([p for p in range(n) if p not in broken], sorted(good.iterdir())):
+        src.rename(root / f"img{pos:02d}.png")
+    for pos in broken:
+        (root / f"img{pos:02d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    good.rmdir()
+    return root
+
+
 KILLER = textwrap.dedent("""\
     import os, signal, sys
     from tokbench.registry import Family, register_family
+    from tokbench.runner import Runner
     from tokbench.tokenizers.codecs import CodecTokenizer
 
+    HOW, AT = os.environ.get("KILL_HOW", ""), int(os.environ.get("KILL_AT", "0"))
+    calls = {"encode": 0, "save": 0}
+
+    def maybe_die(where):
+        calls[where] += 1
+        if HOW.startswith(where) and calls[where] == AT:
+            if HOW.endswith("ctrl-c"):
+                os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C
+            else:
+                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
+
     class Killer(CodecTokenizer):
-        calls = 0
         def encode(self, images, **kw):
-            Killer.calls += 1
-            if Killer.calls == int(os.environ.get("KILL_AT", "0")):
-                if os.environ.get("KILL_HOW") == "ctrl-c":
-                    os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C
-                else:
-                    os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
+            maybe_die("encode")
             return super().encode(images, **kw)
 
+    save_state = Runner._save_state
+
+    def dying_save(*args, **kwargs):  # killed after a batch's rows are logged, before its state is saved
+        maybe_die("save")
+        return save_state(*args, **kwargs)
+
+    Runner._save_state = staticmethod(dying_save)
     register_family(Family("killer-jpeg", build=lambda **k: Killer("jpeg", 40, name="killer-jpeg")))
     from tokbench.cli import main
     sys.exit(main(sys.argv[1:]))
     """)
 
+# 12 files, unreadable at positions 1 and 6, batches of 2: [0 1] [2 3] [4 5] [6 7] [8 9] [10 11]
+BROKEN = {1, 6}
+RESUME_METRICS = ["psnr", "ssim", "bpp"]
 
-@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
-def test_resume_after_kill_gives_the_same_rows(tmp_path, how):
-    folder = make_folder(tmp_path / "imgs", n=9, corrupt=True)
+
+@pytest.fixture(scope="module")
+def resume_reference(tmp_path_factory):
+    """An uninterrupted run of the same codec (in this process) that resumed runs must reproduce."""
+    root = tmp_path_factory.mktemp("resume_ref")
+    folder = make_folder_with_broken(root / "imgs", 12, BROKEN)
+    suite = parse_suite({"name": "ref", "data": [f"folder:{folder}"], "resolution": 32, "batch_size": 2,
+                         "metrics": RESUME_METRICS, "tokenizers": ["jpeg-q40"]})
+    (summary,) = run_suite(suite, root / "run", progress=False, log=lambda s: None)
+    return read_rows(root / "run" / "jobs" / summary["job"] / "rows.jsonl"), summary
+
+
+@pytest.mark.parametrize("kills, checkpoint_seconds", [
+    ([("encode-ctrl-c", 4)], 0),  # Ctrl-C: stops at the end of the batch with its state saved
+    ([("save-exit", 3)], 0),  # 3rd batch's rows logged, its state not saved: they must be dropped
+    ([("encode-exit", 5)], 3600),  # rows of 3 batches logged and no state saved at all
+    # kills in a row: after rows of [2 3]; in encode of [4 5] (call 1 is the warm-up); Ctrl-C in [6 7];
+    # after the rows of [10 11] (the resumed run's 2nd save)
+    ([("save-exit", 2), ("encode-exit", 3), ("encode-ctrl-c", 3), ("save-exit", 2)], 0),
+], ids=["ctrl-c", "kill-after-rows-logged", "no-state-saved", "four-kills"])
+def test_resume_after_kills_gives_the_rows_and_numbers_of_an_uninterrupted_run(
+        tmp_path, resume_reference, kills, checkpoint_seconds):
+    folder = make_folder_with_broken(tmp_path / "imgs", 12, BROKEN)
     suite = tmp_path / "s.yaml"
     suite.write_text(textwrap.dedent(f"""\
         name: resume
         data: ["folder:{folder}"]
         resolution: 32
         batch_size: 2
-        checkpoint_seconds: 0
-        metrics: [psnr, ssim, bpp, speed]
+        checkpoint_seconds: {checkpoint_seconds}
+        num_workers: 0
+        metrics: {RESUME_METRICS}
         tokenizers: [killer-jpeg]
         """))
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    env = {**os.environ, "KILL_AT": "4", "KILL_HOW": how}  # warm-up + 3 batches: stops mid data set
     cmd = [sys.executable, str(script), "run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if how == "kill":
-        assert first.returncode == 137, first.stderr
-    else:  # stops at the end of the batch, with its state saved, and says how to go on
-        assert first.returncode == 130, first.stderr
-        assert "interrupted; re-run the same command to resume" in first.stderr
-    job_dir = next((tmp_path / "run" / "jobs").iterdir())
-    assert (job_dir / "state.pt").is_file() and not (job_dir / "summary.json").exists()
-    partial = read_rows(job_dir / "rows.jsonl")
-    assert 0 < len(partial) < 9
-
-    env["KILL_AT"] = "0"
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "resuming" in second.stdout
+    for how, at in kills:
+        done = subprocess.run(cmd, env={**os.environ, "KILL_AT": str(at), "KILL_HOW": how}, capture_output=True,
+                              text=True, timeout=300)
+        if how.endswith("exit"):
+            assert done.returncode == 137, done.stderr
+        else:  # stops at the end of the batch, with its state saved, and says how to go on
+            assert done.returncode == 130, done.stderr
+            assert "interrupted; re-run the same command to resume" in done.stderr
+        job_dir = next((tmp_path / "run" / "jobs").iterdir())
+        assert not (job_dir / "summary.json").exists()
+        assert 0 < len(read_rows(job_dir / "rows.jsonl"))
+        assert (job_dir / "state.pt").is_file() == (checkpoint_seconds == 0)
+    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("resuming" in done.stdout) == (checkpoint_seconds == 0)
     resumed = read_rows(job_dir / "rows.jsonl")
     summary = json.loads((job_dir / "summary.json").read_text())
 
-    clean = subprocess.run([*cmd[:-3], "--out", str(tmp_path / "clean"), "--quiet"], env=env, capture_output=True,
-                           text=True, timeout=300)
-    assert clean.returncode == 0, clean.stderr
-    clean_dir = next((tmp_path / "clean" / "jobs").iterdir())
-    reference = read_rows(clean_dir / "rows.jsonl")
-    ref_summary = json.loads((clean_dir / "summary.json").read_text())
-
-    assert [r["index"] for r in resumed] == sorted({r["index"] for r in resumed})  # no duplicates
-    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
-    assert strip(resumed) == strip(reference)
-    for key in ("psnr", "ssim", "bpp", "bits_per_image"):
-        assert summary["results"][key] == pytest.approx(ref_summary["results"][key], rel=1e-12)
-    assert summary["images_skipped"] == ref_summary["images_skipped"] == 1
+    reference, ref_summary = resume_reference
+    assert [r["index"] for r in resumed] == [p for p in range(12) if p not in BROKEN]  # each once, in order
+    assert resumed == reference
+    for key in ("psnr", "psnr_std", "ssim", "ssim_std", "bpp", "bits_per_image"):
+        assert summary["results"][key] == pytest.approx(ref_summary["results"][key], rel=1e-12), key
+    assert summary["images_evaluated"] == 10
+    assert sorted(f["index"] for f in summary["skipped_files"]) == sorted(BROKEN)
     assert not (job_dir / "state.pt").exists()
 
 
 def test_suite_validation_messages(tmp_path):
     from tokbench.core import TokbenchError
 
-    with pytest.raises(TokbenchError, match="unknown suite keys"):
+    with pytest.raises(TokbenchError, match=r"batchsize: Extra inputs are not permitted \(got 3\)"):
         parse_suite({"tokenizers": ["jpeg"], "batchsize": 3})
-    with pytest.raises(TokbenchError, match="lists no tokenizers"):
+    with pytest.raises(TokbenchError, match="tokenizers: Field required"):
         parse_suite({"data": ["samples"]})
-    with pytest.raises(TokbenchError, match="sweep 'quality' must be a non-empty list"):
+    with pytest.raises(TokbenchError, match=r"tokenizers\[0\].sweep.quality: Input should be a valid list"):
         parse_suite({"tokenizers": [{"name": "jpeg", "sweep": {"quality": 5}}]})
     with pytest.raises(TokbenchError, match="does not exist"):
         load_suite(tmp_path / "nope.yaml")
 
 
-def test_missing_data_set_is_a_skip_not_a_crash(tmp_path):
+def test_missing_data_set_fails_the_job_not_the_run(tmp_path):
     suite = parse_suite({"name": "x", "data": ["imagenet-val:${TOKBENCH_NO_SUCH_VAR}"], "tokenizers": ["jpeg-q50"],
                          "metrics": ["psnr"]})
     (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
-    assert summary["status"] == "skipped" and "unset" in summary["reason"]
+    assert summary["status"] == "failed" and "unset" in summary["reason"]
 
 
 def test_shipped_suites_parse():
@@ -223,6 +266,8 @@ def test_shipped_suites_parse():
     files = sorted(root.rglob("*.yaml"))
     assert any(f.name == "quick.yaml" for f in files)
     for f in files:
+        if f.parent.name == "generation":  # `tokbench gen-suite` files (tests/test_gen_eval.py)
+            continue
         s = load_suite(f)
         assert s.tokenizers and s.metrics, f
 
@@ -297,21 +342,136 @@ def test_glob_entries_stand_for_the_variants_present(tmp_path, monkeypatch):
     assert names == [("jpeg-q50", {}), ("titok-l32", {}), ("janus-pro-1b-vq", {"dtype": "bfloat16"})]
 
 
-def test_a_run_from_another_environment_is_measured_again_not_resumed(tmp_path):
+def test_a_run_from_another_environment_is_moved_aside_never_deleted(tmp_path):
     folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
     suite = parse_suite({"name": "env", "data": [f"folder:{folder}"], "resolution": 32, "metrics": ["psnr"],
                          "tokenizers": ["jpeg-q40"]})
     out = tmp_path / "run"
     logs: list[str] = []
     run_suite(suite, out, progress=False, log=logs.append)
+    record = json.loads((out / "run.json").read_text())
+    record["device"]["torch_threads"] += 7  # timings only: still resumed
+    record["device"]["cpu_count"] = 1000
+    record["versions"]["python"] = "2.7.18"
+    (out / "run.json").write_text(json.dumps(record))
     run_suite(suite, out, progress=False, log=logs.append)
-    assert "already done" in logs[-1]  # same machine: resumed
+    assert "already done" in logs[-1] and not list(tmp_path.glob("run.*"))
+
     record = json.loads((out / "run.json").read_text())
     record["versions"]["torch"] = "0.0-elsewhere"
+    record["created"] = "2024-01-02T03:04:05+0000"
     (out / "run.json").write_text(json.dumps(record))
     (marker := next((out / "jobs").iterdir()) / "from-elsewhere").write_text("x")
     logs.clear()
     (summary,) = run_suite(suite, out, progress=False, log=logs.append)
-    assert "measuring again here" in logs[0] and summary["status"] == "ok" and "already done" not in logs[-1]
-    assert not marker.exists()
+    kept = tmp_path / "run.20240102-030405"
+    assert f"moved the previous run to {kept}" in logs[0] and "torch 0.0-elsewhere -> " in logs[0]
+    assert summary["status"] == "ok" and "already done" not in logs[-1]
+    assert (kept / "jobs" / marker.parent.name / "from-elsewhere").read_text() == "x"  # kept, whole
+    assert (kept / "jobs" / marker.parent.name / "summary.json").is_file() and not marker.exists()
+    assert json.loads((kept / "run.json").read_text())["versions"]["torch"] == "0.0-elsewhere"
     assert json.loads((out / "run.json").read_text())["versions"]["torch"] != "0.0-elsewhere"
+
+    # --fresh measures again on the same machine, also keeping the previous run
+    logs.clear()
+    assert cli(["run", str(suite_file(tmp_path, suite)), "--out", str(out), "--quiet", "--fresh"]) == 0
+    assert len(list(tmp_path.glob("run.*"))) == 2
+
+
+def suite_file(tmp_path: Path, suite) -> Path:
+    import yaml
+
+    path = tmp_path / f"{suite.name}.yaml"
+    d = suite.as_dict()
+    d.pop("path")
+    d["tokenizers"] = [t.name for t in suite.tokenizers]
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _one_job(tmp_path, **suite_fields) -> dict:
+    suite = parse_suite({"name": "one", "resolution": 32, "batch_size": 2, "metrics": ["psnr"],
+                         "tokenizers": ["jpeg-q40"], **suite_fields})
+    (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    return summary
+
+
+def test_a_folder_of_unreadable_images_fails_the_job(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"x{i}.png").write_bytes(b"not a png")
+    summary = _one_job(tmp_path, data=[f"folder:{folder}"])
+    assert summary["status"] == "failed"
+    assert "no image of folder:" in summary["reason"] and "3 unreadable" in summary["reason"]
+    assert not (tmp_path / "run" / "jobs" / summary["job"] / "summary.json").exists()  # a re-run retries it
+
+
+_CALLS = {"n": 0}
+
+
+@register_metric("fails-on-second-batch")
+class _FailsOnSecondBatch(BenchMetric):
+    name = "fails_on_second_batch"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.add_state("n", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, batch):
+        if int(self.n) >= 2:
+            raise ValueError("a bug on the second batch")
+        self.n += len(batch.index)
+        self.last_rows = {}
+
+    def compute(self):
+        return {"fails_on_second_batch": float(self.n)}
+
+
+def test_a_metric_that_raises_mid_run_fails_the_job(tmp_path):
+    folder = make_folder(tmp_path / "imgs", n=5, corrupt=False)
+    summary = _one_job(tmp_path, data=[f"folder:{folder}"], metrics=["psnr", "fails-on-second-batch"])
+    assert summary["status"] == "failed"
+    assert "metric fails-on-second-batch failed on images [2, 3]: ValueError: a bug" in summary["reason"]
+    # a metric that cannot apply for want of its network is a counted skip, not a failure
+    summary = _one_job(tmp_path, data=[f"folder:{folder}"], metrics=["psnr", "lpips"])
+    assert summary["status"] == "ok" and "lpips" in summary["metric_skips"]
+
+
+def test_an_unknown_protocol_stops_the_run_before_any_job(tmp_path):
+    from tokbench.core import TokbenchError
+
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    for fields in ({"protocol": "resize-crpo"}, {"tokenizers": [{"name": "jpeg-q40", "protocol": "nope"}]}):
+        with pytest.raises(TokbenchError, match="unknown preprocessing protocol"):
+            _one_job(tmp_path, data=[f"folder:{folder}"], **fields)
+        assert not (tmp_path / "run" / "run.json").exists()
+
+
+class _Takes:
+    def __init__(self, quality: int = 1) -> None:
+        self.quality = quality
+
+
+def _genuine(variant=None, weights=None, config=None, device="cpu", **options):
+    return _Takes(**options)
+
+
+def _buggy(variant=None, weights=None, config=None, device="cpu", **options):
+    return _Takes(quality=int(None))  # a bug: TypeError from inside the builder
+
+
+register_family(Family("options-test-genuine", build=_genuine))
+register_family(Family("options-test-buggy", build=_buggy))
+
+
+def test_only_a_genuine_options_mismatch_is_bad_options(tmp_path):
+    folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
+    genuine = _one_job(tmp_path, data=[f"folder:{folder}"],
+                       tokenizers=[{"name": "options-test-genuine", "options": {"qualty": 3}}])
+    assert genuine["status"] == "failed" and "bad options for options-test-genuine" in genuine["reason"]
+    assert "qualty" in genuine["reason"]
+    buggy = _one_job(tmp_path, data=[f"folder:{folder}"],
+                     tokenizers=[{"name": "options-test-buggy", "options": {"quality": 3}}])
+    assert buggy["status"] == "failed" and "bad options" not in buggy["reason"]
+    assert "TypeError while building options-test-buggy" in buggy["reason"] and "int(None)" in buggy["reason"]

@@ -155,16 +155,21 @@ def test_wrong_image_size_is_refused(odp):
 # ---------------------------------------------------------------------------------------------- TiTok
 
 
-def test_titok_ids_and_decode_match_official(titok, titok_io):
-    tokens = titok.encode(titok_io["input"])
-    assert torch.equal(tokens.ids, titok_io["indices"][:, 0])
+def _check_titok_against_official(tok, io):
+    tokens = tok.encode(io["input"])
+    assert torch.equal(tokens.ids, io["indices"][:, 0])
     with torch.inference_mode():
-        z = titok.model.encode_latents(titok_io["input"])
-    torch.testing.assert_close(z, titok_io["encoder_latents"], atol=1e-4, rtol=0)
-    out = titok.decode(tokens)
-    ref = titok_io["recon"].clamp(0, 1)
+        z = tok.model.encode_latents(io["input"])
+    torch.testing.assert_close(z, io["encoder_latents"], atol=1e-4, rtol=0)
+    out = tok.decode(tokens)
+    ref = io["recon"].clamp(0, 1)
+    assert out.shape == ref.shape
     assert (out - ref).abs().max().item() < 5e-4
-    assert (titok_io["recon"] < 0).any() and (titok_io["recon"] > 1).any()
+    assert (io["recon"] < 0).any() and (io["recon"] > 1).any()
+
+
+def test_titok_ids_and_decode_match_official(titok, titok_io):
+    _check_titok_against_official(titok, titok_io)
 
 
 def test_titok_spec_and_strict_length(titok, titok_io):
@@ -267,3 +272,42 @@ def test_resize_crop_protocol_is_the_official_eval_transform():
         img = Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8))
         ours = get_protocol("resize-crop").fn(img, 64)
         assert np.array_equal(np.asarray(ours), np.asarray(official(img)))
+
+
+# ------------------------------------------------------------------------- alternative configs (regression)
+# tests/data/{one_d_piece,titok}_alt/: made with the official code like the golden fixtures, with other sizes
+# and seed (non-square ViT ratios, decoder patch != encoder patch, 2-level pixel decoder, batch 2 / 3), so a
+# loader right only for config A fails here. See their READMEs.
+
+ODP_ALT = DATA / "one_d_piece_alt"
+TITOK_ALT = DATA / "titok_alt"
+
+
+def test_one_d_piece_alt_config_every_prefix():
+    tok = tokbench.load_tokenizer(
+        "one-d-piece", weights=ODP_ALT / "pytorch_model.bin", config=ODP_ALT / "config.json"
+    )
+    io = load_file(str(ODP_ALT / "io.safetensors"))
+    ref = io["indices"][:, 0]
+    k_max = ref.shape[1]
+    assert tok.spec.tokens_per_image == k_max and tok.spec.resolution == io["input"].shape[-1]
+    with torch.inference_mode():
+        z = tok.model.encode_latents(io["input"])
+        for k in (1, 5, 10):
+            logits = tok.model.decode_logits(tok.model.quantize.lookup(ref[:, :k]))
+            torch.testing.assert_close(logits, io[f"logits_k{k}"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(z, io["encoder_latents"], atol=1e-4, rtol=0)
+    assert _ks(io) == list(range(1, k_max + 1))
+    for k in _ks(io):
+        tokens = tok.encode(io["input"], n_tokens=k)
+        assert torch.equal(tokens.ids, ref[:, :k])
+        out = tok.decode(tokens)
+        assert (out - io[f"recon_k{k}"].clamp(0, 1)).abs().max().item() < 5e-4, f"k={k}"
+    assert (io["recon_k1"] < 0).any() and (io["recon_k1"] > 1).any()
+
+
+@pytest.mark.parametrize("folder", [TITOK_ALT, DATA / "titok_alt_patch"], ids=lambda p: p.name)
+def test_titok_alt_config(folder):
+    # titok_alt_patch: a patch that does not divide the image (36 px, patch 8): upstream floors the grid.
+    tok = tokbench.load_tokenizer("titok", weights=folder / "model.safetensors", config=folder / "config.json")
+    _check_titok_against_official(tok, load_file(str(folder / "io.safetensors")))

@@ -1,6 +1,7 @@
 """TokenFlow (CLIP-B and SigLIP paths) against outputs of the official upstream code.
 
-Golden fixtures (tests/data/{tokenflow,tokenflow_siglip}/, see their READMEs): tiny random-weight
+Golden fixtures (tests/data/{tokenflow,tokenflow_siglip}/, see their READMEs; tokenflow_alt/ is a
+regression fixture made the same way with other sizes): tiny random-weight
 checkpoints in the release layout (`{"model": sd}`; SigLIP tower under transformers-4
 `encoder_vqkd.vision_model.*`), the config (official ModelArgs + explicit sizes), the inputs, and
 what the official `vq_model.TokenFlow` produced: shared ids, features, reconstructions; plus
@@ -34,9 +35,13 @@ from tokbench.tokenizers.tokenflow import (
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "tokenflow"
 SIGLIP = DATA / "tokenflow_siglip"
+CLIP_ALT = DATA / "tokenflow_alt"
 CASES = {
     "clip": (CLIP, "tokenflow_clipb_32k_enhanced.pt", 1e-4),
     "siglip": (SIGLIP, "tokenflow_siglip_32k.pt", 1e-3),
+    # Other sizes than `clip` (no pos-embed interpolation 12 -> 14 grid, 8 scales, one CNN halving,
+    # plain decoder with 1 res block per level, batch 3); made with the official code, see its README.
+    "clip_alt": (CLIP_ALT, "tokenflow_clipb_32k_enhanced.pt", 1e-4),
 }
 
 
@@ -144,7 +149,7 @@ def test_preprocessing_protocols_reproduce_official_inputs():
 def test_spec_and_preprocessing_per_teacher(case):
     spec = case["tok"].spec
     assert spec.family == "tokenflow"
-    assert spec.preprocessing == ("adm-center-crop" if case["name"] == "clip" else "pad-square")
+    assert spec.preprocessing == ("pad-square" if case["name"] == "siglip" else "adm-center-crop")
     assert spec.resolution == case["images"].shape[-1]
     assert spec.bits_per_token == pytest.approx(math.log2(spec.codebook_size))
 
@@ -271,5 +276,5 @@ def test_variants_registered():
     names = tokbench.list_tokenizers("tokenflow-*")
     assert names == ["tokenflow-clipb-32k-enhanced", "tokenflow-siglip-32k"]
     for v in VARIANTS:
-        assert v.weights.repo_id == "ByteFlow-AI/TokenFlow"
+        assert v.weights.repo_id == "ByteVisionLab/TokenFlow" and v.weights.licence.startswith("MIT")
         assert set(v.published) == {"rfid_pytorch_fid", "psnr_llamagen", "ssim_llamagen"}

@@ -318,3 +318,101 @@ def random_init(
                 else:
                     p.normal_(0.0, std)
     return module
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lightning EMA copies (taming / latent-diffusion `LitEma`): raw weights and `model_ema.*` side by side
+# ---------------------------------------------------------------------------------------------------
+
+LIT_EMA_PREFIX = "model_ema."
+LIT_EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
+
+
+def lit_ema_key(name: str) -> str:
+    """`LitEma`'s buffer name for parameter `name`: 'model_ema.' + the name without dots."""
+    return LIT_EMA_PREFIX + name.replace(".", "")
+
+
+def has_lit_ema(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(LIT_EMA_PREFIX) and k not in LIT_EMA_BOOKKEEPING for k in state_dict)
+
+
+def select_lit_ema(
+    state_dict: Mapping[str, torch.Tensor], names: Iterable[str], *, ema: bool, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """The raw weights of a Lightning checkpoint with the EMA copies left out (`ema=False`), or the
+    same names filled from their `model_ema.*` copies (`ema=True`, what `ema_scope()` does).
+
+    `names` are the model's own parameter names: the dot-free EMA names are mapped back through them
+    (refused if two collapse onto one). A parameter without an EMA copy is an error, never a silent mix.
+    """
+    names = list(names)
+    raw = {k: v for k, v in state_dict.items() if not k.startswith(LIT_EMA_PREFIX)}
+    if not ema:
+        return raw
+    by_ema: dict[str, str] = {}
+    for n in names:
+        key = lit_ema_key(n)
+        if key in by_ema:
+            raise CheckpointError(f"parameters {by_ema[key]!r} and {n!r} share the EMA name {key!r}")
+        by_ema[key] = n
+    if not has_lit_ema(state_dict):
+        raise CheckpointError(
+            f"{source} holds no EMA weights (no model_ema.* entries); load it with ema=False to use its raw "
+            "weights, or pass the release's Lightning checkpoint"
+        )
+    missing = [n for k, n in by_ema.items() if k not in state_dict]
+    if missing:
+        raise CheckpointError(
+            f"{source} lacks the EMA copies of {len(missing)} parameters: {_summarise(missing)}; "
+            "check the config, or load with ema=False for the raw weights"
+        )
+    # parameters come from their EMA copies; anything else (buffers, unexpected keys) stays raw
+    own = set(names)
+    out = {k: v for k, v in raw.items() if k not in own}
+    out.update({n: state_dict[k] for k, n in by_ema.items()})
+    # EMA copies of parameters the model lacks stay under their own names: load_strict reports them
+    out.update({k: v for k, v in state_dict.items() if k.startswith(LIT_EMA_PREFIX) and k not in by_ema})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a checkpoint of the wrong family is, in words
+# ---------------------------------------------------------------------------------------------------
+
+# Distinctive key patterns of the tokenizers a user may confuse with each other -> what they are.
+_SIGNATURES: tuple[tuple[Callable[[set[str]], bool], str], ...] = (
+    (lambda ks: any(k.startswith(("quantize.quant_resi.", "quantize.ema_vocab_hit_SV")) for k in ks),
+     "a VAR multi-scale VQVAE (quantize.quant_resi.*): load it with 'var-vqvae'"),
+    (lambda ks: any(k.startswith("encoder_vqkd.") for k in ks),
+     "a TokenFlow model (encoder_vqkd.*): load it with 'tokenflow'"),
+    (lambda ks: any(k == "latent_tokens" or k.endswith(".latent_tokens") for k in ks),
+     "a TiTok / One-D-Piece model (latent_tokens): load it with 'titok' or 'one-d-piece'"),
+    (lambda ks: any(k.startswith("decoder.adaptive.") for k in ks),
+     "an Open-MAGVIT2 LFQ tokenizer (decoder.adaptive.*): load it with 'open-magvit2'"),
+    (lambda ks: any(k.startswith("encoder.mid_block.") for k in ks),
+     "a legacy Open-MAGVIT2 'B' LFQ tokenizer (encoder.mid_block.*, no decoder.adaptive.*): load it with "
+     "'open-magvit2-256-b' / 'open-magvit2-128-b' or config legacy: true"),
+    (lambda ks: any(k.startswith("encoder.conv_blocks.") for k in ks),
+     "a LlamaGen / Janus VQ tokenizer (encoder.conv_blocks.*): load it with 'llamagen-vq'"),
+    (lambda ks: any(k.startswith("gen_vision_model.") for k in ks),
+     "a Janus model file (gen_vision_model.*): load its tokenizer with 'llamagen-vq'"),
+    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks and has_lit_ema(
+        dict.fromkeys(ks)), "an IBQ / taming VQGAN with EMA copies (quantize.embedding.weight, model_ema.*): "
+     "load it with 'ibq'"),
+    (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks,
+     "a taming VQGAN without EMA copies (quantize.embedding.weight, encoder.mid.*): e.g. 'chameleon-vqgan', "
+     "or 'ibq' with ema=False"),
+    (lambda ks: any(k.startswith(("vision_model.", "visual.")) for k in ks),
+     "a vision-encoder checkpoint (vision_model.* / visual.*), not an image tokenizer with a decoder"),
+)  # fmt: skip
+
+
+def describe_checkpoint(keys: Iterable[str]) -> str:
+    """What a checkpoint's keys look like, in words (for errors about a file of the wrong family)."""
+    ks = set(keys)
+    for test, what in _SIGNATURES:
+        if test(ks):
+            return what
+    shown = ", ".join(sorted(ks)[:6]) or "(no tensors)"
+    return f"an unrecognised checkpoint (first keys: {shown})"

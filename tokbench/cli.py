@@ -1,4 +1,10 @@
-"""Command line: `tokbench run | report | list | info | fetch | geneval`."""
+"""Command line: `tokbench run | report | list | info | fetch | geneval | generate | gen-eval | gen-suite`.
+
+Exit status, the same for every subcommand: 0 when everything asked for was done (jobs completed, or
+skipped because their weights are not on this machine); 1 when something failed while running (a job
+failed, a download failed; with `run --strict` also any skip); 2 when the command or suite cannot run
+at all (bad arguments, an invalid suite, a folder that is not a run); 130 on Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -18,31 +24,63 @@ def _default_suite() -> Path:
     raise TokbenchError(f"no suite given and {DEFAULT_SUITE} not found; pass a suite YAML file")
 
 
+def _suite_kind(path: Path) -> str | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_suite reports it
+    return data.get("kind") if isinstance(data, dict) else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
+    from .runfolder import writer_lock
     from .runner import run_suite
-    from .suite import load_suite
+    from .suite import parse_suite, read_suite_file
 
     suite_path = Path(args.suite) if args.suite else _default_suite()
-    suite = load_suite(suite_path)
-    if args.device:
-        suite.device = args.device
-    if args.batch_size:
-        suite.batch_size = args.batch_size
-    if args.limit is not None:
-        for d in suite.data:
-            d.limit = args.limit
+    if suite_path.parent.name == "generation" or _suite_kind(suite_path) == "generation":
+        from .generation.commands import cmd_gen_suite
+
+        return cmd_gen_suite(argparse.Namespace(suite=str(suite_path), out=args.out, limit=args.limit,
+                                                quiet=args.quiet))  # fmt: skip
+    raw = read_suite_file(suite_path)
+    if isinstance(raw, dict):  # command-line settings are checked with the suite's own (nothing runs before)
+        raw = {**raw, **({"device": args.device} if args.device else {}),
+               **({"batch_size": args.batch_size} if args.batch_size is not None else {})}
+        if args.data:
+            raw["data"] = list(args.data)
+        if args.limit is not None:
+            raw["data"] = [{"source": d, "limit": args.limit} if isinstance(d, str) else {**d, "limit": args.limit}
+                           for d in raw.get("data") or ["samples"]]
+    suite = parse_suite(raw, str(suite_path), open_data=True, extra_tokenizers=args.tokenizers)
+    if suite.prefetch and not args.no_download:
+        from .first_run import prefetch
+
+        prefetch(suite.prefetch)
     out = Path(args.out) if args.out else Path("results") / suite.name
     print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
-    summaries = run_suite(suite, out, tokenizers=args.tokenizers, data=args.data, progress=not args.quiet)
-    report = write_report(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):  # the run and its report, with no other writer in between
+        summaries = run_suite(suite, out, tokenizers=args.tokenizers, progress=not args.quiet,
+                              fresh=args.fresh)
+        report = write_report(out)
     print()
     print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
           if (report / "report.md").is_file() else "")
-    ok = sum(s["status"] == "ok" for s in summaries)
-    print(f"\n{ok}/{len(summaries)} jobs done; report: {report / 'index.html'} (also report.md, summary.csv, "
-          f"summary.tex)")
-    return 0
+    print(f"\nreport: {report / 'index.html'} (also report.md, summary.csv, summary.tex)")
+    return run_outcome(summaries, strict=args.strict)
+
+
+def run_outcome(summaries: list[dict], strict: bool = False) -> int:
+    """Print the last line (jobs completed, skipped, failed) and return the exit status."""
+    count = {status: sum(s["status"] == status for s in summaries) for status in ("ok", "skipped", "failed")}
+    code = 1 if count["failed"] or (strict and count["skipped"]) else 0
+    why = " (--strict: skips fail)" if strict and count["skipped"] and not count["failed"] else ""
+    print(f"tokbench: {count['ok']} completed, {count['skipped']} skipped, {count['failed']} failed{why}")
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -102,16 +140,32 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .weights import fetch, get_artifact
+    from .fetch_record import record_path, verify_files
+    from .weights import WeightsUnavailable, fetch, get_artifact
 
     to = Path(args.to) if args.to else None
-    for name in args.names:
-        paths = fetch(get_artifact(name), to=to)
+    wanted = [get_artifact(name) for name in args.names]  # an unknown name stops everything (exit 2)
+    failed = []
+    for name, artifact in zip(args.names, wanted):
+        try:
+            paths = fetch(artifact, to=to)
+        except WeightsUnavailable as e:
+            print(f"tokbench: {name}: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
         for p in paths:
             print(f"{name}: {p}")
-    if to is not None:
+        if args.verify and (changed := verify_files(artifact.name, paths, to)):
+            print("\n".join(f"tokbench: {name}: {line}" for line in changed), file=sys.stderr)
+            failed.append(name)
+    if to is not None and len(failed) < len(wanted):
         print(f"\npoint tokbench at them with: export TOKBENCH_WEIGHTS={to.resolve()}")
-    return 0
+    if args.verify:
+        print(f"sha256 of the files: {record_path(to)}")
+    print(f"tokbench: {len(wanted) - len(failed)} fetched{' and verified' if args.verify else ''}, "
+          f"{len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,11 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", nargs="+", help="data sets instead of the suite's: samples, folder:PATH, "
                    "imagenet-val:PATH")
     r.add_argument("--out", help="run folder (default results/<suite name>); re-running resumes it on the same "
-                   "machine and measures again on another")
+                   "machine; one made with another device kind or package versions is moved aside to a dated "
+                   "sibling and measured again")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps, auto")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--limit", type=int, help="at most this many images per data set")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--no-download", action="store_true", help="do not fetch the suite's `prefetch` weights "
+                   "(the quick suite's first-run tokenizers)")
+    r.add_argument("--strict", action="store_true", help="exit 1 also when a job is skipped (weights not here)")
+    r.add_argument("--fresh", action="store_true", help="measure everything again: the folder's previous run is "
+                   "moved to a dated sibling, never deleted")
     r.set_defaults(fn=cmd_run)
 
     rep = sub.add_parser("report", help="(re)build the report of a run folder")
@@ -147,11 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     fe = sub.add_parser("fetch", help="download weights ahead of time (for offline machines)")
     fe.add_argument("names", nargs="+", help="tokenizer variants or metric artifacts (see tokbench list)")
     fe.add_argument("--to", help="put files in DIR/<name>/ (then export TOKBENCH_WEIGHTS=DIR)")
+    fe.add_argument("--verify", action="store_true", help="record the sha256 of each file the first time, and "
+                    "check it against the record every later time (a replaced or truncated file fails)")
     fe.set_defaults(fn=cmd_fetch)
 
     from .geneval.cli import add_parser as add_geneval_parser  # its own module: GenEval scoring
 
     add_geneval_parser(sub)
+    from .generation.commands import add_commands  # generate, gen-eval, gen-suite
+
+    add_commands(sub)
     return p
 
 

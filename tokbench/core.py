@@ -7,6 +7,7 @@ them into whatever its model expects (e.g. [-1, 1]) inside `encode` and back ins
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -15,6 +16,13 @@ import torch
 
 class TokbenchError(Exception):
     """A user-facing error: the message says what was wrong and what to do next."""
+
+
+def is_options_mismatch(error: TypeError, options: Any) -> bool:
+    """Whether `error` says a call refused one of the user's option names (`options`), as opposed to a
+    TypeError from a bug inside the called code, which must surface as one."""
+    m = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+    return m is not None and m.group(1) in set(options)
 
 
 def check_images(images: torch.Tensor, *, what: str = "images") -> torch.Tensor:

@@ -78,6 +78,14 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def resize_short_side(img: Image.Image, short: int, resample: int) -> Image.Image:
+    """torchvision `Resize(short)` on a PIL image: the short side becomes `short`, the long one
+    int(short * long / short_side) (truncated, as `_compute_resized_output_size` does)."""
+    w, h = img.size
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    return img.resize(new, resample=resample)
+
+
 @register_protocol(
     "adm-center-crop",
     "ADM/LlamaGen: halve with BOX while the short side >= 2x target, BICUBIC-resize the short side to the "
@@ -101,13 +109,7 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
     "(torchvision Resize(size, BICUBIC) + CenterCrop(size) on PIL images)",
 )
 def resize_crop(img: Image.Image, size: int) -> Image.Image:
-    img = drop_alpha(img)
-    w, h = img.size
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return center_crop(img.resize(new, resample=Image.BICUBIC), size)
+    return center_crop(resize_short_side(drop_alpha(img), size, Image.BICUBIC), size)
 
 
 @register_protocol("resize", "both sides resized to the target with PIL BICUBIC (aspect ratio not kept)")

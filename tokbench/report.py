@@ -9,45 +9,99 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .core import TokbenchError
 from .runner import read_rows, short_reason, write_json
 
-# Columns of the main table: (result key, header, format).
+# Columns of the main table: (result key, header, unit). Values are formatted by their unit.
 MAIN_COLUMNS = [
-    ("tokens_per_image", "tokens/img", "{:.0f}"),
-    ("bpp", "bpp", "{:.4f}"),
-    ("psnr", "PSNR (dB)", "{:.2f}"),
-    ("ssim", "SSIM", "{:.4f}"),
-    ("ms_ssim", "MS-SSIM", "{:.4f}"),
-    ("lpips", "LPIPS", "{:.4f}"),
-    ("lpips_vgg", "LPIPS-VGG", "{:.4f}"),
-    ("rfid", "rFID", "{:.3f}"),
-    ("rfid_torch_fidelity", "rFID (ADM)", "{:.3f}"),
-    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "{:.3f}"),
-    ("psnr_llamagen", "PSNR* (dB)", "{:.2f}"),
-    ("ssim_llamagen", "SSIM*", "{:.4f}"),
-    ("semantic_similarity", "sem. sim.", "{:.4f}"),
-    ("zeroshot_top1", "0-shot top-1", "{:.2%}"),
-    ("zeroshot_top1_recon", "0-shot top-1 recon", "{:.2%}"),
-    ("clip_score", "CLIP-score", "{:.2f}"),
-    ("codebook_usage", "code usage", "{:.1%}"),
-    ("code_perplexity", "perplexity", "{:.1f}"),
-    ("encode_images_per_s", "enc img/s", "{:.1f}"),
-    ("decode_images_per_s", "dec img/s", "{:.1f}"),
-    ("peak_memory_mb", "peak MiB", "{:.0f}"),
+    ("tokens_per_image", "tokens/img", "count"),
+    ("bpp", "bpp", "bits per pixel"),
+    ("latent_values_per_pixel", "latent values/px", "values per pixel"),
+    ("psnr", "PSNR (dB)", "dB"),
+    ("ssim", "SSIM", "index"),
+    ("ms_ssim", "MS-SSIM", "index"),
+    ("lpips", "LPIPS", "index"),
+    ("lpips_vgg", "LPIPS-VGG", "index"),
+    ("rfid", "rFID", "FID"),
+    ("rfid_torch_fidelity", "rFID (ADM)", "FID"),
+    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "FID"),
+    ("psnr_llamagen", "PSNR* (dB)", "dB"),
+    ("ssim_llamagen", "SSIM*", "index"),
+    ("semantic_similarity", "sem. sim.", "index"),
+    ("zeroshot_top1", "0-shot top-1", "percent"),  # the metric reports % already
+    ("zeroshot_top1_recon", "0-shot top-1 recon", "percent"),
+    ("clip_score", "CLIP-score", "score"),
+    ("codebook_usage", "code usage", "fraction"),  # 0..1, shown as %
+    ("code_perplexity", "perplexity", "score"),
+    ("encode_images_per_s", "enc img/s", "per second"),
+    ("decode_images_per_s", "dec img/s", "per second"),
+    ("peak_memory_mb", "peak MiB", "MiB"),
 ]
+# Which way is better, for marking the best value of each column (rate columns are the axis, not a score).
+HIGHER_IS_BETTER = {"psnr", "ssim", "ms_ssim", "psnr_llamagen", "ssim_llamagen", "semantic_similarity", "zeroshot_top1",
+                    "zeroshot_top1_recon", "clip_score", "codebook_usage", "code_perplexity", "encode_images_per_s",
+                    "decode_images_per_s"}
+LOWER_IS_BETTER = {"lpips", "lpips_vgg", "rfid", "rfid_torch_fidelity", "rfid_pytorch_fid", "peak_memory_mb"}
+UNIT_FORMATS = {
+    "count": "{:.0f}", "bits per pixel": "{:.4f}", "dB": "{:.2f}", "index": "{:.4f}", "FID": "{:.3f}",
+    "percent": "{:.2f}%", "fraction": "{:.1%}", "score": "{:.2f}", "MiB": "{:.0f}", "values per pixel": "{:.4f}",
+}
+
+
+def format_value(value: Any, unit: str) -> str:
+    """A number as the report prints it in `unit` (see UNIT_FORMATS); '' for missing values. Rates
+    keep three significant digits (CPU rows are well under 1 image/s) without an exponent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    try:
+        if unit == "per second":
+            v = float(value)
+            if v == 0 or abs(v) >= 100:
+                return f"{v:.0f}"
+            return f"{v:.{2 - math.floor(math.log10(abs(v)))}f}"
+        return UNIT_FORMATS[unit].format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
 CODEC_FAMILIES = {"codec"}
+CONTINUOUS_NOTE = (
+    "continuous latents (no codebook): bpp counts C*h*w latent values at the stated storage precision "
+    "(tokbench convention, no quantisation or entropy coding), not comparable to VQ bits"
+)
+
+
+def _continuous(r: Any) -> bool:
+    """A result row of a continuous-latent tokenizer (its bpp is a storage convention, not a code length)."""
+    v = r.get("latent_values_per_pixel")
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def continuous_rate_lines(df: pd.DataFrame) -> list[str]:
+    """One line per continuous-latent tokenizer: latent values per pixel, storage bits and the resulting bpp."""
+    if "latent_values_per_pixel" not in df.columns:
+        return []
+    lines = []
+    for _, r in df.iterrows():
+        if _continuous(r):
+            label = r["tokenizer"] + (f" ({r['params']})" if r["params"] else "")
+            lines.append(f"- {label}: {r['latent_values_per_pixel']:.4f} latent values/px x "
+                         f"{r.get('latent_storage_bits', float('nan')):g} bits = {r['bpp']:.4f} bpp")
+    return lines
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The run record and one entry per job (summary, or skip record, or 'not run')."""
     run_path = run_dir / "run.json"
     if not run_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a tokbench run folder (no run.json)")
+        raise TokbenchError(f"{run_dir} is not a tokbench run folder (no run.json); give the --out folder of "
+                            "a `tokbench run`")
     run = json.loads(run_path.read_text())
     jobs = []
     for job_id in run.get("jobs", []):
@@ -86,21 +140,29 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _fmt(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and (math.isnan(value))):
-        return ""
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
+def best_rows(df: pd.DataFrame, key: str) -> set[int]:
+    """Positions of the rows holding the best value of column `key` among rows on the same data set
+    (none where the direction is not a score, or fewer than two rows have a value)."""
+    if key not in HIGHER_IS_BETTER | LOWER_IS_BETTER or key not in df.columns:
+        return set()
+    best: set[int] = set()
+    for _, group in df.reset_index(drop=True).groupby("data", sort=False):
+        values = pd.to_numeric(group[key], errors="coerce").dropna()
+        if len(values) < 2 or values.nunique() < 2:
+            continue
+        target = values.max() if key in HIGHER_IS_BETTER else values.min()
+        best |= set(values.index[values == target])
+    return best
 
 
 def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
-    """Formatted main table; published numbers, where a suite gives them, in brackets after ours."""
+    """Formatted main table; published numbers, where a suite gives them, in brackets after ours; the
+    best value of each score column (per data set) in **bold**."""
     published = {j["job"]: j.get("published") or {} for j in jobs if j.get("status") == "ok"}
     cols = [c for c in MAIN_COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
+    best = {key: best_rows(df, key) for key, _, _ in cols}
     rows = []
-    for _, r in df.iterrows():
+    for i, (_, r) in enumerate(df.iterrows()):
         res = r["resolution"]
         if pd.notna(r.get("eval_resolution")) and r.get("eval_resolution"):
             res = f"{res}->{int(r['eval_resolution'])}"  # metrics measured after a resize
@@ -110,10 +172,14 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         row = {"tokenizer": label, "data": r["data"],
                "res": res, "protocol": r["protocol"]}
         pub = published.get(r["job"], {})
-        for key, header, fmt in cols:
-            text = _fmt(r.get(key), fmt)
+        for key, header, unit in cols:
+            text = format_value(r.get(key), unit)
+            if i in best[key] and text:
+                text = f"**{text}**"
+            if key == "bpp" and text and _continuous(r):
+                text += " †"  # a storage convention, explained under the table
             if key in pub:
-                text += f" [{_fmt(pub[key], fmt)}]"
+                text += f" [{format_value(pub[key], unit)}]"
             row[header] = text
         rows.append(row)
     return pd.DataFrame(rows)
@@ -151,7 +217,9 @@ def _protocol_notes(jobs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[st
     for j in jobs:
         if j.get("status") != "ok":
             continue
-        metric_notes.update(j.get("metric_protocols", {}))
+        for k, v in j.get("metric_protocols", {}).items():
+            known = metric_notes.get(k, v)  # jobs may add to a note (bpp of continuous latents): keep the longer
+            metric_notes[k] = v if known in v else known if v in known else f"{known} | {v}"
         prep_notes[j["protocol"]] = j.get("protocol_description", "")
     return metric_notes, prep_notes
 
@@ -177,20 +245,40 @@ def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bp
     if metric not in df.columns or x not in df.columns or df[[x, metric]].dropna().empty:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    any_continuous = False
     for label, g in _curves(df, x, metric):
         codec = g["family"].iloc[0] in CODEC_FAMILIES
+        if x == "bpp" and _continuous(g.iloc[0]):  # own marker and line: a storage convention, not code bits
+            any_continuous = True
+            ax.plot(g[x], g[metric], ":", marker="s", markerfacecolor="none", label=f"{label} (continuous)")
+            continue
         ax.plot(g[x], g[metric], "--" if codec else "-", marker="o" if not codec else ".", label=label,
                 alpha=0.8 if codec else 1.0)
-    ax.set_xscale("log")
+    log_axis_plain_labels(ax.xaxis)
     ax.set_xlabel({"bpp": "bits per pixel", "tokens_per_image": "tokens per image"}.get(x, x))
     ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "rfid": "rFID"}.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="best",
+              title="open squares, dotted: continuous latents at\nstated storage bits (not VQ bits)"
+              if any_continuous else None, title_fontsize=6)
     ax.set_title(f"{metric.upper()} vs {'bits per pixel' if x == 'bpp' else 'tokens'}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def log_axis_plain_labels(axis) -> None:
+    """A log-scale axis labelled with plain numbers at 1, 2, 5 x 10^k (no unlabelled-minor clutter and no
+    "3x10^-1 4x10^-1" minor labels running into each other)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (axis.axes.set_xscale if axis.axis_name == "x" else axis.axes.set_yscale)("log")
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 99.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def throughput_plot(df: pd.DataFrame, path: Path) -> bool:
@@ -209,7 +297,7 @@ def throughput_plot(df: pd.DataFrame, path: Path) -> bool:
     for i, c in enumerate(cols):
         ax.barh([y + i * h for y in ypos], df[c].fillna(0), height=h, label=c.split("_")[0])
     ax.set_yticks([y + h * (len(cols) - 1) / 2 for y in ypos], names, fontsize=7)
-    ax.set_xscale("log")
+    log_axis_plain_labels(ax.xaxis)
     ax.set_xlabel(f"images / s ({df['device'].iloc[0]})")
     ax.legend(fontsize=8)
     ax.invert_yaxis()
@@ -265,10 +353,22 @@ def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, c
 # ----------------------------------------------------------------------------------------------
 
 
+def _bold(html_text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html_text)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report/{report.md, summary.csv, summary.tex, index.html, *.png} and
     RUN_DIR/rows.parquet (all per-image rows). Returns the report folder."""
+    from .runfolder import writer_lock
+
     run_dir = Path(run_dir)
+    load_run(run_dir)  # a clear error for a folder that is not a run, before taking its lock
+    with writer_lock(run_dir, what="report"):
+        return _write_report(run_dir)
+
+
+def _write_report(run_dir: Path) -> Path:
     run, jobs = load_run(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
@@ -299,7 +399,7 @@ def write_report(run_dir: str | Path) -> Path:
             name = f"rd_{metric}.png"
             if rate_distortion_plot(df, metric, out / name):
                 figures.append((name, f"{metric.upper()} against bits per pixel"))
-        variable = df[df["params"].str.contains("n_tokens", na=False)] if "params" in df else df.iloc[:0]
+        variable = df[df["params"].str.contains("n_tokens|n_scales", na=False)] if "params" in df else df.iloc[:0]
         if not variable.empty:
             for metric in ("psnr", "lpips", "rfid"):
                 name = f"tokens_{metric}.png"
@@ -325,8 +425,12 @@ def write_report(run_dir: str | Path) -> Path:
         f"{suite.get('batch_size')}, dtype {suite.get('dtype')}, seed {suite.get('seed')}",
     ]
     md = "\n".join(header) + "\n\n## Results\n\n" + markdown_table(table)
+    if "**" in md:
+        md += "\nBold: the best value of each column on its data set.\n"
     if any(j.get("published") for j in jobs if j.get("status") == "ok"):
         md += "\nNumbers in [brackets] are the published values the suite cites (sources below).\n"
+    if continuous := continuous_rate_lines(df):
+        md += f"\n† {CONTINUOUS_NOTE}:\n\n" + "\n".join(continuous) + "\n"
     if any(k.endswith("_llamagen") for k in metric_notes):
         md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
     published = published_table(jobs)
@@ -347,7 +451,8 @@ def write_report(run_dir: str | Path) -> Path:
     (out / "report.md").write_text(md)
 
     if not table.empty:
-        latex = table.drop(columns=["protocol"]).to_latex(index=False, escape=True)
+        latex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}",
+                       table.drop(columns=["protocol"]).to_latex(index=False, escape=True))
         (out / "summary.tex").write_text(
             f"% tokbench {versions.get('tokbench')}, suite {suite.get('name')}; protocols: "
             + "; ".join(f"{k}: {v}" for k, v in sorted(metric_notes.items())) + "\n" + latex)
@@ -357,16 +462,22 @@ def write_report(run_dir: str | Path) -> Path:
     page = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>tokbench report: {html.escape(str(suite.get('name')))}</title>",
+        # numbers right-aligned in the results; text (names, skip reasons) left-aligned everywhere
         "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f4f4f4}"
-        "td:first-child{text-align:left}img{max-width:100%;margin:1em 0}.note{color:#555;font-size:13px}</style>",
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+        "th{background:#f4f4f4}#results td{text-align:right}#results td:nth-child(-n+4){text-align:left}"
+        "#skipped td:last-child{max-width:60em}img{max-width:100%;margin:1em 0}.note{color:#555;font-size:13px}"
+        "</style>",
         "</head><body>",
         f"<h1>tokbench report: {html.escape(str(suite.get('name')))}</h1>",
         "<ul class='note'>" + "".join(f"<li>{html.escape(h[2:])}</li>" for h in header if h.startswith("- ")) + "</ul>",
         "<h2>Results</h2>",
-        table.to_html(index=False, table_id="results", border=0) if not table.empty else "<p>(no results)</p>",
-        "<p class='note'>[brackets]: published values cited by the suite. PSNR*/SSIM*: LlamaGen protocol "
-        "(see Protocols).</p>",
+        _bold(table.to_html(index=False, table_id="results", border=0)) if not table.empty else "<p>(no results)</p>",
+        "<p class='note'><b>bold</b>: the best value of each column on its data set. [brackets]: published values "
+        "cited by the suite. PSNR*/SSIM*: LlamaGen protocol (see Protocols).</p>",
+        (f"<p class='note'>† {html.escape(CONTINUOUS_NOTE)}:<br>"
+         + "<br>".join(html.escape(line[2:]) for line in continuous_rate_lines(df)) + "</p>")
+        if continuous_rate_lines(df) else "",
         ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
          if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"

@@ -9,7 +9,14 @@
 
 Every write is atomic (temp file + rename) except the row log, which is truncated on resume to the
 position stored in state.pt. Re-running the same command skips completed jobs and resumes the
-rest, so an interrupted run loses nothing that was recorded.
+rest, so an interrupted run loses nothing that was recorded. A folder made with another device kind
+or package versions (or any folder, with `fresh=True`) is moved aside to a dated sibling, never
+deleted (see `runfolder`).
+
+A job's status is `ok` (every requested metric computed, or left out only because its network's
+weights or the tokenizer's decoder are missing), `skipped` (the tokenizer's weights are not on this
+machine) or `failed` (anything else: no image could be evaluated, the data set is gone, a metric raised,
+an error in the tokenizer).
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -33,11 +39,12 @@ from typing import Any
 
 import torch
 
-from .core import TokbenchError, Tokenizer
+from .core import TokbenchError, Tokenizer, is_options_mismatch
 from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
 from .metrics.base import BenchMetric, EvalBatch, build_metric
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
 from .registry import load_tokenizer
+from .runfolder import LOCK_FILE, LOCK_INFO, environment_changes, move_aside, writer_lock
 from .suite import Suite, TokenizerEntry
 from .weights import WeightsUnavailable, no_downloads
 
@@ -252,10 +259,14 @@ class _InterruptAtBatchEnd:
             signal.signal(signal.SIGINT, self._old)
 
 
+class JobFailed(TokbenchError):
+    """A job cannot give trustworthy numbers (no image evaluated, a metric raised)."""
+
+
 class Runner:
     def __init__(self, suite: Suite, out_dir: Path, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
-        self.suite, self.out, self.progress, self.log = suite, Path(out_dir), progress, log
+                 log: Callable[[str], None] = print, fresh: bool = False) -> None:
+        self.suite, self.out, self.progress, self.log, self.fresh = suite, Path(out_dir), progress, log, fresh
         self.device = resolve_device(suite.device)
         self._datasets: dict[tuple[str, int | None], ImageDataset | str] = {}
 
@@ -264,12 +275,12 @@ class Runner:
         path = self.out / "run.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
         now_device, now_versions = device_description(self.device), package_versions()
-        if old and (old.get("device") != now_device or old.get("versions") != now_versions):
-            # Numbers from another machine or software stack are not resumed into this one's: measure again.
-            self.log(f"{self.out} holds a run made with other hardware or package versions "
-                     f"({old.get('device', {}).get('cpu')}, torch {old.get('versions', {}).get('torch')}); "
-                     "measuring again here")
-            shutil.rmtree(self.out / "jobs", ignore_errors=True)
+        changes = environment_changes(old, {"device": now_device, "versions": now_versions}) if old else []
+        if old and (changes or self.fresh):
+            # Numbers made where they would differ are not resumed into; they are kept, beside this folder.
+            dest = move_aside(self.out, old.get("created"), keep=(LOCK_FILE, LOCK_INFO))
+            why = "--fresh" if self.fresh else f"it was made with {'; '.join(changes)}"
+            self.log(f"{self.out}: moved the previous run to {dest} ({why}); measuring again here")
             (self.out / "jobs").mkdir()
             old = {}
         record = {
@@ -298,10 +309,15 @@ class Runner:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
+        jobs = plan_jobs(self.suite, tokenizer_names, data)
+        check_protocols(self.suite, jobs)
         self.out.mkdir(parents=True, exist_ok=True)
+        with writer_lock(self.out, self.log):
+            return self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
         (self.out / "jobs").mkdir(exist_ok=True)
         torch.manual_seed(self.suite.seed)
-        jobs = plan_jobs(self.suite, tokenizer_names, data)
         self._write_run_record(jobs)
         summaries = []
         loaded: tuple[str, Tokenizer | Exception] | None = None
@@ -346,7 +362,10 @@ class Runner:
             return load_tokenizer(entry.name, weights=entry.weights, config=entry.config, device=self.device,
                                   **options, **load_options)
         except TypeError as e:
-            return TokbenchError(f"bad options for {entry.name}: {e}")
+            if is_options_mismatch(e, {**options, **load_options}):
+                return TokbenchError(f"bad options for {entry.name}: {e}")
+            # any other TypeError is a bug: the job fails with its traceback, never as "bad options"
+            return JobFailed(f"{type(e).__name__} while building {entry.name}: {e}\n{traceback.format_exc(limit=6)}")
         except (TokbenchError, OSError) as e:
             return e
 
@@ -364,26 +383,27 @@ class Runner:
             reason = str(tok)
             if isinstance(tok, WeightsUnavailable):
                 return self._skip(job_dir, job, reason)
-            return self._skip(job_dir, job, f"{type(tok).__name__}: {reason}", status="failed")
+            return self._skip(job_dir, job, reason if isinstance(tok, JobFailed) else f"{type(tok).__name__}: {reason}",
+                              status="failed")
         if load_only := {k: v for k, v in job.load_options.items() if k in tok.encode_options}:
             job = Job(job.entry, {k: v for k, v in job.load_options.items() if k not in load_only}, load_only,
                       job.data_source, job.data_limit)
         try:
             ds = self.dataset(job.data_source, job.data_limit)
-        except DataUnavailable as e:
-            return self._skip(job_dir, job, f"data: {e}")
+        except DataUnavailable as e:  # checked before the run; gone since (an unmounted disk)
+            return self._skip(job_dir, job, f"data: {e}", status="failed")
         spec = tok.spec
         resolution = job.entry.resolution or spec.resolution or suite.resolution
+        # a protocol the suite names was checked before the first job; only a tokenizer's own default
+        # may be unregistered (codecs take any size) and falls back to resize-crop
         protocol = job.entry.protocol or suite.protocol or spec.preprocessing
         eval_resolution = job.entry.eval_resolution or suite.eval_resolution
         if eval_resolution == resolution:
             eval_resolution = None
-        from .protocols import get_protocol
+        from .protocols import get_protocol, protocols
 
-        try:
-            get_protocol(protocol)
-        except TokbenchError:
-            protocol = "resize-crop"  # codecs and others without a registered default
+        if protocol not in protocols():
+            protocol = "resize-crop"
 
         metrics: dict[str, BenchMetric] = {}
         metric_skips: dict[str, str] = {}
@@ -391,9 +411,11 @@ class Runner:
             name = metric_key(metric_name, opts)
             try:
                 m = build_metric(metric_name, **opts)
-            except (TokbenchError, OSError) as e:
-                metric_skips[name] = str(e) or type(e).__name__
+            except WeightsUnavailable as e:  # its network is not on this machine: the others still run
+                metric_skips[name] = str(e)
                 continue
+            except (TokbenchError, OSError) as e:
+                return self._skip(job_dir, job, f"metric {name}: {type(e).__name__}: {e}", status="failed")
             if m.needs_decode and not spec.supports_decode:
                 metric_skips[name] = f"{spec.name} has no decoder; {name} needs reconstructions"
                 continue
@@ -439,6 +461,7 @@ class Runner:
         warmed = False
         last_save = time.monotonic()
         position = start
+        in_batch = False  # between a batch's first metric update and its rows: the states are not saveable
         interrupt = _InterruptAtBatchEnd()
         try:
             with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
@@ -465,13 +488,14 @@ class Runner:
                         if all(r.label is None for r in batch.records):
                             ev.labels = None
                         row_values: dict[str, torch.Tensor] = {}
+                        in_batch = True
                         for name in list(metrics):
                             try:
                                 metrics[name].update(ev)
-                                merge_values(row_values, metrics[name].last_rows, name)
                             except (TokbenchError, ValueError, RuntimeError) as e:
-                                metric_skips[name] = f"{type(e).__name__}: {e}".splitlines()[0]
-                                metrics.pop(name)
+                                raise JobFailed(f"metric {name} failed on images {batch.index.tolist()}: "
+                                                f"{type(e).__name__}: {e}") from e
+                            merge_values(row_values, metrics[name].last_rows, name)
                         for j, rec in enumerate(batch.records):
                             row = {"index": int(batch.index[j]), "id": rec.id}
                             row.update({k: _scalar(v[j]) for k, v in row_values.items()})
@@ -480,6 +504,7 @@ class Runner:
                     # The batch is fully counted: metrics, rows, skips and position move together.
                     skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
                     position += n + len(batch.skipped)
+                    in_batch = False
                     bar.update(n + len(batch.skipped))
                     if n:
                         self._save_examples(images_dir, batch.index, images, recon)
@@ -491,23 +516,29 @@ class Runner:
                         raise KeyboardInterrupt
         except (TokbenchError, RuntimeError, ValueError, OSError) as e:
             bar.close()
-            if position > start:
+            if position > start and not in_batch:  # progress up to the last whole batch is kept
                 self._save_state(state_path, position, metrics, skipped, metric_skips)
             if interrupt.requested:  # Ctrl-C also stops the data-loading workers, which surfaces here
                 raise KeyboardInterrupt from None
             return self._skip(job_dir, job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
                               status="failed")
         bar.close()
+        evaluated = len(read_rows(rows_path))
+        if evaluated == 0:
+            first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+            return self._skip(job_dir, job, f"no image of {job.data_source} could be evaluated: {len(skipped)} "
+                              f"unreadable{first}", status="failed")
         results: dict[str, float] = {}
-        protocols: dict[str, Any] = {}
+        metric_protocols: dict[str, Any] = {}
         for name, m in metrics.items():
             try:
                 merge_values(results, m.compute(), name)
             except (TokbenchError, ValueError, RuntimeError) as e:
-                metric_skips[name] = f"{type(e).__name__}: {e}".splitlines()[0]
-            merge_values(protocols, m.protocol(), name)
-        summary = {**record, "status": "ok", "results": results, "metric_protocols": protocols,
-                   "metric_skips": metric_skips, "images_evaluated": len(read_rows(rows_path)),
+                return self._skip(job_dir, job, f"metric {name} failed to compute: {type(e).__name__}: {e}",
+                                  status="failed")
+            merge_values(metric_protocols, m.protocol(), name)
+        summary = {**record, "status": "ok", "results": results, "metric_protocols": metric_protocols,
+                   "metric_skips": metric_skips, "images_evaluated": evaluated,
                    "images_skipped": len(skipped), "skipped_files": skipped,
                    "device": device_description(self.device)}
         write_json(job_dir / "summary.json", summary)
@@ -548,6 +579,15 @@ class Runner:
         torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
                     "skipped": skipped, "metric_skips": metric_skips}, tmp)
         os.replace(tmp, path)
+
+
+def check_protocols(suite: Suite, jobs: list[Job]) -> None:
+    """Every protocol a suite names exists: a typo stops the run before its first job."""
+    from .protocols import get_protocol
+
+    for name in dict.fromkeys([suite.protocol, *(j.entry.protocol for j in jobs)]):
+        if name:
+            get_protocol(name)
 
 
 def short_reason(reason: str) -> str:
@@ -595,5 +635,5 @@ def _scalar(v: torch.Tensor) -> float | int:
 
 def run_suite(suite: Suite, out_dir: str | Path, tokenizers: list[str] | None = None,
               data: list[str] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    return Runner(suite, Path(out_dir), progress=progress, log=log).run(tokenizers, data)
+              log: Callable[[str], None] = print, fresh: bool = False) -> list[dict[str, Any]]:
+    return Runner(suite, Path(out_dir), progress=progress, log=log, fresh=fresh).run(tokenizers, data)

@@ -66,6 +66,7 @@ class Suite:
     grid_images: int = 4
     num_workers: int | None = None
     checkpoint_seconds: float = 30.0
+    prefetch: list[str] = field(default_factory=list)  # fetched first when the hub is reachable (first_run)
     path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,9 +88,25 @@ def _metric_list(raw: Any) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def parse_suite(data: dict[str, Any], path: str | None = None) -> Suite:
-    if not isinstance(data, dict):
-        raise TokbenchError(f"a suite must be a YAML mapping, got {type(data).__name__}")
+def parse_suite(data: dict[str, Any], path: str | None = None, open_data: bool = False,
+                extra_tokenizers: list[str] | None = None) -> Suite:
+    """A suite from its YAML mapping, checked first (`suite_check`: every problem at once, as
+    `SuiteInvalid`). `open_data` also opens its data sources; `extra_tokenizers` (names given on the
+    command line) must be the suite's own entries or known tokenizers."""
+    from .suite_check import SuiteInvalid, check_suite, tokenizer_problems
+
+    problems: list = []
+    try:
+        check_suite(data, path, open_data=open_data)
+    except SuiteInvalid as e:
+        problems += e.problems
+    if extra_tokenizers and isinstance(data, dict):
+        own = {t if isinstance(t, str) else t.get("name") for t in data.get("tokenizers") or [] if t}
+        own |= {t.get("label") for t in data.get("tokenizers") or [] if isinstance(t, dict)}
+        problems += tokenizer_problems([None if n in own else n for n in extra_tokenizers],
+                                       where="--tokenizers")
+    if problems:
+        raise SuiteInvalid(problems, path)
     known = set(Suite.__dataclass_fields__) - {"path"}
     unknown = set(data) - known
     if unknown:
@@ -118,12 +135,16 @@ def parse_suite(data: dict[str, Any], path: str | None = None) -> Suite:
     )
 
 
-def load_suite(path: str | Path) -> Suite:
+def read_suite_file(path: str | Path) -> Any:
+    """The YAML mapping of a suite file, unchecked."""
     path = Path(path)
     if not path.is_file():
         raise TokbenchError(f"suite file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise TokbenchError(f"could not parse suite {str(path)!r}: {e}") from None
-    return parse_suite(data, str(path))
+
+
+def load_suite(path: str | Path) -> Suite:
+    return parse_suite(read_suite_file(path), str(path))

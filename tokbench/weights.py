@@ -32,7 +32,9 @@ class Artifact:
     `alexnet-owt-7be5be79.pth`). `filename` may be a sharded checkpoint's index (`*.index.json`): then
     only the shards holding the keys under `prefix` are fetched. `size` is in bytes (informational);
     `used_by` says which tokenizer or metric needs it (shown by `tokbench list`); `fetch` also brings the
-    `companions` (e.g. a transformers model's config.json) from the same repository.
+    `companions` (e.g. a transformers model's config.json) from the same repository. `fallbacks` are other
+    files of the same repository used, in order, when `filename` is not there (open_clip releases ship
+    `open_clip_model.safetensors` or only `open_clip_pytorch_model.bin`).
     """
 
     name: str
@@ -47,6 +49,7 @@ class Artifact:
     prefix: str | None = None
     used_by: str = ""
     companions: tuple[str, ...] = ()  # other files of the same repo that loading needs (config.json, ...)
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def basename(self) -> str:
@@ -134,6 +137,11 @@ def _verify_sha256(path: Path, expected: str | None) -> None:
 
 def local_path(artifact: Artifact, filename: str | None = None) -> Path | None:
     """The artifact's file (or another file of the same repo) if it is already on this machine."""
+    if filename is None and artifact.fallbacks:
+        for candidate in (artifact.filename, *artifact.fallbacks):
+            if (hit := local_path(artifact, candidate)) is not None:
+                return hit
+        return None
     filename = filename or artifact.filename
     base = Path(filename).name if filename else artifact.basename
     root = weights_dir()
@@ -171,7 +179,13 @@ def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path
             from huggingface_hub import hf_hub_download
 
             kwargs = {"local_dir": to / artifact.name} if to is not None else {"cache_dir": _hf_cache_dir()}
-            return Path(hf_hub_download(artifact.repo_id, filename, revision=artifact.revision, **kwargs))
+            candidates = (filename, *artifact.fallbacks) if filename == artifact.filename else (filename,)
+            for candidate in candidates[:-1]:  # as open_clip's download_pretrained_from_hf: the next on any error
+                try:
+                    return Path(hf_hub_download(artifact.repo_id, candidate, revision=artifact.revision, **kwargs))
+                except Exception:  # noqa: BLE001 - not in this repository (or unreachable: the last one says)
+                    continue
+            return Path(hf_hub_download(artifact.repo_id, candidates[-1], revision=artifact.revision, **kwargs))
         if artifact.url:
             import torch.hub
 
@@ -269,7 +283,7 @@ _ARTIFACTS: dict[str, Artifact] = {}
 
 
 def _file_identity(a: Artifact) -> tuple:
-    return (a.repo_id, a.filename, a.revision, a.url, a.sha256, a.prefix, a.companions)
+    return (a.repo_id, a.filename, a.revision, a.url, a.sha256, a.prefix, a.companions, a.fallbacks)
 
 
 def register_artifact(artifact: Artifact) -> Artifact:

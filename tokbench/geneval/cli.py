@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="GenEval-style compositional scores (official rules; transformers detector for images)",
         description="Score GenEval prompts with a port of the official rules (djghosh13/geneval). With --images the "
         "detector is transformers' Mask2Former + open_clip ViT-L-14 colours: scores are labelled geneval_hf "
-        "(GenEval-style, not the official numbers). Exit status: 0 ok, 1 some images skipped, 2 bad usage.",
+        "(GenEval-style, not the official numbers). Prompts whose metadata has no GenEval tag / include clauses "
+        "(tokbench's text and scene prompts) are skipped and listed. Exit status: 0 ok, 1 some other images "
+        "skipped, 2 bad usage.",
     )
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--detections", help="JSON lines of detections (format: tests/data/geneval_rules/README.md)")
@@ -78,6 +80,7 @@ def cmd_geneval(args: argparse.Namespace) -> int:
           "(results.jsonl, summary.json, report.md, summary.csv)")  # fmt: skip
     if run.skipped:
         print(f"skipped images are listed in {out / 'skipped.txt'}", file=sys.stderr)
+    if run.problems:
         return 1
     return 0 if run.rows else 1
 

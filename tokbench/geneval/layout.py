@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core import TokbenchError
 from ..weights import Artifact, register_artifact, resolve
-from .rules import COLORS, GENEVAL_CLASSES, Decision, Instance, check_metadata
+from .rules import COLORS, GENEVAL_CLASSES, Decision, Instance, check_metadata, not_a_task
 
 GENEVAL_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 OFFICIAL_METADATA = register_artifact(
@@ -105,7 +105,8 @@ def load_metadata(path: str | os.PathLike) -> Metadata:
     if any(per_image) and not all(per_image):
         raise TokbenchError(f"{path}: some lines have an image_id and some do not; use one kind of metadata file")
     for n, row in enumerate(rows, 1):
-        check_metadata(row, where=f"{path}:{n}")
+        if not not_a_task(row):  # prompts with no GenEval task are kept, and skipped when scored
+            check_metadata(row, where=f"{path}:{n}")
     if all(per_image):
         by_image = {}
         for row in rows:
@@ -272,7 +273,8 @@ def scan_layout(root: str | os.PathLike, fallback: Metadata | None = None) -> La
     """Prompt folders (all-digit names) in sorted order, each with its metadata and `samples/NNNNN.png`.
 
     A folder without a readable `metadata.jsonl` takes prompt `int(folder)` of `fallback` if given, else
-    its samples are skipped; so are folders without `samples/`. Upstream walks `os.listdir` order; sorting
+    its samples are skipped; so are folders without `samples/`, and those whose metadata names no GenEval
+    task (no tag / include clauses: tokbench's text and scene prompts), with a reason starting `NOT_A_TASK`. Upstream walks `os.listdir` order; sorting
     changes only the row order of results.jsonl.
     """
     root_path = Path(root)
@@ -307,6 +309,8 @@ def _folder_metadata(folder: Path, fallback: Metadata | None) -> tuple[dict[str,
     if file.is_file():
         try:
             meta = json.loads(file.read_text(encoding="utf-8"))
+            if reason := not_a_task(meta):
+                return None, reason  # the folder says what it is: no fallback prompt replaces it
             check_metadata(meta, where=str(file))
             return meta, ""
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

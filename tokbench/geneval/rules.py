@@ -283,6 +283,21 @@ def decide(detections: Mapping[str, Sequence[Instance]], metadata: Mapping[str, 
     return Decision(correct, reason, detected)
 
 
+NOT_A_TASK = "not a GenEval task"  # reason prefix of a clean skip (e.g. tokbench's text / scene prompts)
+
+
+def not_a_task(metadata: Mapping[str, Any]) -> str | None:
+    """Why a prompt's metadata names no GenEval task (no `tag`, or no `include` clause), else None.
+
+    Upstream would raise on a missing tag and call an image with no include clause correct; every line of
+    GenEval's own metadata has both, so skipping these changes no official number.
+    """
+    if not isinstance(metadata, Mapping) or metadata.get("include") or "exclude" in metadata:
+        return None  # a GenEval task, or malformed: `check_metadata` reports the latter
+    what = f"tag {metadata['tag']!r}" if "tag" in metadata else f"category {metadata.get('category', '')!r}, no tag"
+    return f"{NOT_A_TASK} ({what}, no include clauses): not scored"
+
+
 def check_metadata(metadata: Mapping[str, Any], where: str = "metadata") -> None:
     """A clear error for a metadata dict the rules cannot read (upstream would raise a KeyError)."""
     if not isinstance(metadata, Mapping):

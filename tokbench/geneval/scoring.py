@@ -30,7 +30,7 @@ from .layout import (
     summarize,
     write_results,
 )
-from .rules import RuleOptions, decide
+from .rules import NOT_A_TASK, RuleOptions, decide, not_a_task
 
 LABEL_GIVEN = "geneval"
 LABEL_HF = "geneval_hf"
@@ -50,6 +50,11 @@ class GenevalRun:
     def __post_init__(self) -> None:
         if self.rows and not self.summary:
             self.summary = summarize(self.rows)
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """The skips that are failures: all but images whose prompt names no GenEval task (skipped by design)."""
+        return [s for s in self.skipped if not s[1].startswith(NOT_A_TASK)]
 
 
 def _filename(image: str, image_root: str) -> str:
@@ -76,6 +81,9 @@ def score_detections(detections: str | os.PathLike, metadata: str | os.PathLike 
         m = meta.for_image(det.image_id)
         if m is None:
             skipped.append((det.image_id, f"no metadata for this image in {meta.source}"))
+            continue
+        if reason := not_a_task(m):
+            skipped.append((det.image_id, reason))
             continue
         try:
             decision = decide(det.detections, m, options=options)
@@ -140,7 +148,7 @@ def write_outputs(run: GenevalRun, out: str | os.PathLike) -> Path:
     write_results(out / "results.jsonl", run.rows)
     summary = dict(run.summary)
     summary.update({"label": run.label, "protocol": run.protocol, "skipped": len(run.skipped),
-                    "versions": _versions()})  # fmt: skip
+                    "skipped_not_a_task": len(run.skipped) - len(run.problems), "versions": _versions()})  # fmt: skip
     summary["scores"] = _keyed_scores(run)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     with open(out / "summary.csv", "w", newline="") as f:

@@ -37,6 +37,7 @@ CLIP_VIT_L14_OPENAI = register_artifact(
     )
 )
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # what open_clip's HF hub releases ship
+OPEN_CLIP_BIN_FILE = "open_clip_pytorch_model.bin"  # what older ones ship instead
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -101,6 +102,15 @@ ENCODERS: dict[str, EncoderSpec] = {
             "OpenAI CLIP ViT-L/14 224 px (the torchmetrics CLIPScore default): ImageNet zero-shot 75.5%",
             weights=CLIP_VIT_L14_OPENAI,
         ),
+        _table_spec(  # the backbone of the ViT-B/32 and Hessel CLIP-score conventions (`tokbench gen-eval`)
+            "ViT-B-32-openai",
+            "ViT-B-32",
+            "openai",
+            "timm/vit_base_patch32_clip_224.openai",
+            "MIT",
+            False,
+            "OpenAI CLIP ViT-B/32 224 px (Hessel et al.'s CLIPScore backbone)",
+        ),
     )
 }
 
@@ -127,8 +137,9 @@ def open_clip_spec(model: str, pretrained: str) -> EncoderSpec:
             "(with a pretrained tag from open_clip.list_pretrained_tags_by_model(model))"
         )
     name = f"{model}-{pretrained}"
-    hub = (open_clip.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "").strip("/")
-    weights = Artifact(name=f"openclip-{name}", repo_id=hub or None, filename=OPEN_CLIP_WEIGHTS_FILE,
+    hub, filename, fallbacks = open_clip_hub_files((open_clip.get_pretrained_cfg(model, pretrained) or {})
+                                                   .get("hf_hub", ""))
+    weights = Artifact(name=f"openclip-{name}", repo_id=hub or None, filename=filename, fallbacks=fallbacks,
                        used_by="clip_score")  # fmt: skip
     tokenizer = None
     hf_tokenizer = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
@@ -137,6 +148,22 @@ def open_clip_spec(model: str, pretrained: str) -> EncoderSpec:
                              used_by="clip_score")  # fmt: skip
     text = f"open_clip {model} with pretrained {pretrained!r}" + (f" ({hub})" if hub else " (no hub release)")
     return EncoderSpec(name, model, pretrained, weights, tokenizer, text)
+
+
+def open_clip_hub_files(entry: str) -> tuple[str, str, tuple[str, ...]]:
+    """An open_clip `hf_hub` entry -> (repository, file to try first, files to try next), as open_clip's
+    `download_pretrained` reads it: `org/model/` names a repository (file `open_clip_pytorch_model.bin`,
+    its safetensors version first); `org/model/file.bin` a repository and a file (`file.safetensors` first)."""
+    entry = entry.strip()
+    if entry.count("/") < 2:  # `org/model`: no file named
+        entry = entry.rstrip("/") + "/"
+    repo, filename = entry.rsplit("/", 1)
+    filename = filename or OPEN_CLIP_BIN_FILE
+    if filename == OPEN_CLIP_BIN_FILE:
+        return repo, OPEN_CLIP_WEIGHTS_FILE, (filename,)
+    if filename.endswith((".bin", ".pth")):
+        return repo, filename[:-4] + ".safetensors", (filename,)
+    return repo, filename, ()
 
 
 def pretrained_preprocess(spec: EncoderSpec) -> dict[str, Any]:
@@ -272,13 +299,39 @@ def _hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callabl
 _ENCODER_CACHE: dict[tuple[str, str, str], OpenClipEncoder] = {}
 
 
+def tokenizer_encoder(name: str, weights: str | os.PathLike | None = None) -> Any | None:
+    """The image-text encoder of a released tokenizer variant that has one (its `clip_encoder()`, e.g. UniTok's
+    CLIP head and text tower), loaded once per process; None if `name` is no such variant."""
+    from ..registry import find, load_tokenizer
+
+    try:
+        _, variant = find(name)
+    except TokbenchError:
+        return None
+    if variant is None:
+        return None
+    key = ("tokenizer", variant.name, str(weights))
+    if key not in _ENCODER_CACHE:
+        tokenizer = load_tokenizer(variant.name, weights=weights)  # missing weights: WeightsUnavailable
+        if not hasattr(tokenizer, "clip_encoder"):
+            raise TokbenchError(f"tokenizer {variant.name!r} has no image-text encoder to use as a semantic encoder")
+        _ENCODER_CACHE[key] = tokenizer.clip_encoder()
+    return _ENCODER_CACHE[key]
+
+
 def load_encoder(encoder: str | EncoderSpec, weights: str | os.PathLike | None = None) -> OpenClipEncoder:
     """The open_clip encoder `encoder` (a key of `ENCODERS`, or a spec such as `open_clip_spec(model, tag)`),
     its weights from `weights` (a file, or a folder holding it) or the resolver; cached per process, so every
     metric and job using the same model and file shares one copy."""
     if isinstance(encoder, str):
         if encoder not in ENCODERS:
-            raise TokbenchError(f"unknown semantic encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+            tower = tokenizer_encoder(encoder, weights)
+            if tower is not None:
+                return tower
+            raise TokbenchError(
+                f"unknown semantic encoder {encoder!r}; choose one of {', '.join(ENCODERS)}, or a released tokenizer "
+                "that is also an image-text encoder (`clip_encoder()`, e.g. unitok-large)"
+            )
         spec = ENCODERS[encoder]
     else:
         spec = encoder

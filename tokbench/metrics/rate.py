@@ -2,8 +2,11 @@
 
 Bits per image are the real encoded size for codecs and N * log2(K) (summed over codebooks) for
 discrete tokenizers: the cost of storing the ids at a fixed-length code, the number papers compare.
-Codebook usage is the fraction of codes used at least once over the data set; the code entropy
-(bits) and perplexity (2^entropy) are of the empirical id distribution over all positions.
+Continuous latents (`Tokens.features` with `bits` set, e.g. diffusers VAEs) have no codebook: their bits
+are the tokenizer's stated storage convention (C*h*w values at a stated precision), and
+`latent_values_per_pixel` (C*h*w / (H*W)) is reported beside them so they are never read as VQ bit rates.
+Codebook usage is the fraction of codes used at least once over the data set; the code entropy (bits) and
+perplexity (2^entropy) are of the empirical id distribution over all positions.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class BitsPerPixel(BenchMetric):
         self.add_state("tokens", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("sized", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # continuous latents: values stored and their bits (the storage precision is bits / values)
+        self.add_state("latent_values", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("latent_bits", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("latent_pixels", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         t = batch.tokens
@@ -47,6 +54,12 @@ class BitsPerPixel(BenchMetric):
             self.pixels += pixels * b
             self.sized += b
             rows.update(bits=bits, bpp=bits / pixels)
+            if t.features is not None and t.lengths is None:
+                values = float(t.features[0].numel())
+                self.latent_values += values * b
+                self.latent_bits += bits.sum().to(self.latent_bits.device)
+                self.latent_pixels += pixels * b
+                rows["latent_values_per_pixel"] = torch.full((b,), values / pixels, dtype=torch.float64)
         self.last_rows = rows
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
@@ -54,10 +67,18 @@ class BitsPerPixel(BenchMetric):
         if int(self.sized):
             out["bits_per_image"] = float(self.bits) / int(self.sized)
             out["bpp"] = float(self.bits) / float(self.pixels)
+        if float(self.latent_values):
+            out["latent_values_per_pixel"] = float(self.latent_values) / float(self.latent_pixels)
+            out["latent_storage_bits"] = float(self.latent_bits) / float(self.latent_values)
         return out
 
     def protocol(self):
-        return {"bpp": "bits per image / (H x W of the encoded input); fixed-length code N*log2(K), or file size"}
+        text = "bits per image / (H x W of the encoded input); fixed-length code N*log2(K), or file size"
+        if float(self.latent_values):
+            bits = float(self.latent_bits) / float(self.latent_values)
+            text += (f"; continuous latents: C*h*w values at {bits:g}-bit storage each (tokbench convention, no "
+                     "quantisation or entropy coding), not comparable to VQ bits")
+        return {"bpp": text}
 
 
 @register_metric("codebook")

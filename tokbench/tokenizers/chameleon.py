@@ -696,11 +696,14 @@ def build(
         model = ChameleonVQGAN(cfg, with_decoder=with_decoder)
         ignored = load_vqgan_weights(model, sd, source=f"{path.name} ({layout} layout)")
 
-    resolution = int(resolution or (variant.resolution if variant else None) or cfg.resolution)
-    if resolution % cfg.downsample:
+    explicit = resolution or (variant.resolution if variant else None)
+    if explicit and int(explicit) % cfg.downsample:
         raise TokbenchError(
-            f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}"
+            f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {explicit}"
         )
+    # ddconfig.resolution only places attention (the official code encodes any multiple of the factor) and
+    # need not be a multiple itself (e.g. 50 with factor 4): the default size is the largest multiple below it.
+    resolution = int(explicit or max(cfg.downsample, cfg.resolution // cfg.downsample * cfg.downsample))
     side = resolution // cfg.downsample
     name = variant.name if variant is not None else FAMILY_NAME
     import transformers

@@ -116,10 +116,12 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h_ = self.norm(x)
         b, c, h, w = h_.shape
-        # (B, C, H, W) -> (B, HW, C); softmax(q k^T / sqrt(C)) v, the official bmm formulation.
-        q, k, v = (t.reshape(b, c, h * w).transpose(1, 2) for t in (self.q(h_), self.k(h_), self.v(h_)))
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
-        out = out.transpose(1, 2).reshape(b, c, h, w)
+        # softmax(q k^T C^-0.5) v in the official bmm order (not SDPA): same float32 rounding as upstream,
+        # so near-tied codes in other configs resolve as the official code resolves them.
+        q = self.q(h_).reshape(b, c, h * w).permute(0, 2, 1)
+        k = self.k(h_).reshape(b, c, h * w)
+        weights = F.softmax(torch.bmm(q, k) * (int(c) ** -0.5), dim=2)
+        out = torch.bmm(self.v(h_).reshape(b, c, h * w), weights.permute(0, 2, 1)).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
 
@@ -619,6 +621,9 @@ _VQ8 = {"encoder_ch_mult": [1, 2, 2, 4], "decoder_ch_mult": [1, 2, 2, 4]}
 _LLAMAGEN_PAPER = (
     "Sun et al., Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation, arXiv:2406.06525"
 )
+# Janus / Janus-Pro: the code is MIT, the weights are under the DeepSeek Model License (model cards; the
+# hub metadata of the Janus-Pro repositories says only "mit").
+_DEEPSEEK_LICENCE = "DeepSeek Model License (weights; code MIT)"
 _JANUS_PAPER = "Wu et al., Janus, arXiv:2410.13848"
 _JANUS_PRO_PAPER = "Chen et al., Janus-Pro, arXiv:2501.17811"
 _LLAMAGEN_TABLE = (
@@ -687,7 +692,7 @@ VARIANTS = (
             "model.safetensors",
             "janus-1.3b-vq",
             "gen_vision_model.",
-            "DeepSeek Model License (code MIT)",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-1.3B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
@@ -703,7 +708,7 @@ VARIANTS = (
             "pytorch_model.bin",
             "janus-pro-1b-vq",
             "gen_vision_model.",
-            "MIT (hub card)",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-1B image-generation tokenizer (gen_vision_model, LlamaGen VQ-16; 24x24 tokens at 384)",
@@ -719,7 +724,7 @@ VARIANTS = (
             "pytorch_model.bin.index.json",
             "janus-pro-7b-vq",
             "gen_vision_model.",
-            "MIT (hub card)",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-7B image-generation tokenizer (only the shard holding gen_vision_model.* is fetched)",
@@ -737,7 +742,7 @@ VARIANTS = (
             "model.safetensors",
             "janus-pro-1b-vq-hf",
             "model.vqmodel.",
-            "MIT",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-1B tokenizer from the transformers-format repo (same weights, renamed keys)",
@@ -753,7 +758,7 @@ VARIANTS = (
             "model.safetensors.index.json",
             "janus-pro-7b-vq-hf",
             "model.vqmodel.",
-            "MIT",
+            _DEEPSEEK_LICENCE,
         ),
         resolution=384,
         description="Janus-Pro-7B tokenizer from the transformers-format repo (same weights, renamed keys)",

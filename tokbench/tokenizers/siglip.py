@@ -399,7 +399,7 @@ _JANUS_SIGLIP_L = {
 }
 _JANUS_PREFIX = "vision_model.vision_tower."
 _GOOGLE_LICENCE = "Apache-2.0"
-_DEEPSEEK_LICENCE = "DeepSeek Model License (code MIT)"
+_DEEPSEEK_LICENCE = "DeepSeek Model License (weights; code MIT)"
 
 
 def _google(name: str, repo: str, config: dict[str, Any], description: str, paper: str) -> Variant:

@@ -221,6 +221,13 @@ def _check_heads(size: ViTSize, part: str) -> None:
         raise TokbenchError(f"ViT {part} width {size.width} is not divisible by its {size.num_heads} heads")
 
 
+def _check_patch(size: ViTSize, image_size: int, part: str) -> None:
+    # Upstream's grid is image_size // patch (the stride-p patch conv drops a remainder), so a patch that
+    # does not divide the image is legal there; only an empty grid is not.
+    if image_size // size.patch_size < 1:
+        raise TokbenchError(f"ViT {part} patch {size.patch_size} is larger than the image side {image_size}")
+
+
 class TiTokEncoder(nn.Module):
     """Image (B, 3, S, S) in [0, 1] + latent tokens (K, W) -> latents (B, out_channels, 1, K).
 
@@ -233,10 +240,7 @@ class TiTokEncoder(nn.Module):
     ):
         super().__init__()
         _check_heads(size, "encoder")
-        if image_size % size.patch_size:
-            raise TokbenchError(
-                f"image size {image_size} is not a multiple of the encoder patch {size.patch_size}"
-            )
+        _check_patch(size, image_size, "encoder")
         self.width, self.legacy = size.width, legacy
         self.grid_size = image_size // size.patch_size
         self.num_latent_tokens = num_latent_tokens
@@ -303,10 +307,7 @@ class TiTokDecoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_heads(size, "decoder")
-        if image_size % size.patch_size:
-            raise TokbenchError(
-                f"image size {image_size} is not a multiple of the decoder patch {size.patch_size}"
-            )
+        _check_patch(size, image_size, "decoder")
         self.width = w = size.width
         self.grid_size = image_size // size.patch_size
         self.num_latent_tokens = num_latent_tokens

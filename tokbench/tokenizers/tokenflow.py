@@ -11,7 +11,7 @@ Architecture of `tokenflow/tokenizer/vq_model.py` (ByteFlow-AI/TokenFlow, org no
 * decoders: a BEiT-style ViT `decoder_vqkd` + `decode_task_layer` rebuilds the teacher features, and
   `post_quant_conv` + `llamagen.Decoder` rebuilds the pixels.
 
-Released checkpoints: HF `ByteFlow-AI/TokenFlow`, `tokenflow_clipb_32k_enhanced.pt` (256 px, 9 scales)
+Released checkpoints: HF `ByteVisionLab/TokenFlow` (formerly ByteFlow-AI, which now only redirects), `tokenflow_clipb_32k_enhanced.pt` (256 px, 9 scales)
 and `tokenflow_siglip_32k.pt` (TokenFlow-XL, 384 px, 15 scales, pixel branch at 432 px). Each holds one
 fp32 state dict under "ema", "model" or "state_dict" (tried in that order, as the official loaders do).
 
@@ -41,6 +41,7 @@ from ..checkpoint import (
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
+from ._multiscale import multiscale_tokens, scales_for_count
 from .llamagen import Decoder, Encoder
 
 CLIP_TEACHER = "clipb_224"
@@ -562,20 +563,7 @@ class TokenFlowModel(nn.Module):
     # --- decoding ---------------------------------------------------------------------------------
     def split_scales(self, n_ids: int) -> tuple[int, ...]:
         """The prefix of `scales` whose token counts add up to `n_ids` (a coarse-only sequence is valid)."""
-        used, total = [], 0
-        for s in self.scales:
-            if total + s * s > n_ids:
-                break
-            used.append(s)
-            total += s * s
-            if total == n_ids:
-                break
-        if total != n_ids or not used:
-            raise TokbenchError(
-                f"{n_ids} ids per image is not a prefix of the scales {list(self.scales)} "
-                f"(valid counts: {[sum(t * t for t in self.scales[: i + 1]) for i in range(len(self.scales))]})"
-            )
-        return tuple(used)
+        return scales_for_count(n_ids, self.scales)
 
     def quant_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, N) multi-scale ids -> summed, upsampled codes (B, C, G, G) (official `decode_code` first half)."""
@@ -594,6 +582,10 @@ class TokenFlowModel(nn.Module):
 
     def decode_pixels(self, quant: torch.Tensor) -> torch.Tensor:
         """(B, C, G, G) codes -> raw pixels (B, 3, H, W), nominal range [-1, 1] (not clamped)."""
+        # Upstream's quant is always channels-last strided (the quantiser's 'b h w c -> b c h w' view survives
+        # the bicubic upsampling and the sum), so its convolutions run channels-last; doing the same keeps a
+        # randomly-initialised CNN's float noise 2-20x closer to the official output (up to 3e-4 otherwise).
+        quant = quant.contiguous(memory_format=torch.channels_last)
         out = self.decoder(self.post_quant_conv(quant[:, self.cfg.semantic_code_dim :]))
         if self.cfg.output_size:
             out = F.interpolate(out, size=(self.cfg.output_size, self.cfg.output_size), mode="bicubic")
@@ -674,17 +666,7 @@ class TokenFlowTokenizer(ModuleTokenizer):
         if options:
             raise TokbenchError(f"{self.spec.name}.encode takes only n_scales, got {sorted(options)}")
         _, ids, _ = self.model.encode(self._to_model(images))
-        scales = self.scales
-        if n_scales is not None:
-            if not 1 <= int(n_scales) <= len(scales):
-                raise TokbenchError(f"n_scales must be in 1..{len(scales)}, got {n_scales}")
-            scales = scales[: int(n_scales)]
-            ids = ids[:, : sum(s * s for s in scales)]
-        return Tokens(
-            ids=ids,
-            codebook_size=self.model.cfg.codebook_size,
-            meta={"scales": list(scales), "grid": (self.scales[-1], self.scales[-1])},
-        )
+        return multiscale_tokens(ids, self.scales, n_scales, self.model.cfg.codebook_size)
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:
@@ -774,7 +756,7 @@ def _build(
         preprocessing=preprocessing,
         dtype=dtype_name,
         source={
-            "code": "github.com/ByteFlow-AI/TokenFlow tokenflow/tokenizer/vq_model.py",
+            "code": "github.com/ByteVisionLab/TokenFlow tokenflow/tokenizer/vq_model.py",
             "weights": str(variant.weights.source if variant is not None and variant.weights else weights),
             **({"release": source_of_release, "weights": RANDOM_WEIGHTS} if random_weights else {}),
         },
@@ -811,10 +793,10 @@ VARIANTS: tuple[Variant, ...] = (
         },
         weights=Artifact(
             name="tokenflow-clipb-32k-enhanced",
-            repo_id="ByteFlow-AI/TokenFlow",
+            repo_id="ByteVisionLab/TokenFlow",
             filename="tokenflow_clipb_32k_enhanced.pt",
             size=1_506_802_860,
-            licence="Apache-2.0",
+            licence="MIT (model card)",
         ),
         resolution=256,
         description="TokenFlow, CLIP ViT-B/16 teacher, enhanced decoder: 256 px, 9 scales to 16x16, 817 ids, K=32768",
@@ -837,10 +819,10 @@ VARIANTS: tuple[Variant, ...] = (
         },
         weights=Artifact(
             name="tokenflow-siglip-32k",
-            repo_id="ByteFlow-AI/TokenFlow",
+            repo_id="ByteVisionLab/TokenFlow",
             filename="tokenflow_siglip_32k.pt",
             size=2_216_564_164,
-            licence="Apache-2.0",
+            licence="MIT (model card)",
         ),
         resolution=384,
         description=(

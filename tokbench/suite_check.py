@@ -1,0 +1,278 @@
+"""A suite checked before anything runs: every problem at once, with its field path and value.
+
+Two layers: a pydantic schema for types and ranges of every field, then checks against what tokbench
+knows (metric names and their options, tokenizer names and globs, the options and sweeps each family
+accepts, preprocessing protocols, data sources). `check_suite` raises `SuiteInvalid` listing all of
+them; nothing has been written by then.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .core import DTYPES, TokbenchError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+
+
+class SuiteInvalid(TokbenchError):
+    """A suite with one or more problems; `problems` holds (field path, value, message) for each."""
+
+    def __init__(self, problems: list[tuple[str, Any, str]], path: str | None = None) -> None:
+        self.problems = problems
+        lines = [f"  {where}: {message} (got {value!r})" for where, value, message in problems]
+        super().__init__(f"suite {path or ''} has {len(problems)} problem{'s' * (len(problems) != 1)}; "
+                         "nothing was run:\n" + "\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizerModel(_Strict):
+    name: str
+    label: str = ""
+    options: dict[str, Any] = {}
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    resolution: PositiveInt | None = None
+    eval_resolution: PositiveInt | None = None
+    protocol: str | None = None
+    weights: str | None = None
+    config: dict[str, Any] | str | None = None
+    published: dict[str, float] = {}
+    published_source: str = ""
+
+
+class DataModel(_Strict):
+    source: str
+    limit: PositiveInt | None = None
+
+
+class SuiteModel(_Strict):
+    name: str | None = None
+    description: str = ""
+    tokenizers: Annotated[list[str | TokenizerModel], Field(min_length=1)]
+    data: list[str | DataModel] | None = None
+    metrics: list[str | dict[str, dict[str, Any] | None]] | None = None
+    batch_size: PositiveInt = 8
+    device: Device = "auto"
+    dtype: Literal[tuple(DTYPES)] = "float32"  # type: ignore[valid-type]
+    seed: int = 0
+    protocol: str | None = None
+    resolution: PositiveInt = 256
+    eval_resolution: PositiveInt | None = None
+    download: bool = True
+    grid_images: Annotated[int, Field(ge=0)] = 4
+    num_workers: Annotated[int, Field(ge=0)] | None = None
+    checkpoint_seconds: Annotated[float, Field(ge=0)] = 30.0
+    prefetch: list[str] = []
+
+
+# Options (load options and encode options; both may be swept) that each family's builder and
+# `encode` accept, with their types (tests/test_run_contract.py checks every family has a row).
+_QUALITY = Annotated[int, Field(ge=0, le=100)]
+_DTYPE = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
+    **{codec: {"quality": _QUALITY, "format": Literal[codec]} for codec in ("jpeg", "webp", "avif")},
+    **{f: {"dtype": _DTYPE, "resolution": PositiveInt} for f in ("llamagen-vq", "chameleon-vqgan", "emu3-vq")},
+    "siglip": {"dtype": _DTYPE, "preprocessing": str},
+    "tokenflow": {"dtype": _DTYPE, "preprocessing": str, "n_scales": PositiveInt},
+    **{f: {"dtype": _DTYPE, "strict_length_assertion": bool, "n_tokens": PositiveInt, "sample": bool}
+       for f in ("one-d-piece", "titok")},
+    "var-vqvae": {"dtype": _DTYPE, "preprocessing": str, "n_scales": PositiveInt},
+    "open-magvit2": {"dtype": _DTYPE, "resolution": PositiveInt, "ema": bool},
+    "ibq": {"dtype": _DTYPE, "resolution": PositiveInt, "ema": bool, "protocol": str},
+    "unitok": {"dtype": _DTYPE, "preprocessing": str},
+    "diffusers-vae": {"dtype": _DTYPE, "resolution": PositiveInt, "sample": bool, "seed": int,
+                      "storage_bits": PositiveInt},
+}
+# Metric modules without networks: building one is instant, so its option values are checked by building it.
+_CHEAP_METRIC_MODULES = ("tokbench.metrics.pixel", "tokbench.metrics.rate", "tokbench.metrics.speed")
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _is_branch(part: Any) -> bool:
+    """A union member's tag in a pydantic error location (`str`, `TokenizerModel`, `dict[...]`)."""
+    return isinstance(part, str) and (part in ("str", "TokenizerModel", "DataModel") or part.startswith("dict["))
+
+
+def _schema_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    try:
+        SuiteModel.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = err["loc"]
+            # a list item typed `str | Model` fails both members: report the one that fits its shape
+            branch = next((i for i, p in enumerate(loc) if _is_branch(p)), None)
+            if branch is not None:
+                value: Any = raw
+                for p in loc[:branch]:
+                    value = value[p]
+                if (loc[branch] == "str") != isinstance(value, str):
+                    continue
+            problems.append((_where(tuple(p for p in loc if not _is_branch(p))), err.get("input"), err["msg"]))
+        return problems
+    return []
+
+
+def _metric_options(factory: Any) -> set[str] | None:
+    """Named options a metric factory takes (its own classes' __init__ parameters; None: any)."""
+    if not inspect.isclass(factory):
+        params = inspect.signature(factory).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return {p.name for p in params}
+    names: set[str] = set()
+    for cls in factory.__mro__:
+        if not cls.__module__.startswith("tokbench") or "__init__" not in vars(cls):
+            continue
+        names |= {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
+def _metric_problems(raw: Any) -> list[tuple[str, Any, str]]:
+    from .metrics.base import _METRICS, build_metric, metric_names
+
+    known = metric_names()
+    problems = []
+    for i, item in enumerate(raw or []):
+        if isinstance(item, str):
+            name, opts = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, opts), = item.items()
+            opts = opts or {}
+            if not isinstance(opts, dict):
+                continue  # the schema reported it
+        else:
+            problems.append((f"metrics[{i}]", item, "a metric is a name or {name: {options}}"))
+            continue
+        if name not in known:
+            problems.append((f"metrics[{i}]", name, f"unknown metric; known: {', '.join(known)}"))
+            continue
+        factory = _METRICS[name]
+        accepted = _metric_options(factory)
+        if accepted is not None and (bad := sorted(set(opts) - accepted)):
+            problems.append((f"metrics[{i}].{name}", opts, f"unknown options {bad}; {name} takes "
+                             f"{', '.join(sorted(accepted)) or 'no options'}"))
+            continue
+        if getattr(factory, "__module__", "") in _CHEAP_METRIC_MODULES:
+            try:
+                build_metric(name, **opts)
+            except TokbenchError as e:
+                problems.append((f"metrics[{i}].{name}", opts, str(e)))
+        elif name.startswith("lpips") and "net" in opts:
+            from .metrics.perceptual import canonical_net
+
+            try:
+                canonical_net(opts["net"])
+            except TokbenchError as e:
+                problems.append((f"metrics[{i}].{name}.net", opts["net"], str(e)))
+    return problems
+
+
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def tokenizer_problems(entries: list[Any], where: str = "tokenizers") -> list[tuple[str, Any, str]]:
+    """Unknown names, globs that match nothing, and options or sweep values the family does not take."""
+    from .registry import find, list_tokenizers
+
+    problems = []
+    for i, entry in enumerate(entries or []):
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue  # the schema reported it
+        name, at = entry["name"], f"{where}[{i}]"
+        if _is_glob(name):
+            if not fnmatch.filter(list_tokenizers(), name):
+                problems.append((f"{at}.name", name, "this glob matches no released variant (see `tokbench list`)"))
+            continue
+        try:
+            family, _ = find(name)
+        except TokbenchError as e:
+            problems.append((f"{at}.name", name, str(e).split(" Run `tokbench list`")[0]))
+            continue
+        accepted = FAMILY_OPTIONS.get(family.name)
+        if accepted is None:
+            continue
+        for field in ("options", "sweep"):
+            values = entry.get(field)
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                if key not in accepted:
+                    problems.append((f"{at}.{field}.{key}", value, f"{family.name} does not take {key!r}; it takes "
+                                     f"{', '.join(sorted(accepted))}"))
+                    continue
+                for j, v in enumerate(value if field == "sweep" and isinstance(value, list) else [value]):
+                    try:
+                        TypeAdapter(accepted[key]).validate_python(v)
+                    except ValidationError as e:
+                        path = f"{at}.{field}.{key}" + (f"[{j}]" if field == "sweep" else "")
+                        problems.append((path, v, e.errors()[0]["msg"]))
+        for field, value in (("weights", entry.get("weights")), ("config", entry.get("config"))):
+            if isinstance(value, str) and value != "random" and not Path(value).expanduser().exists():
+                problems.append((f"{at}.{field}", value, "no such file"))
+    return problems
+
+
+def _protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    from .protocols import protocols
+
+    known = protocols()
+    found = [("protocol", raw.get("protocol"))]
+    found += [(f"tokenizers[{i}].protocol", t.get("protocol")) for i, t in enumerate(raw.get("tokenizers") or [])
+              if isinstance(t, dict)]
+    return [(where, p, f"unknown preprocessing protocol; known: {', '.join(sorted(known))}")
+            for where, p in found if isinstance(p, str) and p not in known]
+
+
+def data_problems(entries: list[Any], where: str = "data", open_them: bool = False) -> list[tuple[str, Any, str]]:
+    """Data sources that do not parse (kind:PATH) or, with `open_them`, cannot be opened."""
+    from .data import DataUnavailable, open_dataset
+
+    problems = []
+    for i, entry in enumerate(entries or []):
+        source = entry if isinstance(entry, str) else entry.get("source") if isinstance(entry, dict) else None
+        if not isinstance(source, str):
+            continue
+        at = f"{where}[{i}]" if isinstance(entry, str) else f"{where}[{i}].source"
+        if not re.match(r"^\s*(samples\s*$|folder:|imagenet-val:)", source):
+            problems.append((at, source, "a data source is samples, folder:PATH or imagenet-val:PATH"))
+        elif open_them:
+            try:
+                open_dataset(source, None)
+            except DataUnavailable as e:
+                problems.append((at, source, str(e)))
+    return problems
+
+
+def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> None:
+    """Raise `SuiteInvalid` listing every problem of a suite given as its YAML mapping."""
+    if not isinstance(raw, dict):
+        raise SuiteInvalid([("(suite)", type(raw).__name__, "a suite must be a YAML mapping")], path)
+    problems = _schema_problems(raw)
+    problems += tokenizer_problems(raw.get("tokenizers"))
+    if isinstance(raw.get("prefetch"), list):
+        problems += [(w.replace("].name", "]"), v, m) for w, v, m in tokenizer_problems(raw["prefetch"], "prefetch")]
+    problems += _metric_problems(raw.get("metrics"))
+    problems += _protocol_problems(raw)
+    problems += data_problems(raw.get("data"), open_them=open_data)
+    if problems:
+        raise SuiteInvalid(problems, path)
