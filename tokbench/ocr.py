@@ -202,7 +202,14 @@ class DoctrOCR(OCRBackend):
         from doctr import transforms as T
         from torchvision.transforms import Normalize
 
-        resize = T.Resize((self.input_height, 4 * self.input_height), preserve_aspect_ratio=True)
+        resize_op = T.Resize((self.input_height, 4 * self.input_height), preserve_aspect_ratio=True)
+        try:  # doctr >= 1.0: transforms take and return a `Sample`; older releases take the tensor itself
+            from doctr.utils import Sample
+
+            def resize(t: torch.Tensor) -> torch.Tensor:
+                return resize_op(Sample(image=t)).image
+        except ImportError:
+            resize = resize_op
         norm = Normalize(mean=self.model.cfg["mean"], std=self.model.cfg["std"])
         out: list[str] = []
         for i in range(0, len(crops), self.batch_size):
