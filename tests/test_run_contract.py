@@ -206,3 +206,19 @@ def test_every_family_has_an_options_row_so_its_sweeps_are_checked():
         parse_suite({"tokenizers": [{"name": "var-vqvae-256", "sweep": {"n_scales": [0]}},
                                     {"name": "ibq-1024", "options": {"ema": "yes please"}}]})
     assert [p[0] for p in e.value.problems] == ["tokenizers[0].sweep.n_scales[0]", "tokenizers[1].options.ema"]
+
+
+def test_every_data_source_kind_parses_in_a_suite_and_typos_are_named():
+    """The suite check and `open_dataset` share one list of source kinds (text-synth was once refused)."""
+    from tokbench.data import SOURCE_KINDS
+    from tokbench.suite import parse_suite
+    from tokbench.suite_check import SuiteInvalid
+
+    parse_suite({"tokenizers": ["jpeg-q75"], "data": ["samples", "text-synth", "text-synth:count=2", "folder:/x",
+                                                          "imagenet-val:/y", "tokbench-text:/z"]})
+    assert set(SOURCE_KINDS) == {"samples", "folder", "imagenet-val", "text-synth", "tokbench-text"}
+    with pytest.raises(SuiteInvalid) as e:
+        parse_suite({"tokenizers": ["jpeg-q75"], "data": ["sample", "folder:", "samples:3"]})
+    assert [(p[0], p[1]) for p in e.value.problems] == [("data[0]", "sample"), ("data[1]", "folder:"),
+                                                         ("data[2]", "samples:3")]
+    assert "text-synth[:OPTIONS]" in e.value.problems[0][2] and "needs a path" in e.value.problems[1][2]

@@ -18,6 +18,11 @@ class TokbenchError(Exception):
     """A user-facing error: the message says what was wrong and what to do next."""
 
 
+class MetricUnavailable(TokbenchError):
+    """A metric's program or package is not on this machine (e.g. the tesseract binary): the job runs
+    without that metric and lists it as skipped with this message, as for a metric network's missing weights."""
+
+
 def is_options_mismatch(error: TypeError, options: Any) -> bool:
     """Whether `error` says a call refused one of the user's option names (`options`), as opposed to a
     TypeError from a bug inside the called code, which must surface as one."""

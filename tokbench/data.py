@@ -211,6 +211,23 @@ def _tokbench_text(path: str) -> ImageDataset:
     return ImageDataset("tokbench-text", f"tokbench-text:{Path(path).expanduser()}", records)
 
 
+# Every data source kind and how a suite writes it (the one list that suite checks and `open_dataset` share).
+SOURCE_KINDS = {"samples": "samples", "folder": "folder:PATH", "imagenet-val": "imagenet-val:PATH",
+                "text-synth": "text-synth[:OPTIONS]", "tokbench-text": "tokbench-text:PATH"}
+
+
+def source_syntax_problem(spec: str) -> str | None:
+    """Why `spec` is not a data source as a suite writes one (None when it parses; nothing is opened)."""
+    kind, sep, arg = spec.strip().partition(":")
+    if kind not in SOURCE_KINDS:
+        return f"a data source is one of {', '.join(SOURCE_KINDS.values())}"
+    if SOURCE_KINDS[kind].endswith(":PATH") and not arg.strip():
+        return f"{kind} needs a path: {SOURCE_KINDS[kind]}"
+    if kind == "samples" and sep:
+        return "samples takes no argument"
+    return None
+
+
 def open_dataset(spec: str, limit: int | None = None, seed: int = 0) -> ImageDataset:
     """`samples`, `folder:PATH`, `imagenet-val:PATH`, `text-synth[:OPTIONS]` (rendered from `seed`) or
     `tokbench-text:PATH` (environment variables expanded)."""
@@ -233,8 +250,7 @@ def open_dataset(spec: str, limit: int | None = None, seed: int = 0) -> ImageDat
     elif kind == "imagenet-val":
         ds = _imagenet_val(arg)
     else:
-        raise DataUnavailable(f"unknown data source {spec!r}; use samples, folder:PATH, imagenet-val:PATH, "
-                              "text-synth or tokbench-text:PATH")
+        raise DataUnavailable(f"unknown data source {spec!r}; use one of {', '.join(SOURCE_KINDS.values())}")
     if limit is not None:
         ds.records = ds.records[: int(limit)]
     return ds

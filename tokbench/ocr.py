@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .core import TokbenchError
+from .core import MetricUnavailable, TokbenchError
 from .weights import Artifact, register_artifact, resolve
 
 
-class OCRUnavailable(TokbenchError):
+class OCRUnavailable(MetricUnavailable):
     """An OCR backend whose program or package is not installed."""
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .core import TokbenchError, Tokenizer, is_options_mismatch
+from .core import MetricUnavailable, TokbenchError, Tokenizer, is_options_mismatch
 from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
 from .metrics.base import BenchMetric, EvalBatch, build_metric
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
@@ -411,7 +411,7 @@ class Runner:
             name = metric_key(metric_name, opts)
             try:
                 m = build_metric(metric_name, **opts)
-            except WeightsUnavailable as e:  # its network is not on this machine: the others still run
+            except (WeightsUnavailable, MetricUnavailable) as e:  # not on this machine: the others still run
                 metric_skips[name] = str(e)
                 continue
             except (TokbenchError, OSError) as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -245,7 +244,7 @@ def _protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
 
 def data_problems(entries: list[Any], where: str = "data", open_them: bool = False) -> list[tuple[str, Any, str]]:
     """Data sources that do not parse (kind:PATH) or, with `open_them`, cannot be opened."""
-    from .data import DataUnavailable, open_dataset
+    from .data import DataUnavailable, open_dataset, source_syntax_problem
 
     problems = []
     for i, entry in enumerate(entries or []):
@@ -253,8 +252,8 @@ def data_problems(entries: list[Any], where: str = "data", open_them: bool = Fal
         if not isinstance(source, str):
             continue
         at = f"{where}[{i}]" if isinstance(entry, str) else f"{where}[{i}].source"
-        if not re.match(r"^\s*(samples\s*$|folder:|imagenet-val:)", source):
-            problems.append((at, source, "a data source is samples, folder:PATH or imagenet-val:PATH"))
+        if (why := source_syntax_problem(source)) is not None:
+            problems.append((at, source, why))
         elif open_them:
             try:
                 open_dataset(source, None)
