@@ -214,14 +214,14 @@ class Batch:
 
 
 class _ProtocolDataset(torch.utils.data.Dataset):
-    def __init__(self, ds: ImageDataset, protocol: str, size: int, start: int) -> None:
-        self.ds, self.fn, self.size, self.start = ds, get_protocol(protocol).fn, size, start
+    def __init__(self, ds: ImageDataset, protocol: str, size: int, positions) -> None:
+        self.ds, self.fn, self.size, self.positions = ds, get_protocol(protocol).fn, size, positions
 
     def __len__(self) -> int:
-        return max(0, len(self.ds) - self.start)
+        return len(self.positions)
 
     def __getitem__(self, i: int):
-        pos = self.start + i
+        pos = self.positions[i]
         rec = self.ds.records[pos]
         try:
             img = self.fn(open_image(rec.path), self.size)
@@ -243,8 +243,10 @@ def iterate_batches(
     batch_size: int,
     start: int = 0,
     num_workers: int | None = None,
+    positions: list[int] | None = None,
 ) -> Iterator[Batch]:
-    """Batches of preprocessed images from position `start` on, in data set order.
+    """Batches of preprocessed images from position `start` on (or of the given `positions`: one
+    rank's share), in data set order.
 
     Each batch covers `batch_size` consecutive positions; unreadable ones are listed in `skipped`
     (a batch may then hold fewer images, or none).
@@ -252,7 +254,7 @@ def iterate_batches(
     if num_workers is None:
         num_workers = min(8, max(0, (os.cpu_count() or 1) // 2))
     loader = torch.utils.data.DataLoader(
-        _ProtocolDataset(ds, protocol, size, start),
+        _ProtocolDataset(ds, protocol, size, range(start, len(ds)) if positions is None else positions),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,

@@ -41,47 +41,26 @@ import torch
 
 from .core import TokbenchError, Tokenizer, is_options_mismatch
 from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
+from .distributed import Context, load_states, metric_states, reduce_states, shard
 from .metrics.base import BenchMetric, EvalBatch, build_metric
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
 from .registry import load_tokenizer
-from .runfolder import LOCK_FILE, LOCK_INFO, environment_changes, move_aside, writer_lock
+from .runfolder import (
+    LOCK_FILE,
+    LOCK_INFO,
+    JobState,
+    JobStore,
+    environment_changes,
+    move_aside,
+    read_rows,
+    write_json,
+    writer_lock,
+)
 from .suite import Suite, TokenizerEntry
 from .weights import WeightsUnavailable, no_downloads
 
 PACKAGES = ("torch", "torchvision", "torchmetrics", "transformers", "timm", "open_clip_torch", "lpips",
             "clean-fid", "pillow", "numpy", "scikit-image")
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL log; a torn last line (killed mid-write) is dropped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +246,9 @@ class Runner:
     def __init__(self, suite: Suite, out_dir: Path, progress: bool = True,
                  log: Callable[[str], None] = print, fresh: bool = False) -> None:
         self.suite, self.out, self.progress, self.log, self.fresh = suite, Path(out_dir), progress, log, fresh
-        self.device = resolve_device(suite.device)
+        device = resolve_device(suite.device)
+        self.ctx = Context.from_env(device)
+        self.device = self.ctx.device(device)
         self._datasets: dict[tuple[str, int | None], ImageDataset | str] = {}
 
     # -- run record ------------------------------------------------------------------------
@@ -311,14 +292,20 @@ class Runner:
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
         jobs = plan_jobs(self.suite, tokenizer_names, data)
         check_protocols(self.suite, jobs)
-        self.out.mkdir(parents=True, exist_ok=True)
-        with writer_lock(self.out, self.log):
-            return self._run_jobs(jobs)
+        try:
+            if self.ctx.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+            with writer_lock(self.out, self.log):
+                return self._run_jobs(jobs)
+        finally:
+            self.ctx.close()
 
     def _run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        (self.out / "jobs").mkdir(exist_ok=True)
         torch.manual_seed(self.suite.seed)
-        self._write_run_record(jobs)
+        if self.ctx.is_main:  # only rank 0 writes the folder's own files
+            (self.out / "jobs").mkdir(exist_ok=True)
+            self._write_run_record(jobs)
+        self.ctx.barrier()
         summaries = []
         loaded: tuple[str, Tokenizer | Exception] | None = None
         encode_options: dict[str, set[str]] = {}
@@ -329,7 +316,8 @@ class Runner:
                 done = job_dir / "summary.json"
                 if done.is_file():
                     summaries.append(json.loads(done.read_text()))
-                    self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
+                    if self.ctx.is_main:
+                        self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
                     continue
                 entry_key = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options],
                                        sort_keys=True, default=str)
@@ -350,8 +338,9 @@ class Runner:
                     tok = loaded[1]
                 summary = self._run_job(job, job_dir, tok)
                 summaries.append(summary)
-                self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
-                         + (f" ({short_reason(summary.get('reason', ''))})" if summary["status"] != "ok" else ""))
+                if self.ctx.is_main:
+                    self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
+                             + (f" ({short_reason(summary.get('reason', ''))})" if summary["status"] != "ok" else ""))
         return summaries
 
     def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
@@ -373,8 +362,9 @@ class Runner:
         summary = {"job": job_dir.name, "status": status, "reason": reason, "tokenizer": job.entry.name,
                    "label": job.entry.label, "params": job.params, "data": job.data_source}
         # Skips are not written as summary.json: a re-run retries them (weights may have arrived).
-        job_dir.mkdir(parents=True, exist_ok=True)
-        write_json(job_dir / "skipped.json", summary)
+        if self.ctx.is_main:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            write_json(job_dir / "skipped.json", summary)
         return summary
 
     def _run_job(self, job: Job, job_dir: Path, tok: Tokenizer | Exception) -> dict[str, Any]:
@@ -420,52 +410,77 @@ class Runner:
                 metric_skips[name] = f"{spec.name} has no decoder; {name} needs reconstructions"
                 continue
             m.persistent(True)
+            m._to_sync = False  # noqa: SLF001 - rank 0 reduces the ranks' saved states itself (JobStore)
             metrics[name] = m.to(self.device)
 
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "skipped.json").unlink(missing_ok=True)
+        store, ctx = JobStore(job_dir), self.ctx
+        if ctx.is_main:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            (job_dir / "skipped.json").unlink(missing_ok=True)
         record = {
             "job": job_dir.name, "tokenizer": job.entry.name, "label": job.entry.label,
             "params": job.params, "options": job.entry.options, "spec": spec.as_dict(),
             "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit},
             "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
             "protocol_description": get_protocol(protocol).description, "dtype": suite.dtype,
-            "batch_size": suite.batch_size,
+            "batch_size": suite.batch_size, "world_size": ctx.world,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
             "published": job.entry.published, "published_source": job.entry.published_source,
         }
-        write_json(job_dir / "job.json", record)
-
-        state_path, rows_path = job_dir / "state.pt", job_dir / "rows.jsonl"
-        start, skipped = 0, []
-        if state_path.is_file():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            start, skipped = state["position"], state["skipped"]
-            for name, sd in state["metrics"].items():
+        attempt = None
+        if ctx.is_main:
+            write_json(job_dir / "job.json", record)
+            # parts of earlier attempts (any world size) merged; rows not accounted for by a state dropped
+            prior = store.consolidate(lambda name, states: reduce_states(metrics[name], states) if name in metrics
+                                      else states[-1])
+            if prior.done:
+                self.log(f"  resuming {job_dir.name}: {len(prior.done)} of {len(ds)} images already counted")
+            attempt = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+        attempt = ctx.broadcast(attempt)  # also: no rank reads state.pt before rank 0 has merged it
+        prior = JobState.load(store.state) or JobState()
+        for name in prior.metric_skips:
+            metrics.pop(name, None)
+        metric_skips.update(prior.metric_skips)
+        mine = shard([p for p in range(len(ds)) if p not in prior.done], ctx.rank, ctx.world)
+        # rank 0 carries what earlier attempts counted; other ranks save only their own share
+        own = prior if ctx.is_main else JobState(metric_skips=dict(metric_skips))
+        if ctx.is_main:
+            for name, sd in prior.metrics.items():
                 if name in metrics:
-                    metrics[name].load_state_dict(sd)
-            metric_skips.update(state.get("metric_skips", {}))
-            for name in state.get("metric_skips", {}):
-                metrics.pop(name, None)
-            self.log(f"  resuming {job_dir.name} at image {start}")
-        # Keep only rows that the saved state accounts for: later ones are recomputed.
-        rows = [r for r in read_rows(rows_path) if r["index"] < start]
-        tmp = rows_path.with_name(rows_path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, rows_path)
+                    load_states(metrics[name], sd)
+        error = self._evaluate_shard(job, tok, ds, store, attempt, mine, own, metrics, metric_skips,
+                                     protocol, resolution, eval_resolution)
+        errors = [e for e in ctx.gather(error) if e]
+        summary = self._finish_job(job, job_dir, store, record, metrics, errors) if ctx.is_main else None
+        return ctx.broadcast(summary)
 
-        images_dir = job_dir / "images"
+    def _evaluate_shard(self, job: Job, tok: Tokenizer, ds: ImageDataset, store: JobStore, attempt: str,
+                        positions: list[int], state: JobState, metrics: dict[str, BenchMetric],
+                        metric_skips: dict[str, str], protocol: str, resolution: int,
+                        eval_resolution: int | None) -> str | None:
+        """This rank's batches of one job: metrics updated, rows and state saved as it goes. Returns
+        None when its share is done, else why it failed (its progress up to the last batch is saved)."""
+        suite, ctx = self.suite, self.ctx
+        rows_path, state_path = store.part_paths(attempt, ctx.rank)
+        images_dir = store.folder / "images"
         images_dir.mkdir(exist_ok=True)
-        bar = Progress(self.progress, len(ds) - start, job_dir.name[:40])
+        bar = Progress(self.progress and ctx.is_main, len(positions), store.folder.name[:40])
         reset_peak_memory(self.device)
         warmed = False
         last_save = time.monotonic()
-        position = start
+        start = len(state.done)
         in_batch = False  # between a batch's first metric update and its rows: the states are not saveable
         interrupt = _InterruptAtBatchEnd()
+
+        def save() -> None:
+            state.metrics = {n: metric_states(m) for n, m in metrics.items()}
+            state.metric_skips = dict(metric_skips)
+            store.save(state_path, state)
+
         try:
             with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
-                for batch in iterate_batches(ds, protocol, resolution, suite.batch_size, start, suite.num_workers):
+                for batch in iterate_batches(ds, protocol, resolution, suite.batch_size,
+                                             num_workers=suite.num_workers, positions=positions):
                     n = len(batch.records)
                     if n:
                         images = batch.images.to(self.device)
@@ -501,29 +516,44 @@ class Runner:
                             row.update({k: _scalar(v[j]) for k, v in row_values.items()})
                             rows_file.write(json.dumps(row) + "\n")
                         rows_file.flush()
-                    # The batch is fully counted: metrics, rows, skips and position move together.
-                    skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
-                    position += n + len(batch.skipped)
+                    # The batch is fully counted: metrics, rows, skips and positions move together.
+                    state.skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
+                    state.done.update(batch.index.tolist())
+                    state.done.update(p for p, _, _ in batch.skipped)
                     in_batch = False
                     bar.update(n + len(batch.skipped))
                     if n:
                         self._save_examples(images_dir, batch.index, images, recon)
                     if interrupt.requested or time.monotonic() - last_save >= suite.checkpoint_seconds:
                         os.fsync(rows_file.fileno())
-                        self._save_state(state_path, position, metrics, skipped, metric_skips)
+                        save()
                         last_save = time.monotonic()
                     if interrupt.requested:
                         raise KeyboardInterrupt
+                os.fsync(rows_file.fileno())
+            save()
         except (TokbenchError, RuntimeError, ValueError, OSError) as e:
             bar.close()
-            if position > start and not in_batch:  # progress up to the last whole batch is kept
-                self._save_state(state_path, position, metrics, skipped, metric_skips)
+            if len(state.done) > start and not in_batch:  # progress up to the last whole batch is kept
+                save()
             if interrupt.requested:  # Ctrl-C also stops the data-loading workers, which surfaces here
                 raise KeyboardInterrupt from None
-            return self._skip(job_dir, job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
-                              status="failed")
+            return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
         bar.close()
-        evaluated = len(read_rows(rows_path))
+        return None
+
+    def _finish_job(self, job: Job, job_dir: Path, store: JobStore, record: dict[str, Any],
+                    metrics: dict[str, BenchMetric], errors: list[str]) -> dict[str, Any]:
+        """Rank 0, once every rank is through its share: merge the ranks' rows and states, compute."""
+        state = store.consolidate(lambda name, states: reduce_states(metrics[name], states) if name in metrics
+                                  else states[-1])
+        if errors:
+            return self._skip(job_dir, job, errors[0], status="failed")
+        for name, m in metrics.items():
+            m.reset()
+            load_states(m, state.metrics.get(name, {}))
+        skipped = state.skipped
+        evaluated = len(read_rows(store.rows))
         if evaluated == 0:
             first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
             return self._skip(job_dir, job, f"no image of {job.data_source} could be evaluated: {len(skipped)} "
@@ -538,11 +568,11 @@ class Runner:
                                   status="failed")
             merge_values(metric_protocols, m.protocol(), name)
         summary = {**record, "status": "ok", "results": results, "metric_protocols": metric_protocols,
-                   "metric_skips": metric_skips, "images_evaluated": evaluated,
+                   "metric_skips": state.metric_skips, "images_evaluated": evaluated,
                    "images_skipped": len(skipped), "skipped_files": skipped,
                    "device": device_description(self.device)}
         write_json(job_dir / "summary.json", summary)
-        state_path.unlink(missing_ok=True)
+        store.state.unlink(missing_ok=True)
         return summary
 
     def _encode_decode(self, tok: Tokenizer, images: torch.Tensor, options: dict[str, Any]):
@@ -571,14 +601,6 @@ class Runner:
             Image.fromarray(to_uint8_hwc(images[j])).save(folder / f"{pos:05d}_original.png")
             if recon is not None:
                 Image.fromarray(to_uint8_hwc(recon[j])).save(folder / f"{pos:05d}_recon.png")
-
-    @staticmethod
-    def _save_state(path: Path, position: int, metrics: dict[str, BenchMetric], skipped: list,
-                    metric_skips: dict[str, str]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
-                    "skipped": skipped, "metric_skips": metric_skips}, tmp)
-        os.replace(tmp, path)
 
 
 def check_protocols(suite: Suite, jobs: list[Job]) -> None:
