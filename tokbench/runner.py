@@ -21,11 +21,9 @@ an error in the tokenizer).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import threading
@@ -33,7 +31,6 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,7 @@ from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
 from .distributed import Context, load_states, metric_states, reduce_states, shard
 from .metrics.base import BenchMetric, EvalBatch, build_metric
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
+from .plan import Job, ModelCache, check_protocols, plan_jobs
 from .registry import load_tokenizer
 from .runfolder import (
     LOCK_FILE,
@@ -115,80 +113,6 @@ def device_description(device: torch.device) -> dict[str, Any]:
         d["gpu"] = torch.cuda.get_device_name(device)
         d["cuda"] = torch.version.cuda
     return d
-
-
-# ----------------------------------------------------------------------------------------------
-# Jobs
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
-
-
-@dataclass
-class Job:
-    entry: TokenizerEntry
-    load_options: dict[str, Any]
-    encode_options: dict[str, Any]
-    data_source: str
-    data_limit: int | None
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {**self.load_options, **self.encode_options}
-
-    def key(self, suite: Suite) -> dict[str, Any]:
-        return {
-            "tokenizer": self.entry.name, "label": self.entry.label, "options": self.entry.options,
-            "params": self.params, "weights": self.entry.weights, "config": self.entry.config,
-            "resolution": self.entry.resolution or None, "protocol": self.entry.protocol or suite.protocol,
-            "eval_resolution": self.entry.eval_resolution or suite.eval_resolution,
-            "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
-            "metrics": suite.metrics,
-        }
-
-    def id(self, suite: Suite) -> str:
-        digest = hashlib.sha1(json.dumps(self.key(suite), sort_keys=True, default=str).encode()).hexdigest()[:8]
-        params = "_".join(f"{k}={v}" for k, v in self.params.items())
-        data_name = self.data_source.split(":")[0]
-        return slug(f"{self.entry.label}{'_' + params if params else ''}__{data_name}__{digest}")
-
-
-def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[Job]:
-    entries = suite.tokenizers
-    if tokenizer_names:
-        entries = [e for e in entries if e.name in tokenizer_names or e.label in tokenizer_names]
-        known = {e.name for e in suite.tokenizers} | {e.label for e in suite.tokenizers}
-        entries += [TokenizerEntry(name=n) for n in tokenizer_names if n not in known]
-    entries = expand_globs(entries)
-    data_entries = [(d.source, d.limit) for d in suite.data]
-    if data:
-        data_entries = [(d, None) for d in data]
-    jobs = []
-    for entry in entries:
-        for point in entry.points():
-            for source, limit in data_entries:
-                jobs.append(Job(entry, point, {}, source, limit))
-    return jobs
-
-
-def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
-    """An entry whose name is a glob (`"*"`, `"janus*"`) stands for every released variant it matches
-    whose weights are already on this machine and that no other entry names; the rest are left out."""
-    from .registry import variants
-    from .weights import is_available
-
-    named = {e.name for e in entries if not any(c in e.name for c in "*?[")}
-    out = []
-    for e in entries:
-        if not any(c in e.name for c in "*?["):
-            out.append(e)
-            continue
-        for v in variants(e.name):
-            if v.name not in named and v.weights is not None and is_available(v.weights):
-                named.add(v.name)
-                out.append(replace(e, name=v.name, label=v.name))
-    return out
 
 
 class Progress:
@@ -307,8 +231,7 @@ class Runner:
             self._write_run_record(jobs)
         self.ctx.barrier()
         summaries = []
-        loaded: tuple[str, Tokenizer | Exception] | None = None
-        encode_options: dict[str, set[str]] = {}
+        models = ModelCache(self._load)
         with _download_policy(self.suite.download):
             for i, job in enumerate(jobs, 1):
                 job_id = job.id(self.suite)
@@ -319,23 +242,7 @@ class Runner:
                     if self.ctx.is_main:
                         self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
                     continue
-                entry_key = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options],
-                                       sort_keys=True, default=str)
-                # sweeps over encode options (n_tokens) reuse one model; others (quality) load per point
-                known = encode_options.get(entry_key)
-                options = job.load_options if known is not None and not set(job.load_options) <= known else {}
-                key = entry_key + json.dumps(options, sort_keys=True, default=str)
-                if loaded is None or loaded[0] != key:
-                    loaded = None  # free the previous model before loading the next
-                    loaded = (key, self._load(job.entry, options))
-                    if not isinstance(loaded[1], Exception):
-                        encode_options[entry_key] = set(loaded[1].encode_options)
-                tok = loaded[1]
-                if not isinstance(tok, Exception) and options == {} and not set(job.load_options) <= set(
-                        tok.encode_options):
-                    loaded = (entry_key + json.dumps(job.load_options, sort_keys=True, default=str),
-                              self._load(job.entry, job.load_options))
-                    tok = loaded[1]
+                tok = models.get(job)
                 summary = self._run_job(job, job_dir, tok)
                 summaries.append(summary)
                 if self.ctx.is_main:
@@ -601,15 +508,6 @@ class Runner:
             Image.fromarray(to_uint8_hwc(images[j])).save(folder / f"{pos:05d}_original.png")
             if recon is not None:
                 Image.fromarray(to_uint8_hwc(recon[j])).save(folder / f"{pos:05d}_recon.png")
-
-
-def check_protocols(suite: Suite, jobs: list[Job]) -> None:
-    """Every protocol a suite names exists: a typo stops the run before its first job."""
-    from .protocols import get_protocol
-
-    for name in dict.fromkeys([suite.protocol, *(j.entry.protocol for j in jobs)]):
-        if name:
-            get_protocol(name)
 
 
 def short_reason(reason: str) -> str:
