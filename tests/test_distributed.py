@@ -170,3 +170,24 @@ def _results_of_reference(tmp_path: Path, folder: Path) -> list[tuple[list, dict
     suite = _suite(tmp_path / "ref", folder, ["jpeg-q40"])
     run_suite(load_suite(suite), tmp_path / "ref" / "run", progress=False, log=lambda s: None)
     return _results(tmp_path / "ref" / "run")
+
+
+def test_speed_options_are_validated_and_recorded(tmp_path):
+    from tokbench.core import TokbenchError
+    from tokbench.suite import parse_suite
+
+    with pytest.raises(TokbenchError, match="compile"):
+        parse_suite({"tokenizers": ["jpeg-q40"], "compile": "sometimes"})
+    folder = make_folder_with_broken(tmp_path / "imgs", 3, set())
+    vq = {"name": "llamagen-vq", "resolution": 32, "weights": str(FIXTURES / "llamagen_vq16" / "vq_ds16_c2i.pt"),
+          "config": str(FIXTURES / "llamagen_vq16" / "config.json")}
+    rows = {}
+    for channels_last in (False, True):
+        suite = parse_suite({"name": "cl", "data": [f"folder:{folder}"], "batch_size": 2, "num_workers": 0,
+                             "metrics": ["psnr"], "channels_last": channels_last, "tokenizers": [vq]})
+        (summary,) = run_suite(suite, tmp_path / str(channels_last), progress=False, log=lambda s: None)
+        assert summary["status"] == "ok" and summary["channels_last"] is channels_last
+        assert summary["compile"] is False
+        rows[channels_last] = read_rows(tmp_path / str(channels_last) / "jobs" / summary["job"] / "rows.jsonl")
+    # the memory format changes the kernels, not the numbers (beyond float32 rounding)
+    assert [r["psnr"] for r in rows[True]] == pytest.approx([r["psnr"] for r in rows[False]], rel=1e-5)

@@ -233,7 +233,10 @@ class _ProtocolDataset(torch.utils.data.Dataset):
 
 
 def _collate(items):
-    return items
+    """(position, error) per item and the stacked good images (None if none): stacking in the worker
+    lets the DataLoader pin the batch for a non-blocking copy to the GPU."""
+    good = [t for _, t, err in items if err is None]
+    return [(p, err) for p, _, err in items], (torch.stack(good) if good else None)
 
 
 def iterate_batches(
@@ -244,6 +247,7 @@ def iterate_batches(
     start: int = 0,
     num_workers: int | None = None,
     positions: list[int] | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """Batches of preprocessed images from position `start` on (or of the given `positions`: one
     rank's share), in data set order.
@@ -259,13 +263,16 @@ def iterate_batches(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_collate,
+        pin_memory=pin_memory,
+        # decoding and resizing run in the workers, batches ahead of the model
+        prefetch_factor=4 if num_workers > 0 else None,
     )
-    for items in loader:
-        good = [(p, t) for p, t, err in items if err is None]
-        skipped = [(p, ds.records[p].path, err) for p, t, err in items if err is not None]
+    for items, stacked in loader:
+        good = [p for p, err in items if err is None]
+        skipped = [(p, ds.records[p].path, err) for p, err in items if err is not None]
         yield Batch(
-            index=torch.tensor([p for p, _ in good], dtype=torch.long),
-            images=torch.stack([t for _, t in good]) if good else torch.empty(0, 3, size, size),
-            records=[ds.records[p] for p, _ in good],
+            index=torch.tensor(good, dtype=torch.long),
+            images=stacked if stacked is not None else torch.empty(0, 3, size, size),
+            records=[ds.records[p] for p in good],
             skipped=skipped,
         )

@@ -38,6 +38,8 @@ class Job:
             "eval_resolution": self.entry.eval_resolution or suite.eval_resolution,
             "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
             "metrics": suite.metrics,
+            # speed options only where set, so the ids of runs made before they existed stay valid
+            **{k: True for k in ("channels_last", "compile") if getattr(suite, k)},
         }
 
     def id(self, suite: Suite) -> str:

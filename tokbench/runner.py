@@ -3,13 +3,14 @@
     RUN_DIR/run.json                  resolved suite, versions, device, git revision, job list
     RUN_DIR/jobs/<job>/job.json       tokenizer spec, options, data set, protocol, metrics
     RUN_DIR/jobs/<job>/rows.jsonl     one row per image (appended per batch)
-    RUN_DIR/jobs/<job>/state.pt       metric states + position, while the job is running
+    RUN_DIR/jobs/<job>/state.pt       metric states + positions counted, while the job is running
+    RUN_DIR/jobs/<job>/{rows,state}.<attempt>.rank<r>.*   rank r's share under torchrun, merged by rank 0
     RUN_DIR/jobs/<job>/summary.json   the job's numbers, written when it completes
     RUN_DIR/jobs/<job>/images/        originals and reconstructions of the first images (for grids)
 
-Every write is atomic (temp file + rename) except the row log, which is truncated on resume to the
-position stored in state.pt. Re-running the same command skips completed jobs and resumes the
-rest, so an interrupted run loses nothing that was recorded. A folder made with another device kind
+Every write is atomic (temp file + rename) except the row logs, which are cut on resume to the
+positions their state accounts for (`runfolder.JobStore`). Re-running the same command skips
+completed jobs and resumes the rest, so an interrupted run loses nothing that was recorded. A folder made with another device kind
 or package versions (or any folder, with `fresh=True`) is moved aside to a dated sibling, never
 deleted (see `runfolder`).
 
@@ -255,8 +256,8 @@ class Runner:
         if self.suite.dtype != "float32":
             options.setdefault("dtype", self.suite.dtype)
         try:
-            return load_tokenizer(entry.name, weights=entry.weights, config=entry.config, device=self.device,
-                                  **options, **load_options)
+            return apply_speed_options(load_tokenizer(entry.name, weights=entry.weights, config=entry.config,
+                                                      device=self.device, **options, **load_options), self.suite)
         except TypeError as e:
             if is_options_mismatch(e, {**options, **load_options}):
                 return TokbenchError(f"bad options for {entry.name}: {e}")
@@ -331,6 +332,7 @@ class Runner:
             "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
             "protocol_description": get_protocol(protocol).description, "dtype": suite.dtype,
             "batch_size": suite.batch_size, "world_size": ctx.world,
+            "channels_last": suite.channels_last, "compile": suite.compile,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
             "published": job.entry.published, "published_source": job.entry.published_source,
         }
@@ -387,10 +389,13 @@ class Runner:
         try:
             with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
                 for batch in iterate_batches(ds, protocol, resolution, suite.batch_size,
-                                             num_workers=suite.num_workers, positions=positions):
+                                             num_workers=suite.num_workers, positions=positions,
+                                             pin_memory=self.device.type == "cuda"):
                     n = len(batch.records)
                     if n:
-                        images = batch.images.to(self.device)
+                        images = batch.images.to(self.device, non_blocking=True)  # from pinned memory on CUDA
+                        if suite.channels_last:
+                            images = images.contiguous(memory_format=torch.channels_last)
                         if not warmed:  # one untimed pass: lazy init, cudnn autotune, allocator
                             self._encode_decode(tok, images, job.encode_options)
                             warmed = True
@@ -483,6 +488,18 @@ class Runner:
         return summary
 
     def _encode_decode(self, tok: Tokenizer, images: torch.Tensor, options: dict[str, Any]):
+        """Tokens, reconstructions (None without a decoder), encode and decode seconds. On CUDA the
+        times come from events read once at the end of the batch (no synchronisation between the
+        calls, so timing does not serialise the pipeline); elsewhere from the synchronised wall clock."""
+        if self.device.type == "cuda":
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            marks[0].record()
+            tokens = tok.encode(images, **options)
+            marks[1].record()
+            recon = tok.decode(tokens).to(images.device, images.dtype) if tok.spec.supports_decode else None
+            marks[2].record()
+            marks[2].synchronize()
+            return tokens, recon, marks[0].elapsed_time(marks[1]) / 1000, marks[1].elapsed_time(marks[2]) / 1000
         synchronize(self.device)
         t0 = time.perf_counter()
         tokens = tok.encode(images, **options)
@@ -508,6 +525,21 @@ class Runner:
             Image.fromarray(to_uint8_hwc(images[j])).save(folder / f"{pos:05d}_original.png")
             if recon is not None:
                 Image.fromarray(to_uint8_hwc(recon[j])).save(folder / f"{pos:05d}_recon.png")
+
+
+def apply_speed_options(tok: Tokenizer, suite: Suite) -> Tokenizer:
+    """The suite's `channels_last` and `compile` on a module-backed tokenizer (codecs have no module:
+    nothing to change). Both are recorded with the job's results."""
+    model = getattr(tok, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return tok
+    if suite.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if suite.compile:  # instance attributes shadow the methods; the module itself stays as loaded
+        tok.encode = torch.compile(tok.encode)  # type: ignore[method-assign]
+        if tok.spec.supports_decode:
+            tok.decode = torch.compile(tok.decode)  # type: ignore[method-assign]
+    return tok
 
 
 def short_reason(reason: str) -> str:
