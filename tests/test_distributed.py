@@ -191,3 +191,50 @@ def test_speed_options_are_validated_and_recorded(tmp_path):
         rows[channels_last] = read_rows(tmp_path / str(channels_last) / "jobs" / summary["job"] / "rows.jsonl")
     # the memory format changes the kernels, not the numbers (beyond float32 rounding)
     assert [r["psnr"] for r in rows[True]] == pytest.approx([r["psnr"] for r in rows[False]], rel=1e-5)
+
+
+def test_a_part_merged_before_a_crash_is_not_counted_again(tmp_path):
+    """Killed between saving the merged state.pt and deleting the rank parts: the next merge deletes
+    them without adding them twice; a part not yet merged is added once, its unsaved rows dropped."""
+    from tokbench.runfolder import JobState, JobStore
+
+    store = JobStore(tmp_path)
+    add = lambda name, states: {"n": sum(s["n"] for s in states)}  # noqa: E731 - a sum like dist_reduce_fx
+    store.save(store.state, JobState({0, 1}, metrics={"m": {"n": torch.tensor(2)}}, absorbed=["state.A.rank1.pt"]))
+    store.rows.write_text("".join(json.dumps({"index": i}) + "\n" for i in (0, 1, 7)))  # 7: logged, never saved
+    old_rows, old_state = store.part_paths("A", 1)
+    store.save(old_state, JobState({0}, metrics={"m": {"n": torch.tensor(1)}}))
+    old_rows.write_text(json.dumps({"index": 0}) + "\n")
+    new_rows, new_state = store.part_paths("B", 1)
+    store.save(new_state, JobState({4, 5}, skipped=[{"index": 5, "path": "x", "reason": "bad"}],
+                                   metrics={"m": {"n": torch.tensor(1)}}))
+    new_rows.write_text("".join(json.dumps({"index": i}) + "\n" for i in (4, 9)))  # 9: beyond its saved state
+    merged = store.consolidate(add)
+    assert merged.done == {0, 1, 4, 5} and int(merged.metrics["m"]["n"]) == 3
+    assert [r["index"] for r in read_rows(store.rows)] == [0, 1, 4]
+    assert merged.skipped == [{"index": 5, "path": "x", "reason": "bad"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl", "state.pt"]
+
+
+def test_sweep_points_share_a_model_only_over_encode_options():
+    from tokbench.plan import ModelCache, plan_jobs
+    from tokbench.suite import parse_suite
+
+    class Fake:
+        def __init__(self, encode_options):
+            self.encode_options = encode_options
+
+    loads = []
+
+    def load(entry, options):
+        loads.append((entry.name, options))
+        return Fake({"n_tokens"} if entry.name == "one-d-piece-s-256" else set())
+
+    suite = parse_suite({"tokenizers": [{"name": "one-d-piece-s-256", "sweep": {"n_tokens": [1, 4, 16]}},
+                                        {"name": "jpeg", "sweep": {"quality": [10, 90]}}]})
+    cache = ModelCache(load)
+    for job in plan_jobs(suite):
+        cache.get(job)
+    # one model for the n_tokens sweep; a quality sweep loads per point (after one plain load that
+    # tells which options the entry takes at encode time)
+    assert loads == [("one-d-piece-s-256", {}), ("jpeg", {}), ("jpeg", {"quality": 10}), ("jpeg", {"quality": 90})]
