@@ -141,7 +141,7 @@ def make_folder_with_broken(root: Path, n: int, broken: set[int]) -> Path:
 KILLER = textwrap.dedent("""\
     import os, signal, sys
     from tokbench.registry import Family, register_family
-    from tokbench.runner import Runner
+    from tokbench.runfolder import JobStore
     from tokbench.tokenizers.codecs import CodecTokenizer
 
     HOW, AT = os.environ.get("KILL_HOW", ""), int(os.environ.get("KILL_AT", "0"))
@@ -160,13 +160,13 @@ KILLER = textwrap.dedent("""\
             maybe_die("encode")
             return super().encode(images, **kw)
 
-    save_state = Runner._save_state
+    save_state = JobStore.save
 
     def dying_save(*args, **kwargs):  # killed after a batch's rows are logged, before its state is saved
         maybe_die("save")
         return save_state(*args, **kwargs)
 
-    Runner._save_state = staticmethod(dying_save)
+    JobStore.save = dying_save
     register_family(Family("killer-jpeg", build=lambda **k: Killer("jpeg", 40, name="killer-jpeg")))
     from tokbench.cli import main
     sys.exit(main(sys.argv[1:]))

@@ -9,6 +9,7 @@ at all (bad arguments, an invalid suite, a folder that is not a run); 130 on Ctr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with writer_lock(out):  # the run and its report, with no other writer in between
         summaries = run_suite(suite, out, tokenizers=args.tokenizers, progress=not args.quiet,
                               fresh=args.fresh)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+            return int(any(s["status"] == "failed" or (args.strict and s["status"] == "skipped")
+                           for s in summaries))
         report = write_report(out)
     print()
     print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()

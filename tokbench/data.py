@@ -285,15 +285,15 @@ def place_text(rec: ImageRecord, protocol: str, source_size: tuple[int, int], si
 
 
 class _ProtocolDataset(torch.utils.data.Dataset):
-    def __init__(self, ds: ImageDataset, protocol: str, size: int, start: int) -> None:
-        self.ds, self.fn, self.size, self.start = ds, get_protocol(protocol).fn, size, start
+    def __init__(self, ds: ImageDataset, protocol: str, size: int, positions) -> None:
+        self.ds, self.fn, self.size, self.positions = ds, get_protocol(protocol).fn, size, positions
         self.protocol = protocol
 
     def __len__(self) -> int:
-        return max(0, len(self.ds) - self.start)
+        return len(self.positions)
 
     def __getitem__(self, i: int):
-        pos = self.start + i
+        pos = self.positions[i]
         rec = self.ds.records[pos]
         try:
             source = open_image(rec.path)
@@ -306,7 +306,10 @@ class _ProtocolDataset(torch.utils.data.Dataset):
 
 
 def _collate(items):
-    return items
+    """(position, error, placed text) per item and the stacked good images (None if none): stacking in
+    the worker lets the DataLoader pin the batch for a non-blocking copy to the GPU."""
+    good = [t for _, t, err, _ in items if err is None]
+    return [(p, err, text) for p, _, err, text in items], (torch.stack(good) if good else None)
 
 
 def iterate_batches(
@@ -316,8 +319,11 @@ def iterate_batches(
     batch_size: int,
     start: int = 0,
     num_workers: int | None = None,
+    positions: list[int] | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
-    """Batches of preprocessed images from position `start` on, in data set order.
+    """Batches of preprocessed images from position `start` on (or of the given `positions`: one
+    rank's share), in data set order.
 
     Each batch covers `batch_size` consecutive positions; unreadable ones are listed in `skipped`
     (a batch may then hold fewer images, or none).
@@ -325,19 +331,22 @@ def iterate_batches(
     if num_workers is None:
         num_workers = min(8, max(0, (os.cpu_count() or 1) // 2))
     loader = torch.utils.data.DataLoader(
-        _ProtocolDataset(ds, protocol, size, start),
+        _ProtocolDataset(ds, protocol, size, range(start, len(ds)) if positions is None else positions),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_collate,
+        pin_memory=pin_memory,
+        # decoding and resizing run in the workers, batches ahead of the model
+        prefetch_factor=4 if num_workers > 0 else None,
     )
-    for items in loader:
-        good = [(p, t, text) for p, t, err, text in items if err is None]
-        skipped = [(p, ds.records[p].path, err) for p, t, err, _ in items if err is not None]
+    for items, stacked in loader:
+        good = [(p, text) for p, err, text in items if err is None]
+        skipped = [(p, ds.records[p].path, err) for p, err, _ in items if err is not None]
         yield Batch(
-            index=torch.tensor([p for p, _, _ in good], dtype=torch.long),
-            images=torch.stack([t for _, t, _ in good]) if good else torch.empty(0, 3, size, size),
-            records=[ds.records[p] for p, _, _ in good],
+            index=torch.tensor([p for p, _ in good], dtype=torch.long),
+            images=stacked if stacked is not None else torch.empty(0, 3, size, size),
+            records=[ds.records[p] for p, _ in good],
             skipped=skipped,
-            text=[text for _, _, text in good] if any(ds.records[p].text is not None for p, _, _ in good) else None,
+            text=[text for _, text in good] if any(ds.records[p].text is not None for p, _ in good) else None,
         )

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,135 @@ def _read_info(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic files and row logs
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename): a reader sees the old file or the new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    import torch
+
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    return str(o)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL log; a torn last line (killed mid-write) is dropped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# A job's progress: rows and metric states, per rank, merged independently of the world size
+
+
+@dataclass
+class JobState:
+    """What a job has counted: the data-set positions done (evaluated or skipped as unreadable), the
+    unreadable files, each metric's state dict, metrics left out (name -> reason), and the names of
+    the rank parts already merged into it."""
+
+    done: set[int] = field(default_factory=set)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_skips: dict[str, str] = field(default_factory=dict)
+    absorbed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        import torch
+
+        return {"done": torch.tensor(sorted(self.done), dtype=torch.long), "skipped": self.skipped,
+                "metrics": self.metrics, "metric_skips": self.metric_skips, "absorbed": self.absorbed}
+
+    @classmethod
+    def load(cls, path: Path) -> JobState | None:
+        import torch
+
+        if not path.is_file():
+            return None
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        # state files before distributed runs recorded a prefix of the data set as `position`
+        done = set(raw["done"].tolist()) if "done" in raw else set(range(int(raw["position"])))
+        return cls(done, list(raw.get("skipped", [])), dict(raw.get("metrics", {})),
+                   dict(raw.get("metric_skips", {})), list(raw.get("absorbed", [])))
+
+
+class JobStore:
+    """A job's rows and state on disk.
+
+    Rank 0 appends to `rows.jsonl` and saves `state.pt` (everything counted so far, earlier ranks'
+    parts included); rank r > 0 of attempt A writes `rows.A.rank<r>.jsonl` and `state.A.rank<r>.pt`
+    (only what it counted in that attempt). Every state lists the positions it accounts for, never a
+    rank-dependent offset, so `consolidate` (rank 0, while no other rank writes: at a job's start and
+    end) merges any number of parts from any world size: rows are kept only where a state accounts
+    for them (rows logged after the last save are recomputed), metric states are reduced with their
+    `dist_reduce_fx`, and a part is named in `absorbed` before it is deleted, so it never counts twice.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.rows, self.state = folder / "rows.jsonl", folder / "state.pt"
+
+    def part_paths(self, attempt: str, rank: int) -> tuple[Path, Path]:
+        """(rows, state) files rank `rank` writes in attempt `attempt`."""
+        if rank == 0:
+            return self.rows, self.state
+        return self.folder / f"rows.{attempt}.rank{rank}.jsonl", self.folder / f"state.{attempt}.rank{rank}.pt"
+
+    def save(self, path: Path, state: JobState) -> None:
+        import torch
+
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state.as_dict(), tmp)
+        os.replace(tmp, path)
+
+    def consolidate(self, reduce: Callable[[str, list[dict[str, Any]]], dict[str, Any]]) -> JobState:
+        """Merge every rank part into `rows.jsonl` (data-set order) and `state.pt`; returns the merged
+        state. `reduce(metric_name, state_dicts)` merges one metric's states."""
+        state = JobState.load(self.state) or JobState()
+        rows = {r["index"]: r for r in read_rows(self.rows) if r["index"] in state.done}
+        parts = sorted(self.folder.glob("state.*.rank*.pt"))
+        stale = [p for p in parts if p.name in state.absorbed]
+        fresh = [p for p in parts if p.name not in state.absorbed]
+        for path in fresh:
+            part = JobState.load(path)
+            assert part is not None
+            if part.done & state.done:  # two states counting one image would count it twice
+                raise RuntimeError(f"{path} counts positions {sorted(part.done & state.done)[:5]} again")
+            rows_path = self.folder / path.name.replace("state.", "rows.", 1).replace(".pt", ".jsonl")
+            rows.update({r["index"]: r for r in read_rows(rows_path) if r["index"] in part.done})
+            state.done |= part.done
+            state.skipped += part.skipped
+            state.metric_skips.update(part.metric_skips)
+            for name in set(state.metrics) | set(part.metrics):
+                state.metrics[name] = reduce(name, [s for s in (state.metrics.get(name), part.metrics.get(name))
+                                                    if s is not None])
+            state.absorbed.append(path.name)
+        state.skipped.sort(key=lambda s: s["index"])
+        tmp = self.rows.with_name(self.rows.name + ".tmp")
+        tmp.write_text("".join(json.dumps(rows[i]) + "\n" for i in sorted(rows)))
+        os.replace(tmp, self.rows)
+        if fresh:
+            self.save(self.state, state)
+        # parts named in state.pt are merged: their files (and rows logged without a state) can go
+        for path in stale + fresh + list(self.folder.glob("rows.*.rank*.jsonl")):
+            path.unlink(missing_ok=True)
+        state.absorbed = []
+        return state

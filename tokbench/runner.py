@@ -3,15 +3,20 @@
     RUN_DIR/run.json                  resolved suite, versions, device, git revision, job list
     RUN_DIR/jobs/<job>/job.json       tokenizer spec, options, data set, protocol, metrics
     RUN_DIR/jobs/<job>/rows.jsonl     one row per image (appended per batch)
-    RUN_DIR/jobs/<job>/state.pt       metric states + position, while the job is running
+    RUN_DIR/jobs/<job>/state.pt       metric states + positions counted, while the job is running
+    RUN_DIR/jobs/<job>/{rows,state}.<attempt>.rank<r>.*   rank r's share under torchrun, merged by rank 0
     RUN_DIR/jobs/<job>/summary.json   the job's numbers, written when it completes
     RUN_DIR/jobs/<job>/images/        originals and reconstructions of the first images (for grids)
 
-Every write is atomic (temp file + rename) except the row log, which is truncated on resume to the
-position stored in state.pt. Re-running the same command skips completed jobs and resumes the
-rest, so an interrupted run loses nothing that was recorded. A folder made with another device kind
+Every write is atomic (temp file + rename) except the row logs, which are cut on resume to the
+positions their state accounts for (`runfolder.JobStore`). Re-running the same command skips
+completed jobs and resumes the rest, so an interrupted run loses nothing that was recorded. A folder made with another device kind
 or package versions (or any folder, with `fresh=True`) is moved aside to a dated sibling, never
 deleted (see `runfolder`).
+
+The pieces: `plan` (which jobs, which share a loaded model), `evaluation` (one job's share of the
+images on one rank), `runfolder` (atomic files, rows, state, merging ranks, the lock), `distributed`
+(torchrun process group, sharding, metric-state reduction); this module runs them in order.
 
 A job's status is `ok` (every requested metric computed, or left out only because its network's
 weights or the tokenizer's decoder are missing), `skipped` (the tokenizer's weights are not on this
@@ -21,67 +26,42 @@ an error in the tokenizer).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import re
-import signal
 import subprocess
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .core import MetricUnavailable, TokbenchError, Tokenizer, is_options_mismatch
-from .data import DataUnavailable, ImageDataset, iterate_batches, open_dataset
-from .metrics.base import BenchMetric, EvalBatch, build_metric
-from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
+from .data import DataUnavailable, ImageDataset, open_dataset
+from .distributed import Context, load_states, reduce_states, shard
+from .evaluation import JobFailed, evaluate_shard, merge_values, resize_for_eval  # noqa: F401
+from .metrics.base import BenchMetric, build_metric
+from .plan import Job, ModelCache, check_protocols, plan_jobs
 from .registry import load_tokenizer
-from .runfolder import LOCK_FILE, LOCK_INFO, environment_changes, move_aside, writer_lock
+from .runfolder import (
+    LOCK_FILE,
+    LOCK_INFO,
+    JobState,
+    JobStore,
+    environment_changes,
+    move_aside,
+    read_rows,
+    write_json,
+    writer_lock,
+)
 from .suite import Suite, TokenizerEntry
 from .weights import WeightsUnavailable, no_downloads
 
 PACKAGES = ("torch", "torchvision", "torchmetrics", "transformers", "timm", "open_clip_torch", "lpips",
             "clean-fid", "pillow", "numpy", "scikit-image")
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL log; a torn last line (killed mid-write) is dropped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,136 +118,18 @@ def device_description(device: torch.device) -> dict[str, Any]:
     return d
 
 
-# ----------------------------------------------------------------------------------------------
-# Jobs
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
-
-
-@dataclass
-class Job:
-    entry: TokenizerEntry
-    load_options: dict[str, Any]
-    encode_options: dict[str, Any]
-    data_source: str
-    data_limit: int | None
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {**self.load_options, **self.encode_options}
-
-    def key(self, suite: Suite) -> dict[str, Any]:
-        return {
-            "tokenizer": self.entry.name, "label": self.entry.label, "options": self.entry.options,
-            "params": self.params, "weights": self.entry.weights, "config": self.entry.config,
-            "resolution": self.entry.resolution or None, "protocol": self.entry.protocol or suite.protocol,
-            "eval_resolution": self.entry.eval_resolution or suite.eval_resolution,
-            "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
-            "metrics": suite.metrics,
-        }
-
-    def id(self, suite: Suite) -> str:
-        digest = hashlib.sha1(json.dumps(self.key(suite), sort_keys=True, default=str).encode()).hexdigest()[:8]
-        params = "_".join(f"{k}={v}" for k, v in self.params.items())
-        data_name = self.data_source.split(":")[0]
-        return slug(f"{self.entry.label}{'_' + params if params else ''}__{data_name}__{digest}")
-
-
-def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[Job]:
-    entries = suite.tokenizers
-    if tokenizer_names:
-        entries = [e for e in entries if e.name in tokenizer_names or e.label in tokenizer_names]
-        known = {e.name for e in suite.tokenizers} | {e.label for e in suite.tokenizers}
-        entries += [TokenizerEntry(name=n) for n in tokenizer_names if n not in known]
-    entries = expand_globs(entries)
-    data_entries = [(d.source, d.limit) for d in suite.data]
-    if data:
-        data_entries = [(d, None) for d in data]
-    jobs = []
-    for entry in entries:
-        for point in entry.points():
-            for source, limit in data_entries:
-                jobs.append(Job(entry, point, {}, source, limit))
-    return jobs
-
-
-def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
-    """An entry whose name is a glob (`"*"`, `"janus*"`) stands for every released variant it matches
-    whose weights are already on this machine and that no other entry names; the rest are left out."""
-    from .registry import variants
-    from .weights import is_available
-
-    named = {e.name for e in entries if not any(c in e.name for c in "*?[")}
-    out = []
-    for e in entries:
-        if not any(c in e.name for c in "*?["):
-            out.append(e)
-            continue
-        for v in variants(e.name):
-            if v.name not in named and v.weights is not None and is_available(v.weights):
-                named.add(v.name)
-                out.append(replace(e, name=v.name, label=v.name))
-    return out
-
-
-class Progress:
-    """A tqdm bar when asked for, else silence (tests, CI logs)."""
-
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _download_policy(allowed: bool):
     """Suites with `download: false` use only weights already on this machine."""
     return nullcontext() if allowed else no_downloads("this suite does not download weights (download: false)")
-
-
-class _InterruptAtBatchEnd:
-    """While a job runs, a first Ctrl-C asks it to stop at the end of the current batch (after saving
-    its state); a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _InterruptAtBatchEnd:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-class JobFailed(TokbenchError):
-    """A job cannot give trustworthy numbers (no image evaluated, a metric raised)."""
 
 
 class Runner:
     def __init__(self, suite: Suite, out_dir: Path, progress: bool = True,
                  log: Callable[[str], None] = print, fresh: bool = False) -> None:
         self.suite, self.out, self.progress, self.log, self.fresh = suite, Path(out_dir), progress, log, fresh
-        self.device = resolve_device(suite.device)
+        device = resolve_device(suite.device)
+        self.ctx = Context.from_env(device)
+        self.device = self.ctx.device(device)
         self._datasets: dict[tuple[str, int | None], ImageDataset | str] = {}
 
     # -- run record ------------------------------------------------------------------------
@@ -311,17 +173,22 @@ class Runner:
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
         jobs = plan_jobs(self.suite, tokenizer_names, data)
         check_protocols(self.suite, jobs)
-        self.out.mkdir(parents=True, exist_ok=True)
-        with writer_lock(self.out, self.log):
-            return self._run_jobs(jobs)
+        try:
+            if self.ctx.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+            with writer_lock(self.out, self.log):
+                return self._run_jobs(jobs)
+        finally:
+            self.ctx.close()
 
     def _run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        (self.out / "jobs").mkdir(exist_ok=True)
         torch.manual_seed(self.suite.seed)
-        self._write_run_record(jobs)
+        if self.ctx.is_main:  # only rank 0 writes the folder's own files
+            (self.out / "jobs").mkdir(exist_ok=True)
+            self._write_run_record(jobs)
+        self.ctx.barrier()
         summaries = []
-        loaded: tuple[str, Tokenizer | Exception] | None = None
-        encode_options: dict[str, set[str]] = {}
+        models = ModelCache(self._load)
         with _download_policy(self.suite.download):
             for i, job in enumerate(jobs, 1):
                 job_id = job.id(self.suite)
@@ -329,29 +196,15 @@ class Runner:
                 done = job_dir / "summary.json"
                 if done.is_file():
                     summaries.append(json.loads(done.read_text()))
-                    self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
+                    if self.ctx.is_main:
+                        self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
                     continue
-                entry_key = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options],
-                                       sort_keys=True, default=str)
-                # sweeps over encode options (n_tokens) reuse one model; others (quality) load per point
-                known = encode_options.get(entry_key)
-                options = job.load_options if known is not None and not set(job.load_options) <= known else {}
-                key = entry_key + json.dumps(options, sort_keys=True, default=str)
-                if loaded is None or loaded[0] != key:
-                    loaded = None  # free the previous model before loading the next
-                    loaded = (key, self._load(job.entry, options))
-                    if not isinstance(loaded[1], Exception):
-                        encode_options[entry_key] = set(loaded[1].encode_options)
-                tok = loaded[1]
-                if not isinstance(tok, Exception) and options == {} and not set(job.load_options) <= set(
-                        tok.encode_options):
-                    loaded = (entry_key + json.dumps(job.load_options, sort_keys=True, default=str),
-                              self._load(job.entry, job.load_options))
-                    tok = loaded[1]
+                tok = models.get(job)
                 summary = self._run_job(job, job_dir, tok)
                 summaries.append(summary)
-                self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
-                         + (f" ({short_reason(summary.get('reason', ''))})" if summary["status"] != "ok" else ""))
+                if self.ctx.is_main:
+                    self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
+                             + (f" ({short_reason(summary.get('reason', ''))})" if summary["status"] != "ok" else ""))
         return summaries
 
     def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
@@ -359,8 +212,8 @@ class Runner:
         if self.suite.dtype != "float32":
             options.setdefault("dtype", self.suite.dtype)
         try:
-            return load_tokenizer(entry.name, weights=entry.weights, config=entry.config, device=self.device,
-                                  **options, **load_options)
+            return apply_speed_options(load_tokenizer(entry.name, weights=entry.weights, config=entry.config,
+                                                      device=self.device, **options, **load_options), self.suite)
         except TypeError as e:
             if is_options_mismatch(e, {**options, **load_options}):
                 return TokbenchError(f"bad options for {entry.name}: {e}")
@@ -373,8 +226,9 @@ class Runner:
         summary = {"job": job_dir.name, "status": status, "reason": reason, "tokenizer": job.entry.name,
                    "label": job.entry.label, "params": job.params, "data": job.data_source}
         # Skips are not written as summary.json: a re-run retries them (weights may have arrived).
-        job_dir.mkdir(parents=True, exist_ok=True)
-        write_json(job_dir / "skipped.json", summary)
+        if self.ctx.is_main:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            write_json(job_dir / "skipped.json", summary)
         return summary
 
     def _run_job(self, job: Job, job_dir: Path, tok: Tokenizer | Exception) -> dict[str, Any]:
@@ -420,110 +274,63 @@ class Runner:
                 metric_skips[name] = f"{spec.name} has no decoder; {name} needs reconstructions"
                 continue
             m.persistent(True)
+            m._to_sync = False  # noqa: SLF001 - rank 0 reduces the ranks' saved states itself (JobStore)
             metrics[name] = m.to(self.device)
 
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "skipped.json").unlink(missing_ok=True)
+        store, ctx = JobStore(job_dir), self.ctx
+        if ctx.is_main:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            (job_dir / "skipped.json").unlink(missing_ok=True)
         record = {
             "job": job_dir.name, "tokenizer": job.entry.name, "label": job.entry.label,
             "params": job.params, "options": job.entry.options, "spec": spec.as_dict(),
             "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit},
             "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
             "protocol_description": get_protocol(protocol).description, "dtype": suite.dtype,
-            "batch_size": suite.batch_size,
+            "batch_size": suite.batch_size, "world_size": ctx.world,
+            "channels_last": suite.channels_last, "compile": suite.compile,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
             "published": job.entry.published, "published_source": job.entry.published_source,
         }
-        write_json(job_dir / "job.json", record)
-
-        state_path, rows_path = job_dir / "state.pt", job_dir / "rows.jsonl"
-        start, skipped = 0, []
-        if state_path.is_file():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            start, skipped = state["position"], state["skipped"]
-            for name, sd in state["metrics"].items():
+        attempt = None
+        if ctx.is_main:
+            write_json(job_dir / "job.json", record)
+            # parts of earlier attempts (any world size) merged; rows not accounted for by a state dropped
+            prior = store.consolidate(lambda name, states: reduce_states(metrics[name], states) if name in metrics
+                                      else states[-1])
+            if prior.done:
+                self.log(f"  resuming {job_dir.name}: {len(prior.done)} of {len(ds)} images already counted")
+            attempt = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+        attempt = ctx.broadcast(attempt)  # also: no rank reads state.pt before rank 0 has merged it
+        prior = JobState.load(store.state) or JobState()
+        for name in prior.metric_skips:
+            metrics.pop(name, None)
+        metric_skips.update(prior.metric_skips)
+        mine = shard([p for p in range(len(ds)) if p not in prior.done], ctx.rank, ctx.world)
+        # rank 0 carries what earlier attempts counted; other ranks save only their own share
+        own = prior if ctx.is_main else JobState(metric_skips=dict(metric_skips))
+        if ctx.is_main:
+            for name, sd in prior.metrics.items():
                 if name in metrics:
-                    metrics[name].load_state_dict(sd)
-            metric_skips.update(state.get("metric_skips", {}))
-            for name in state.get("metric_skips", {}):
-                metrics.pop(name, None)
-            self.log(f"  resuming {job_dir.name} at image {start}")
-        # Keep only rows that the saved state accounts for: later ones are recomputed.
-        rows = [r for r in read_rows(rows_path) if r["index"] < start]
-        tmp = rows_path.with_name(rows_path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, rows_path)
+                    load_states(metrics[name], sd)
+        error = evaluate_shard(ctx, suite, self.device, self.progress, job, tok, ds, store, attempt, mine, own,
+                               metrics, metric_skips, protocol, resolution, eval_resolution)
+        errors = [e for e in ctx.gather(error) if e]
+        summary = self._finish_job(job, job_dir, store, record, metrics, errors) if ctx.is_main else None
+        return ctx.broadcast(summary)
 
-        images_dir = job_dir / "images"
-        images_dir.mkdir(exist_ok=True)
-        bar = Progress(self.progress, len(ds) - start, job_dir.name[:40])
-        reset_peak_memory(self.device)
-        warmed = False
-        last_save = time.monotonic()
-        position = start
-        in_batch = False  # between a batch's first metric update and its rows: the states are not saveable
-        interrupt = _InterruptAtBatchEnd()
-        try:
-            with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
-                for batch in iterate_batches(ds, protocol, resolution, suite.batch_size, start, suite.num_workers):
-                    n = len(batch.records)
-                    if n:
-                        images = batch.images.to(self.device)
-                        if not warmed:  # one untimed pass: lazy init, cudnn autotune, allocator
-                            self._encode_decode(tok, images, job.encode_options)
-                            warmed = True
-                        tokens, recon, t_enc, t_dec = self._encode_decode(tok, images, job.encode_options)
-                        originals = images
-                        if eval_resolution:
-                            originals, recon = resize_for_eval(images, recon, eval_resolution)
-                        ev = EvalBatch(
-                            originals=originals, tokens=tokens, tokenizer=tok, index=batch.index,
-                            reconstructions=recon, encode_seconds=t_enc, decode_seconds=t_dec,
-                            labels=torch.tensor([r.label if r.label is not None else -1 for r in batch.records]),
-                            captions=[r.caption for r in batch.records] if any(r.caption for r in batch.records)
-                            else None,
-                            extra={"peak_memory_mb": peak_memory_mb(self.device), "class_names": ds.class_names,
-                                   "input_size": tuple(images.shape[-2:]), "text": batch.text},
-                        )
-                        if all(r.label is None for r in batch.records):
-                            ev.labels = None
-                        row_values: dict[str, torch.Tensor] = {}
-                        in_batch = True
-                        for name in list(metrics):
-                            try:
-                                metrics[name].update(ev)
-                            except (TokbenchError, ValueError, RuntimeError) as e:
-                                raise JobFailed(f"metric {name} failed on images {batch.index.tolist()}: "
-                                                f"{type(e).__name__}: {e}") from e
-                            merge_values(row_values, metrics[name].last_rows, name)
-                        for j, rec in enumerate(batch.records):
-                            row = {"index": int(batch.index[j]), "id": rec.id}
-                            row.update({k: _scalar(v[j]) for k, v in row_values.items()})
-                            rows_file.write(json.dumps(row) + "\n")
-                        rows_file.flush()
-                    # The batch is fully counted: metrics, rows, skips and position move together.
-                    skipped += [{"index": p, "path": path, "reason": r} for p, path, r in batch.skipped]
-                    position += n + len(batch.skipped)
-                    in_batch = False
-                    bar.update(n + len(batch.skipped))
-                    if n:
-                        self._save_examples(images_dir, batch.index, images, recon)
-                    if interrupt.requested or time.monotonic() - last_save >= suite.checkpoint_seconds:
-                        os.fsync(rows_file.fileno())
-                        self._save_state(state_path, position, metrics, skipped, metric_skips)
-                        last_save = time.monotonic()
-                    if interrupt.requested:
-                        raise KeyboardInterrupt
-        except (TokbenchError, RuntimeError, ValueError, OSError) as e:
-            bar.close()
-            if position > start and not in_batch:  # progress up to the last whole batch is kept
-                self._save_state(state_path, position, metrics, skipped, metric_skips)
-            if interrupt.requested:  # Ctrl-C also stops the data-loading workers, which surfaces here
-                raise KeyboardInterrupt from None
-            return self._skip(job_dir, job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
-                              status="failed")
-        bar.close()
-        evaluated = len(read_rows(rows_path))
+    def _finish_job(self, job: Job, job_dir: Path, store: JobStore, record: dict[str, Any],
+                    metrics: dict[str, BenchMetric], errors: list[str]) -> dict[str, Any]:
+        """Rank 0, once every rank is through its share: merge the ranks' rows and states, compute."""
+        state = store.consolidate(lambda name, states: reduce_states(metrics[name], states) if name in metrics
+                                  else states[-1])
+        if errors:
+            return self._skip(job_dir, job, errors[0], status="failed")
+        for name, m in metrics.items():
+            m.reset()
+            load_states(m, state.metrics.get(name, {}))
+        skipped = state.skipped
+        evaluated = len(read_rows(store.rows))
         if evaluated == 0:
             first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
             return self._skip(job_dir, job, f"no image of {job.data_source} could be evaluated: {len(skipped)} "
@@ -538,56 +345,26 @@ class Runner:
                                   status="failed")
             merge_values(metric_protocols, m.protocol(), name)
         summary = {**record, "status": "ok", "results": results, "metric_protocols": metric_protocols,
-                   "metric_skips": metric_skips, "images_evaluated": evaluated,
+                   "metric_skips": state.metric_skips, "images_evaluated": evaluated,
                    "images_skipped": len(skipped), "skipped_files": skipped,
                    "device": device_description(self.device)}
         write_json(job_dir / "summary.json", summary)
-        state_path.unlink(missing_ok=True)
+        store.state.unlink(missing_ok=True)
         return summary
 
-    def _encode_decode(self, tok: Tokenizer, images: torch.Tensor, options: dict[str, Any]):
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        tokens = tok.encode(images, **options)
-        synchronize(self.device)
-        t1 = time.perf_counter()
-        recon = None
+def apply_speed_options(tok: Tokenizer, suite: Suite) -> Tokenizer:
+    """The suite's `channels_last` and `compile` on a module-backed tokenizer (codecs have no module:
+    nothing to change). Both are recorded with the job's results."""
+    model = getattr(tok, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return tok
+    if suite.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if suite.compile:  # instance attributes shadow the methods; the module itself stays as loaded
+        tok.encode = torch.compile(tok.encode)  # type: ignore[method-assign]
         if tok.spec.supports_decode:
-            recon = tok.decode(tokens)
-            synchronize(self.device)
-            recon = recon.to(images.device, images.dtype)
-        t2 = time.perf_counter()
-        return tokens, recon, t1 - t0, t2 - t1
-
-    def _save_examples(self, folder: Path, index: torch.Tensor, images: torch.Tensor,
-                       recon: torch.Tensor | None) -> None:
-        from PIL import Image
-
-        from .tokenizers.codecs import to_uint8_hwc
-
-        for j, pos in enumerate(index.tolist()):
-            if pos >= self.suite.grid_images:
-                continue
-            Image.fromarray(to_uint8_hwc(images[j])).save(folder / f"{pos:05d}_original.png")
-            if recon is not None:
-                Image.fromarray(to_uint8_hwc(recon[j])).save(folder / f"{pos:05d}_recon.png")
-
-    @staticmethod
-    def _save_state(path: Path, position: int, metrics: dict[str, BenchMetric], skipped: list,
-                    metric_skips: dict[str, str]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"position": position, "metrics": {n: m.state_dict() for n, m in metrics.items()},
-                    "skipped": skipped, "metric_skips": metric_skips}, tmp)
-        os.replace(tmp, path)
-
-
-def check_protocols(suite: Suite, jobs: list[Job]) -> None:
-    """Every protocol a suite names exists: a typo stops the run before its first job."""
-    from .protocols import get_protocol
-
-    for name in dict.fromkeys([suite.protocol, *(j.entry.protocol for j in jobs)]):
-        if name:
-            get_protocol(name)
+            tok.decode = torch.compile(tok.decode)  # type: ignore[method-assign]
+    return tok
 
 
 def short_reason(reason: str) -> str:
@@ -599,38 +376,11 @@ def short_reason(reason: str) -> str:
     return lines[0] + (f"; {fix}" if fix else "")
 
 
-def resize_for_eval(originals: torch.Tensor, recon: torch.Tensor | None,
-                    size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Bicubic resize (torch, no antialias) of inputs and reconstructions before the metrics, as
-    LlamaGen's evaluation does for its 384 px tokenizers (`--image-size-eval 256`). Reconstructions
-    are clamped to [0, 1] after the resize; originals are not (LlamaGen leaves them unquantised)."""
-    def resize(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
-
-    return resize(originals), (resize(recon).clamp(0, 1) if recon is not None else None)
-
-
-def merge_values(target: dict[str, Any], new: dict[str, Any], key: str) -> None:
-    """Add a metric's named values; a name another metric of the suite already produced (the same
-    metric twice with different options) is qualified with this metric's key, never overwritten."""
-    for k, v in new.items():
-        target[f"{k}{key[key.index('['):]}" if k in target and "[" in key else k] = v
-
-
 def metric_key(name: str, options: dict[str, Any]) -> str:
     """A metric's name in a run, with its options: `psnr`, `psnr[protocol=llamagen]`."""
     if not options:
         return name
     return f"{name}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
-
-
-def _scalar(v: torch.Tensor) -> float | int:
-    x = v.item() if isinstance(v, torch.Tensor) else v
-    if isinstance(x, float) and x != x:  # NaN is not JSON
-        return None  # type: ignore[return-value]
-    if isinstance(x, float) and x in (float("inf"), float("-inf")):
-        return None  # type: ignore[return-value]
-    return x
 
 
 def run_suite(suite: Suite, out_dir: str | Path, tokenizers: list[str] | None = None,

@@ -71,6 +71,8 @@ class SuiteModel(_Strict):
     grid_images: Annotated[int, Field(ge=0)] = 4
     num_workers: Annotated[int, Field(ge=0)] | None = None
     checkpoint_seconds: Annotated[float, Field(ge=0)] = 30.0
+    channels_last: bool = False
+    compile: bool = False
     prefetch: list[str] = []
 
 

@@ -1,7 +1,7 @@
 """Speed and memory: encode/decode throughput, per-batch latency percentiles, peak memory.
 
-The runner times each batch with the device synchronised before and after, and runs one warm-up
-batch untimed, so compilation and cudnn autotuning are excluded. Per-batch latencies are kept (one
+The runner times each batch with CUDA events read at the batch's end on GPUs (the device
+synchronised before and after each call elsewhere), and runs one warm-up batch untimed, so compilation and cudnn autotuning are excluded. Per-batch latencies are kept (one
 float per batch, not per image) for the percentiles. Peak memory is CUDA's max allocated bytes on a
 GPU, the process's peak resident set size (VmHWM, reset per job where Linux allows) on the CPU.
 """
@@ -100,4 +100,5 @@ class Throughput(BenchMetric):
         return out
 
     def protocol(self):
-        return {"speed": "device-synchronised wall time per batch, one warm-up batch excluded"}
+        return {"speed": "time per batch (CUDA events on GPUs, device-synchronised wall clock elsewhere), "
+                          "one warm-up batch excluded"}

@@ -1,0 +1,132 @@
+"""Planning a run: the jobs of a suite (tokenizer x sweep point x data set), and which of them share
+one loaded model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .core import Tokenizer
+from .suite import Suite, TokenizerEntry
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
+
+
+@dataclass
+class Job:
+    entry: TokenizerEntry
+    load_options: dict[str, Any]
+    encode_options: dict[str, Any]
+    data_source: str
+    data_limit: int | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.load_options, **self.encode_options}
+
+    def key(self, suite: Suite) -> dict[str, Any]:
+        return {
+            "tokenizer": self.entry.name, "label": self.entry.label, "options": self.entry.options,
+            "params": self.params, "weights": self.entry.weights, "config": self.entry.config,
+            "resolution": self.entry.resolution or None, "protocol": self.entry.protocol or suite.protocol,
+            "eval_resolution": self.entry.eval_resolution or suite.eval_resolution,
+            "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
+            "metrics": suite.metrics,
+            # speed options only where set, so the ids of runs made before they existed stay valid
+            **{k: True for k in ("channels_last", "compile") if getattr(suite, k)},
+        }
+
+    def id(self, suite: Suite) -> str:
+        digest = hashlib.sha1(json.dumps(self.key(suite), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        params = "_".join(f"{k}={v}" for k, v in self.params.items())
+        data_name = self.data_source.split(":")[0]
+        return slug(f"{self.entry.label}{'_' + params if params else ''}__{data_name}__{digest}")
+
+
+def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[Job]:
+    entries = suite.tokenizers
+    if tokenizer_names:
+        entries = [e for e in entries if e.name in tokenizer_names or e.label in tokenizer_names]
+        known = {e.name for e in suite.tokenizers} | {e.label for e in suite.tokenizers}
+        entries += [TokenizerEntry(name=n) for n in tokenizer_names if n not in known]
+    entries = expand_globs(entries)
+    data_entries = [(d.source, d.limit) for d in suite.data]
+    if data:
+        data_entries = [(d, None) for d in data]
+    jobs = []
+    for entry in entries:
+        for point in entry.points():
+            for source, limit in data_entries:
+                jobs.append(Job(entry, point, {}, source, limit))
+    return jobs
+
+
+def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
+    """An entry whose name is a glob (`"*"`, `"janus*"`) stands for every released variant it matches
+    whose weights are already on this machine and that no other entry names; the rest are left out."""
+    from .registry import variants
+    from .weights import is_available
+
+    named = {e.name for e in entries if not any(c in e.name for c in "*?[")}
+    out = []
+    for e in entries:
+        if not any(c in e.name for c in "*?["):
+            out.append(e)
+            continue
+        for v in variants(e.name):
+            if v.name not in named and v.weights is not None and is_available(v.weights):
+                named.add(v.name)
+                out.append(replace(e, name=v.name, label=v.name))
+    return out
+
+
+
+class ModelCache:
+    """One loaded model at a time, shared by consecutive jobs that can use it.
+
+    A sweep option the loaded tokenizer takes at encode time (`n_tokens` of One-D-Piece) does not
+    need a new model; any other (a codec's `quality`) is passed to the loader, one model per value.
+    Which options are encode options is known once an entry's model has been loaded (without sweep
+    options) the first time. `load(entry, load_options)` returns the tokenizer or the exception that
+    stopped it (kept, so the job can report it).
+    """
+
+    def __init__(self, load: Callable[[TokenizerEntry, dict[str, Any]], Tokenizer | Exception]) -> None:
+        self.load = load
+        self.key: str | None = None
+        self.model: Tokenizer | Exception | None = None
+        self.encode_names: dict[str, set[str]] = {}
+
+    def get(self, job: Job) -> Tokenizer | Exception:
+        entry = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options],
+                           sort_keys=True, default=str)
+        if entry not in self.encode_names:
+            self._use(entry, job.entry, {})  # learns the entry's encode options
+        names = self.encode_names.get(entry, set())
+        self._use(entry, job.entry, {k: v for k, v in job.load_options.items() if k not in names})
+        assert self.model is not None
+        return self.model
+
+    def _use(self, entry: str, spec: TokenizerEntry, options: dict[str, Any]) -> None:
+        key = entry + json.dumps(options, sort_keys=True, default=str)
+        if key == self.key:
+            return
+        self.model = None  # free the previous model before loading the next
+        self.key, self.model = key, self.load(spec, options)
+        if not isinstance(self.model, Exception):
+            self.encode_names[entry] = set(self.model.encode_options)
+
+
+def check_protocols(suite: Suite, jobs: list[Job]) -> None:
+    """Every protocol a suite names exists: a typo stops the run before its first job."""
+    from .protocols import get_protocol
+
+    for name in dict.fromkeys([suite.protocol, *(j.entry.protocol for j in jobs)]):
+        if name:
+            get_protocol(name)
