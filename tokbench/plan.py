@@ -108,6 +108,8 @@ class ModelCache:
                            sort_keys=True, default=str)
         if entry not in self.encode_names:
             self._use(entry, job.entry, {})  # learns the entry's encode options
+            if isinstance(self.model, Exception):  # it cannot load at all (weights missing, bad config):
+                return self.model  # every sweep point reports that, not its sweep option as a load option
         names = self.encode_names.get(entry, set())
         self._use(entry, job.entry, {k: v for k, v in job.load_options.items() if k not in names})
         assert self.model is not None
