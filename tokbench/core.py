@@ -201,9 +201,11 @@ def torch_dtype(name: str) -> torch.dtype:
 class GridVQTokenizer(ModuleTokenizer):
     """A VQ tokenizer over a 2D grid whose model works on [-1, 1] images: ids (B, h*w), row-major (y, x).
 
-    Subclasses give `downsample`, `codebook_size`, `encode_grid(x) -> ids (B, h, w)` and
-    `decode_grid(ids (B, h, w)) -> images in [-1, 1]`; this class checks inputs, maps [0, 1] to the
-    model's range (x * 2 - 1, i.e. Normalize(0.5, 0.5)) and back ((x + 1) / 2, clamped to [0, 1]).
+    `downsample`, `codebook_size`, `encode_grid(x) -> ids (B, h, w)` and `decode_grid(ids (B, h, w)) ->
+    images in [-1, 1]` default to the model's `config.downsample`, `config.n_embed`, `encode_ids` and
+    `decode_ids` (the taming-style models share that contract); subclasses override what differs. This
+    class checks inputs, maps [0, 1] to the model's range (x * 2 - 1, i.e. Normalize(0.5, 0.5)) and back
+    ((x + 1) / 2, clamped to [0, 1]).
     """
 
     def __init__(self, model: torch.nn.Module, spec: TokenizerSpec, dtype: torch.dtype = torch.float32) -> None:
@@ -212,14 +214,19 @@ class GridVQTokenizer(ModuleTokenizer):
         self.dtype = dtype
         self.spec = spec
 
-    downsample: int
-    codebook_size: int
+    @property
+    def downsample(self) -> int:
+        return self.model.config.downsample
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.config.n_embed
 
     def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.model.encode_ids(x)
 
     def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.model.decode_ids(ids)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor, **options: Any) -> Tokens:

@@ -526,20 +526,6 @@ class ChameleonVQGANTokenizer(GridVQTokenizer):
     (x + 1) / 2, but returns floats: the official `_pil_from_chw_tensor` then truncates to uint8.
     """
 
-    @property
-    def downsample(self) -> int:
-        return self.model.config.downsample
-
-    @property
-    def codebook_size(self) -> int:
-        return self.model.config.n_embed
-
-    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_ids(x)
-
-    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_ids(ids)
-
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:
         if not self.model.has_decoder:

@@ -585,15 +585,8 @@ class LlamaGenVQTokenizer(GridVQTokenizer):
         self.model.decoder.set_upsample_bf16(dtype == torch.bfloat16)
 
     @property
-    def downsample(self) -> int:
-        return self.model.config.downsample
-
-    @property
     def codebook_size(self) -> int:
         return self.model.config.codebook_size
-
-    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_ids(x)
 
     def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.decode_code(ids.flatten(1), tuple(ids.shape[1:]))

@@ -145,20 +145,6 @@ class SeedVokenTokenizer(GridVQTokenizer):
     """A grid tokenizer over a model with `config.downsample`, `config.n_embed`, `encode_ids(x) -> (B, h, w)`
     and `decode_ids(ids) -> images in [-1, 1]` (both families' models)."""
 
-    @property
-    def downsample(self) -> int:
-        return self.model.config.downsample
-
-    @property
-    def codebook_size(self) -> int:
-        return self.model.config.n_embed
-
-    def encode_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_ids(x)
-
-    def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_ids(ids)
-
 
 @dataclass(frozen=True)
 class SeedVokenFamily:
