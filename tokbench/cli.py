@@ -25,16 +25,6 @@ def _default_suite() -> Path:
     raise TokbenchError(f"no suite given and {DEFAULT_SUITE} not found; pass a suite YAML file")
 
 
-def _suite_kind(path: Path) -> str | None:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # load_suite reports it
-    return data.get("kind") if isinstance(data, dict) else None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runfolder import writer_lock
@@ -42,12 +32,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .suite import parse_suite, read_suite_file
 
     suite_path = Path(args.suite) if args.suite else _default_suite()
-    if suite_path.parent.name == "generation" or _suite_kind(suite_path) == "generation":
+    raw = read_suite_file(suite_path)
+    if suite_path.parent.name == "generation" or (isinstance(raw, dict) and raw.get("kind") == "generation"):
         from .generation.commands import cmd_gen_suite
 
         return cmd_gen_suite(argparse.Namespace(suite=str(suite_path), out=args.out, limit=args.limit,
                                                 quiet=args.quiet))  # fmt: skip
-    raw = read_suite_file(suite_path)
     if isinstance(raw, dict):  # command-line settings are checked with the suite's own (nothing runs before)
         raw = {**raw, **({"device": args.device} if args.device else {}),
                **({"batch_size": args.batch_size} if args.batch_size is not None else {})}
