@@ -300,3 +300,18 @@ def test_pixel_helpers_default_to_data_range_1_and_scale_with_it():
         assert float(ssim_per_image(xs, ys, **kw)) == pytest.approx(ref, rel=1e-6)
         ref = float(pytorch_msssim.ms_ssim(xs.double(), ys.double(), data_range=scale))
         assert float(ms_ssim_per_image(xs, ys, **kw)) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape,n", [((2, 5, 130, 61), 11), ((1, 1, 48, 200), 7), ((3, 2, 11, 11), 11),
+                                     ((1, 3, 97, 96), 11)])
+def test_banded_filter_equals_the_grouped_convolution(shape, n):
+    # block edges (48 rows), a last partial block, sizes below one block and equal to the window
+    from tokbench.metrics.pixel import _window, valid_filter
+
+    t = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    w = _window("gaussian", n, 1.5, torch.float64, t.device)
+    flat = t.flatten(0, -3).unsqueeze(1)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.conv2d(flat, w.view(1, 1, n, 1)), w.view(1, 1, 1, n))
+    out = valid_filter(t, w)
+    assert out.shape == (*shape[:-2], shape[-2] - n + 1, shape[-1] - n + 1)
+    torch.testing.assert_close(out, ref.view(out.shape), rtol=0, atol=1e-14)
