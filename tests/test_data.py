@@ -147,3 +147,50 @@ def test_imagenet_val_layouts(tmp_path):
     ds = open_dataset(f"imagenet-val:{flat}")
     # labels index the sorted WordNet ids, the same order as class sub-folders
     assert [r.label for r in ds.records] == [1, 0] and ds.class_names == ["n01440764", "n01484850"]
+
+
+def _positions(batches):
+    return [int(p) for b in batches for p in b.index] + [p for b in batches for p, _, _ in b.skipped]
+
+
+def test_persistent_workers_follow_each_pass_positions(tmp_path):
+    # the workers outlive a pass; every pass must still read the positions it was given, also after a
+    # pass left half-read (a job that failed), and equal a one-off pass over the same positions
+    from tokbench.data import BatchLoader
+
+    for i in range(7):
+        Image.fromarray(_rgb(40, 60, seed=i)).save(tmp_path / f"{i}.png")
+    (tmp_path / "9.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    ds = open_dataset(f"folder:{tmp_path}")
+    loader = BatchLoader(ds, "resize-crop", 32, batch_size=2, num_workers=1)
+    try:
+        assert loader.loader.persistent_workers
+        first = list(loader.batches([0, 1, 2, 3, 4, 5, 6, 7]))
+        it = loader.batches([6, 7, 0])
+        next(it)  # abandoned after one batch
+        second = list(loader.batches([5, 3, 7]))
+        workers = loader.loader._iterator._workers  # noqa: SLF001
+        third = list(loader.batches([1]))
+        assert loader.loader._iterator._workers == workers  # the same processes served both passes
+    finally:
+        loader.close()
+    assert sorted(_positions(first)) == list(range(8)) and [len(b.records) for b in first] == [2, 2, 2, 1]
+    assert _positions(second) == [5, 3, 7] and [b.index.tolist() for b in second] == [[5, 3], []]
+    assert second[1].skipped[0][1].endswith("9.jpg")
+    assert _positions(third) == [1]
+    once = list(iterate_batches(ds, "resize-crop", 32, batch_size=2, num_workers=0, positions=[5, 3, 7]))
+    assert torch.equal(torch.cat([b.images for b in second]), torch.cat([b.images for b in once]))
+
+
+def test_loader_cache_keeps_one_loader_per_data_protocol_and_size(tmp_path):
+    from tokbench.data import LoaderCache
+
+    Image.fromarray(_rgb(40, 60)).save(tmp_path / "a.png")
+    ds, other = open_dataset(f"folder:{tmp_path}"), open_dataset(f"folder:{tmp_path}")
+    cache = LoaderCache()
+    a = cache.get(ds, "resize-crop", 32, 2, 0, False)
+    assert cache.get(ds, "resize-crop", 32, 2, 0, False) is a
+    b = cache.get(ds, "resize-crop", 48, 2, 0, False)
+    assert b is not a and cache.get(other, "resize-crop", 48, 2, 0, False) is not b
+    cache.close()
+    assert cache.loader is None and cache.get(ds, "resize-crop", 32, 2, 0, False) is not a

@@ -224,3 +224,17 @@ def test_every_data_source_kind_parses_in_a_suite_and_typos_are_named():
     assert [(p[0], p[1]) for p in e.value.problems] == [("data[0]", "sample"), ("data[1]", "folder:"),
                                                          ("data[2]", "samples:3")]
     assert "text-synth[:OPTIONS]" in e.value.problems[0][2] and "needs a path" in e.value.problems[1][2]
+
+
+def test_prefetch_under_torchrun_once_per_node_and_said_once(monkeypatch):
+    # the first process of each node fetches (its own cache), only rank 0 speaks; the rest wait at a barrier
+    import tokbench.first_run as first_run
+    from tokbench.distributed import Context
+
+    calls, said, barriers = [], [], []
+    monkeypatch.setattr(first_run, "prefetch", lambda names, log: (calls.append(names), log("downloading")))
+    monkeypatch.setattr(Context, "barrier", lambda self: barriers.append(self.rank))
+    for rank, local_rank in ((0, 0), (1, 1), (2, 0), (3, 1)):
+        first_run.prefetch_on_each_node(Context(rank=rank, world=4, local_rank=local_rank), ["titok-l32"], said.append)
+    assert calls == [["titok-l32"], ["titok-l32"]]  # ranks 0 and 2: local rank 0 of nodes 0 and 1
+    assert said == ["downloading"] and barriers == [0, 1, 2, 3]

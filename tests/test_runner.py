@@ -475,3 +475,29 @@ def test_only_a_genuine_options_mismatch_is_bad_options(tmp_path):
                      tokenizers=[{"name": "options-test-buggy", "options": {"quality": 3}}])
     assert buggy["status"] == "failed" and "bad options" not in buggy["reason"]
     assert "TypeError while building options-test-buggy" in buggy["reason"] and "int(None)" in buggy["reason"]
+
+
+def test_sweep_points_share_the_loading_workers_and_give_the_same_numbers(tmp_path, monkeypatch):
+    # one set of persistent workers for the jpeg sweep (same images, size and batch), a new one for the
+    # job at another size; the numbers equal a run that loads in the main process
+    import tokbench.data as data
+
+    folder = make_folder(tmp_path / "imgs")
+    built = []
+    real_init = data.BatchLoader.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(args[2])  # the size
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(data.BatchLoader, "__init__", counting_init)
+    base = {"name": "w", "data": [f"folder:{folder}"], "resolution": 32, "batch_size": 2, "download": False,
+            "metrics": ["psnr", "ssim", "bpp"],
+            "tokenizers": [{"name": "jpeg", "sweep": {"quality": [20, 50, 80]}},
+                           {"name": "webp-q50", "resolution": 48}]}
+    with_workers = run_suite(parse_suite({**base, "num_workers": 1}), tmp_path / "a", progress=False,
+                             log=lambda _: None)
+    assert built == [32, 48]
+    in_main = run_suite(parse_suite({**base, "num_workers": 0}), tmp_path / "b", progress=False, log=lambda _: None)
+    assert [s["status"] for s in with_workers] == ["ok"] * 4
+    assert [s["results"] for s in with_workers] == [s["results"] for s in in_main]

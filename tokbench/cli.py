@@ -47,17 +47,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             raw["data"] = [{"source": d, "limit": args.limit} if isinstance(d, str) else {**d, "limit": args.limit}
                            for d in raw.get("data") or ["samples"]]
     suite = parse_suite(raw, str(suite_path), open_data=True, extra_tokenizers=args.tokenizers)
-    if suite.prefetch and not args.no_download:
-        from .first_run import prefetch
-
-        prefetch(suite.prefetch)
     out = Path(args.out) if args.out else Path("results") / suite.name
-    print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks and reports
+    if main_rank:
+        print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
     out.mkdir(parents=True, exist_ok=True)
     with writer_lock(out):  # the run and its report, with no other writer in between
         summaries = run_suite(suite, out, tokenizers=args.tokenizers, progress=not args.quiet,
-                              fresh=args.fresh)
-        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+                              fresh=args.fresh, prefetch=None if args.no_download else suite.prefetch,
+                              log=print if main_rank else (lambda _: None))
+        if not main_rank:
             return int(any(s["status"] == "failed" or (args.strict and s["status"] == "skipped")
                            for s in summaries))
         report = write_report(out)

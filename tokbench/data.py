@@ -9,7 +9,7 @@ Unreadable or truncated files are skipped and counted, never a crash.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,15 +285,15 @@ def place_text(rec: ImageRecord, protocol: str, source_size: tuple[int, int], si
 
 
 class _ProtocolDataset(torch.utils.data.Dataset):
-    def __init__(self, ds: ImageDataset, protocol: str, size: int, positions) -> None:
-        self.ds, self.fn, self.size, self.positions = ds, get_protocol(protocol).fn, size, positions
-        self.protocol = protocol
+    """Item `pos` is the data set's image at position `pos` after the protocol (the sampler picks them)."""
+
+    def __init__(self, ds: ImageDataset, protocol: str, size: int) -> None:
+        self.ds, self.fn, self.size, self.protocol = ds, get_protocol(protocol).fn, size, protocol
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.ds)
 
-    def __getitem__(self, i: int):
-        pos = self.positions[i]
+    def __getitem__(self, pos: int):
         rec = self.ds.records[pos]
         try:
             source = open_image(rec.path)
@@ -305,11 +305,100 @@ class _ProtocolDataset(torch.utils.data.Dataset):
             return pos, None, f"{type(e).__name__}: {e}", None
 
 
+class _Spans:
+    """Batch sampler: `batch_size` consecutive entries of `positions`, which the loader's owner sets
+    before each pass (the main process reads it at the start of every pass, also with persistent workers)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size, self.positions = batch_size, []
+
+    def __len__(self) -> int:
+        return -(-len(self.positions) // self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.positions), self.batch_size):
+            yield self.positions[i:i + self.batch_size]
+
+
 def _collate(items):
     """(position, error, placed text) per item and the stacked good images (None if none): stacking in
     the worker lets the DataLoader pin the batch for a non-blocking copy to the GPU."""
     good = [t for _, t, err, _ in items if err is None]
     return [(p, err, text) for p, _, err, text in items], (torch.stack(good) if good else None)
+
+
+class BatchLoader:
+    """Batches of one data set under one protocol and size, read by DataLoader workers that live as long
+    as this object (persistent workers): the sweep points and jobs that read the same images at the same
+    size pay the workers' start-up once. `batches(positions)` is one pass over the given positions (one
+    rank's share, the part a resumed job has left), in their order.
+
+    Decoding and resizing run in the workers, `prefetch_factor` batches ahead of the model; each batch is
+    stacked in the worker and, with `pin_memory`, pinned for a non-blocking copy to the GPU.
+    """
+
+    def __init__(self, ds: ImageDataset, protocol: str, size: int, batch_size: int,
+                 num_workers: int | None = None, pin_memory: bool = False, persistent: bool = True) -> None:
+        if num_workers is None:
+            num_workers = min(8, max(0, (os.cpu_count() or 1) // 2))
+        self.ds, self.size = ds, size
+        self._spans = _Spans(batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            _ProtocolDataset(ds, protocol, size),
+            batch_sampler=self._spans,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if num_workers > 0 else None,
+            persistent_workers=persistent and num_workers > 0,
+        )
+
+    def batches(self, positions: Sequence[int]) -> Iterator[Batch]:
+        """Each batch covers `batch_size` consecutive entries of `positions`; unreadable images are
+        listed in `skipped` (a batch may then hold fewer images, or none)."""
+        ds, size = self.ds, self.size
+        self._spans.positions = list(positions)
+        for items, stacked in self.loader:
+            good = [(p, text) for p, err, text in items if err is None]
+            skipped = [(p, ds.records[p].path, err) for p, err, _ in items if err is not None]
+            yield Batch(
+                index=torch.tensor([p for p, _ in good], dtype=torch.long),
+                images=stacked if stacked is not None else torch.empty(0, 3, size, size),
+                records=[ds.records[p] for p, _ in good],
+                skipped=skipped,
+                text=[text for _, text in good] if any(ds.records[p].text is not None for p, _ in good) else None,
+            )
+
+    def close(self) -> None:
+        """Stop the workers now (they also stop when this object is collected)."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()  # noqa: SLF001 - DataLoader has no public way to stop persistent workers
+        self.loader._iterator = None  # noqa: SLF001
+
+
+class LoaderCache:
+    """The one `BatchLoader` a run keeps alive: reused while consecutive jobs read the same data set with
+    the same protocol, size and batch size; replaced (its workers stopped) when they do not."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.loader: BatchLoader | None = None
+
+    def get(self, ds: ImageDataset, protocol: str, size: int, batch_size: int, num_workers: int | None,
+            pin_memory: bool) -> BatchLoader:
+        key = (id(ds), protocol, size, batch_size, num_workers, pin_memory)
+        if key != self.key or self.loader is None:
+            self.close()
+            self.loader = BatchLoader(ds, protocol, size, batch_size, num_workers, pin_memory)
+            self.key = key
+        return self.loader
+
+    def close(self) -> None:
+        """Stop the workers; the next `get` starts new ones (after a job failed mid-pass, say)."""
+        if self.loader is not None:
+            self.loader.close()
+        self.loader, self.key = None, None
 
 
 def iterate_batches(
@@ -319,34 +408,10 @@ def iterate_batches(
     batch_size: int,
     start: int = 0,
     num_workers: int | None = None,
-    positions: list[int] | None = None,
+    positions: Sequence[int] | None = None,
     pin_memory: bool = False,
 ) -> Iterator[Batch]:
-    """Batches of preprocessed images from position `start` on (or of the given `positions`: one
-    rank's share), in data set order.
-
-    Each batch covers `batch_size` consecutive positions; unreadable ones are listed in `skipped`
-    (a batch may then hold fewer images, or none).
-    """
-    if num_workers is None:
-        num_workers = min(8, max(0, (os.cpu_count() or 1) // 2))
-    loader = torch.utils.data.DataLoader(
-        _ProtocolDataset(ds, protocol, size, range(start, len(ds)) if positions is None else positions),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=pin_memory,
-        # decoding and resizing run in the workers, batches ahead of the model
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-    for items, stacked in loader:
-        good = [(p, text) for p, err, text in items if err is None]
-        skipped = [(p, ds.records[p].path, err) for p, err, _ in items if err is not None]
-        yield Batch(
-            index=torch.tensor([p for p, _ in good], dtype=torch.long),
-            images=stacked if stacked is not None else torch.empty(0, 3, size, size),
-            records=[ds.records[p] for p, _ in good],
-            skipped=skipped,
-            text=[text for _, text in good] if any(ds.records[p].text is not None for p, _ in good) else None,
-        )
+    """One pass of batches from position `start` on (or over the given `positions`), in data set order,
+    with workers started for this pass only (`BatchLoader` keeps them across passes)."""
+    loader = BatchLoader(ds, protocol, size, batch_size, num_workers, pin_memory, persistent=False)
+    yield from loader.batches(range(start, len(ds)) if positions is None else positions)

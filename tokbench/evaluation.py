@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .core import TokbenchError, Tokenizer
-from .data import ImageDataset, iterate_batches
+from .data import ImageDataset, LoaderCache
 from .distributed import Context, metric_states
 from .metrics.base import BenchMetric, EvalBatch
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
@@ -73,9 +73,10 @@ class _InterruptAtBatchEnd:
 def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: bool, job: Job, tok: Tokenizer, ds: ImageDataset, store: JobStore, attempt: str,
                     positions: list[int], state: JobState, metrics: dict[str, BenchMetric],
                     metric_skips: dict[str, str], protocol: str, resolution: int,
-                    eval_resolution: int | None) -> str | None:
+                    eval_resolution: int | None, loaders: LoaderCache) -> str | None:
     """This rank's batches of one job: metrics updated, rows and state saved as it goes. Returns
-    None when its share is done, else why it failed (its progress up to the last batch is saved)."""
+    None when its share is done, else why it failed (its progress up to the last batch is saved).
+    The images come from `loaders`, whose workers the run's other jobs on the same images share."""
     rows_path, state_path = store.part_paths(attempt, ctx.rank)
     images_dir = store.folder / "images"
     images_dir.mkdir(exist_ok=True)
@@ -94,9 +95,9 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
 
     try:
         with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
-            for batch in iterate_batches(ds, protocol, resolution, suite.batch_size,
-                                         num_workers=suite.num_workers, positions=positions,
-                                         pin_memory=device.type == "cuda"):
+            loader = loaders.get(ds, protocol, resolution, suite.batch_size, suite.num_workers,
+                                 pin_memory=device.type == "cuda")
+            for batch in loader.batches(positions):
                 n = len(batch.records)
                 if n:
                     images = batch.images.to(device, non_blocking=True)  # from pinned memory on CUDA
@@ -150,7 +151,10 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
                     raise KeyboardInterrupt
             os.fsync(rows_file.fileno())
         save()
-    except (TokbenchError, RuntimeError, ValueError, OSError) as e:
+    except BaseException as e:
+        loaders.close()  # a pass left half-read (or workers that died) is not reused
+        if not isinstance(e, (TokbenchError, RuntimeError, ValueError, OSError)):
+            raise
         bar.close()
         if len(state.done) > start and not in_batch:  # progress up to the last whole batch is kept
             save()

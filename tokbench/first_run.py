@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .weights import Artifact, WeightsUnavailable, _offline, fetch, is_available
+
+if TYPE_CHECKING:
+    from .distributed import Context
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,11 @@ def prefetch(names: list[str], log: Callable[[str], None] = print) -> list[str]:
         except WeightsUnavailable as e:  # the run goes on; that tokenizer is skipped with its fetch command
             log(f"tokbench: could not fetch {d.tokenizer}: {str(e).splitlines()[0]}")
     return done
+
+
+def prefetch_on_each_node(ctx: Context, names: list[str], log: Callable[[str], None] = print) -> None:
+    """Under torchrun, the first process of each node fetches (nodes may have caches of their own) while
+    the others wait for it, then load what it fetched; in one process, just `prefetch`."""
+    if ctx.local_rank == 0:
+        prefetch(names, log if ctx.is_main else (lambda _: None))
+    ctx.barrier()

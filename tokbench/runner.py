@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from .core import MetricUnavailable, TokbenchError, Tokenizer, is_options_mismatch
-from .data import DataUnavailable, ImageDataset, open_dataset
+from .data import DataUnavailable, ImageDataset, LoaderCache, open_dataset
 from .distributed import Context, load_states, reduce_states, shard
 from .evaluation import JobFailed, evaluate_shard, merge_values, resize_for_eval  # noqa: F401
 from .metrics.base import BenchMetric, build_metric
@@ -131,6 +131,7 @@ class Runner:
         self.ctx = Context.from_env(device)
         self.device = self.ctx.device(device)
         self._datasets: dict[tuple[str, int | None], ImageDataset | str] = {}
+        self._loaders = LoaderCache()  # image-loading workers shared by consecutive jobs on the same images
 
     # -- run record ------------------------------------------------------------------------
     def _write_run_record(self, jobs: list[Job]) -> None:
@@ -170,15 +171,22 @@ class Runner:
         return ds
 
     # -- main loop -------------------------------------------------------------------------
-    def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
+    def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None,
+            prefetch: list[str] | None = None) -> list[dict[str, Any]]:
+        """The jobs, after fetching `prefetch`'s missing weights (`first_run`) where the hub is reachable."""
         jobs = plan_jobs(self.suite, tokenizer_names, data)
         check_protocols(self.suite, jobs)
         try:
+            if prefetch:
+                from .first_run import prefetch_on_each_node
+
+                prefetch_on_each_node(self.ctx, prefetch, self.log)
             if self.ctx.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
             with writer_lock(self.out, self.log):
                 return self._run_jobs(jobs)
         finally:
+            self._loaders.close()
             self.ctx.close()
 
     def _run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -314,7 +322,7 @@ class Runner:
                 if name in metrics:
                     load_states(metrics[name], sd)
         error = evaluate_shard(ctx, suite, self.device, self.progress, job, tok, ds, store, attempt, mine, own,
-                               metrics, metric_skips, protocol, resolution, eval_resolution)
+                               metrics, metric_skips, protocol, resolution, eval_resolution, self._loaders)
         errors = [e for e in ctx.gather(error) if e]
         summary = self._finish_job(job, job_dir, store, record, metrics, errors) if ctx.is_main else None
         return ctx.broadcast(summary)
@@ -385,5 +393,6 @@ def metric_key(name: str, options: dict[str, Any]) -> str:
 
 def run_suite(suite: Suite, out_dir: str | Path, tokenizers: list[str] | None = None,
               data: list[str] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print, fresh: bool = False) -> list[dict[str, Any]]:
-    return Runner(suite, Path(out_dir), progress=progress, log=log, fresh=fresh).run(tokenizers, data)
+              log: Callable[[str], None] = print, fresh: bool = False,
+              prefetch: list[str] | None = None) -> list[dict[str, Any]]:
+    return Runner(suite, Path(out_dir), progress=progress, log=log, fresh=fresh).run(tokenizers, data, prefetch)
