@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import TokbenchError
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
 from .chameleon import ChameleonVQGAN, VQGANConfig, vqgan_config
@@ -214,4 +215,5 @@ FAMILY = Family(
     variants=VARIANTS,
     description="IBQ (index backpropagation quantization) VQGAN tokenizers, 1,024 to 262,144 codes (TencentARC SEED-Voken)",
     default_variant=DEFAULT_VARIANT,
+    options={"dtype": DType, "resolution": PositiveInt, "ema": bool, "protocol": str},
 )

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core import TokbenchError, Tokens
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
 from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, build_tokenizer, constructor_args
@@ -567,6 +568,7 @@ FAMILY = Family(
     aliases=("open-magvit2-lfq",),
     description="Open-MAGVIT2 lookup-free (LFQ) image tokenizers, 2^18 / 2^14 codes (TencentARC SEED-Voken)",
     default_variant=DEFAULT_VARIANT,
+    options={"dtype": DType, "resolution": PositiveInt, "ema": bool},
 )
 
 
