@@ -171,8 +171,8 @@ class Runner:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None) -> list[dict[str, Any]]:
+        check_protocols(self.suite)
         jobs = plan_jobs(self.suite, tokenizer_names, data)
-        check_protocols(self.suite, jobs)
         try:
             if self.ctx.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)

@@ -215,7 +215,8 @@ def tokenizer_problems(entries: list[Any], where: str = "tokenizers") -> list[tu
     return problems
 
 
-def _protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+def protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Protocol names, of the suite and of its tokenizer entries, that no module registers."""
     from .protocols import protocols
 
     known = protocols()
@@ -255,7 +256,7 @@ def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> N
     if isinstance(raw.get("prefetch"), list):
         problems += [(w.replace("].name", "]"), v, m) for w, v, m in tokenizer_problems(raw["prefetch"], "prefetch")]
     problems += _metric_problems(raw.get("metrics"))
-    problems += _protocol_problems(raw)
+    problems += protocol_problems(raw)
     problems += data_problems(raw.get("data"), open_them=open_data)
     if problems:
         raise SuiteInvalid(problems, path)
