@@ -194,14 +194,59 @@ def test_first_run_offline_skips_with_the_fetch_command_as_before(tmp_path, monk
     assert out.strip().splitlines()[-1] == "tokbench: 1 completed, 1 skipped, 0 failed"
 
 
-def test_every_family_has_an_options_row_so_its_sweeps_are_checked():
-    """A family added without a row in FAMILY_OPTIONS would get no option check at all."""
+def test_an_option_value_a_metric_refuses_is_a_clear_error():
+    """torchmetrics checks its own keywords with ValueError; build_metric names the metric and options."""
+    from tokbench.core import TokbenchError
+    from tokbench.metrics.base import _METRICS, BenchMetric, build_metric
+
+    with pytest.raises(TokbenchError, match=r"bad options for metric 'psnr' \{'compute_on_cpu': 'yes'\}: Expected"):
+        build_metric("psnr", compute_on_cpu="yes")
+    with pytest.raises(TokbenchError, match=r"bad options for metric 'psnr' .*Unexpected keyword .*compute_on_cpus"):
+        build_metric("psnr", compute_on_cpus=True)
+
+    class Broken(BenchMetric):  # a ValueError with no option given is a bug, not bad options
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            raise ValueError("a bug")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(_METRICS, "broken", Broken)
+        with pytest.raises(ValueError, match="a bug"):
+            build_metric("broken")
+
+
+def test_a_metric_option_value_its_constructor_refuses_is_a_suite_problem(monkeypatch):
+    from tokbench.metrics.base import _METRICS, BenchMetric
+    from tokbench.suite import parse_suite
+    from tokbench.suite_check import SuiteInvalid
+
+    def __init__(self, window: int = 3, **kwargs):
+        BenchMetric.__init__(self, **kwargs)
+        if window % 2 == 0:  # refused with ValueError, as torchmetrics refuses its own keywords' values
+            raise ValueError(f"window must be odd, got {window}")
+
+    # the suite check takes the options of tokbench's own metric classes, and builds the cheap ones
+    module = "tokbench.metrics.odd_window"
+    monkeypatch.setitem(_METRICS, "odd-window", type("OddWindow", (BenchMetric,),
+                                                     {"__init__": __init__, "__module__": module}))
+    monkeypatch.setattr("tokbench.suite_check._CHEAP_METRIC_MODULES", (module,))
+    parse_suite({"tokenizers": ["jpeg-q50"], "metrics": [{"odd-window": {"window": 5}}]})
+    with pytest.raises(SuiteInvalid) as e:
+        parse_suite({"tokenizers": ["jpeg-q50"], "metrics": ["psnr", {"odd-window": {"window": 4}}]})
+    ((where, value, message),) = e.value.problems
+    assert (where, value) == ("metrics[1].odd-window", {"window": 4})
+    assert message == "bad options for metric 'odd-window' {'window': 4}: window must be odd, got 4"
+
+
+def test_every_family_declares_its_options_so_its_sweeps_are_checked():
+    """A family added without `Family.options` would get no option check at all."""
     from tokbench.registry import families
     from tokbench.suite import parse_suite
-    from tokbench.suite_check import FAMILY_OPTIONS, SuiteInvalid
+    from tokbench.suite_check import SuiteInvalid
 
-    shipped = {f.name for f in families() if f.build.__module__.startswith("tokbench.tokenizers.")}
-    assert len(shipped) >= 15 and shipped - set(FAMILY_OPTIONS) == set()  # test modules register their own
+    shipped = [f for f in families() if f.build.__module__.startswith("tokbench.tokenizers.")]
+    assert len(shipped) >= 15  # test modules register their own families, without options
+    assert [f.name for f in shipped if f.options is None] == []
     parse_suite({"tokenizers": [{"name": "var-vqvae-256", "sweep": {"n_scales": [1, 10]}},
                                 {"name": "sd-vae-ft-mse", "options": {"sample": True, "storage_bits": 16}}]})
     with pytest.raises(SuiteInvalid) as e:

@@ -438,14 +438,32 @@ def test_a_metric_that_raises_mid_run_fails_the_job(tmp_path):
     assert summary["status"] == "ok" and "lpips" in summary["metric_skips"]
 
 
-def test_an_unknown_protocol_stops_the_run_before_any_job(tmp_path):
-    from tokbench.core import TokbenchError
+@pytest.mark.parametrize(("fields", "where", "name"), [
+    ({"protocol": "resize-crpo"}, "protocol", "resize-crpo"),
+    ({"tokenizers": [{"name": "jpeg-q40", "protocol": "nope"}]}, "tokenizers[0].protocol", "nope"),
+])
+def test_an_unknown_protocol_stops_the_run_before_any_job(tmp_path, fields, where, name):
+    from tokbench.suite import DataEntry, Suite, TokenizerEntry
+    from tokbench.suite_check import SuiteInvalid
 
     folder = make_folder(tmp_path / "imgs", n=2, corrupt=False)
-    for fields in ({"protocol": "resize-crpo"}, {"tokenizers": [{"name": "jpeg-q40", "protocol": "nope"}]}):
-        with pytest.raises(TokbenchError, match="unknown preprocessing protocol"):
-            _one_job(tmp_path, data=[f"folder:{folder}"], **fields)
-        assert not (tmp_path / "run" / "run.json").exists()
+    with pytest.raises(SuiteInvalid) as parsed:  # a suite read from YAML or a dict: parse_suite refuses it
+        _one_job(tmp_path, data=[f"folder:{folder}"], **fields)
+    # a Suite built in Python has not been through parse_suite: the runner refuses it the same way
+    entry = TokenizerEntry(**fields["tokenizers"][0]) if "tokenizers" in fields else TokenizerEntry("jpeg-q40")
+    suite = Suite(name="py", tokenizers=[entry], data=[DataEntry(f"folder:{folder}")], metrics=[("psnr", {})],
+                  resolution=32, batch_size=2, protocol=fields.get("protocol"))
+    with pytest.raises(SuiteInvalid) as built:
+        run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    for e in (parsed, built):
+        ((at, value, message),) = e.value.problems
+        assert (at, value) == (where, name)
+        assert message.startswith("unknown preprocessing protocol; known: ") and "resize-crop" in message
+    assert not (tmp_path / "run").exists()
+    # an empty protocol in a Python-built suite is no protocol (the tokenizer's own), as before
+    suite.protocol, suite.tokenizers = "", [TokenizerEntry("jpeg-q40", protocol="")]
+    (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert summary["status"] == "ok"
 
 
 class _Takes:

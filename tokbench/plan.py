@@ -125,10 +125,15 @@ class ModelCache:
             self.encode_names[entry] = set(self.model.encode_options)
 
 
-def check_protocols(suite: Suite, jobs: list[Job]) -> None:
-    """Every protocol a suite names exists: a typo stops the run before its first job."""
-    from .protocols import get_protocol
+def check_protocols(suite: Suite) -> None:
+    """Every protocol a suite names exists: a typo stops the run before its first job, as `SuiteInvalid`.
 
-    for name in dict.fromkeys([suite.protocol, *(j.entry.protocol for j in jobs)]):
-        if name:
-            get_protocol(name)
+    A suite read by `parse_suite` passed the same check already; one built or changed in Python did not.
+    """
+    from .suite_check import SuiteInvalid, protocol_problems
+
+    # an empty name is no protocol (the suite's, or the tokenizer's native one), as at run time
+    named = {"protocol": suite.protocol or None,
+             "tokenizers": [{"protocol": e.protocol or None} for e in suite.tokenizers]}
+    if problems := protocol_problems(named):
+        raise SuiteInvalid(problems, suite.path)

@@ -48,11 +48,13 @@ Builder = Callable[..., Tokenizer]
 
 @dataclass(frozen=True)
 class Family:
-    """A tokenizer family: how to build it and its released variants.
+    """A tokenizer family: how to build it, the options it takes, and its released variants.
 
     `build(variant, weights, config, device, **options)` receives the variant row (or None when loaded
     by family name), an explicit checkpoint path (or None: resolve the variant's artifact), the config
-    dict (variant config updated by the user's), and adapter options.
+    dict (variant config updated by the user's), and adapter options. `options` declares every option
+    the builder and the tokenizer's `encode` take (both may be swept), name -> the type pydantic checks
+    a suite's values against (`tokbench.options`); None: undeclared, a suite's options go unchecked.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Family:
     aliases: tuple[str, ...] = ()
     description: str = ""
     default_variant: str | None = None
+    options: Mapping[str, Any] | None = None
     # Names outside the table that the family understands (`jpeg-q30`): name -> Variant, or None.
     variant_for_name: Callable[[str], Variant | None] | None = None
 

@@ -174,8 +174,8 @@ class Runner:
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None,
             prefetch: list[str] | None = None) -> list[dict[str, Any]]:
         """The jobs, after fetching `prefetch`'s missing weights (`first_run`) where the hub is reachable."""
+        check_protocols(self.suite)
         jobs = plan_jobs(self.suite, tokenizer_names, data)
-        check_protocols(self.suite, jobs)
         try:
             if prefetch:
                 from .first_run import prefetch_on_each_node

@@ -2,8 +2,8 @@
 
 Two layers: a pydantic schema for types and ranges of every field, then checks against what tokbench
 knows (metric names and their options, tokenizer names and globs, the options and sweeps each family
-accepts, preprocessing protocols, data sources). `check_suite` raises `SuiteInvalid` listing all of
-them; nothing has been written by then.
+accepts as its `Family.options` declares them, preprocessing protocols, data sources). `check_suite`
+raises `SuiteInvalid` listing all of them; nothing has been written by then.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .core import DTYPES, TokbenchError
+from .core import TokbenchError
+from .options import DType, PositiveInt
 
-PositiveInt = Annotated[int, Field(ge=1)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 
 
@@ -62,7 +62,7 @@ class SuiteModel(_Strict):
     metrics: list[str | dict[str, dict[str, Any] | None]] | None = None
     batch_size: PositiveInt = 8
     device: Device = "auto"
-    dtype: Literal[tuple(DTYPES)] = "float32"  # type: ignore[valid-type]
+    dtype: DType = "float32"
     seed: int = 0
     protocol: str | None = None
     resolution: PositiveInt = 256
@@ -76,24 +76,6 @@ class SuiteModel(_Strict):
     prefetch: list[str] = []
 
 
-# Options (load options and encode options; both may be swept) that each family's builder and
-# `encode` accept, with their types (tests/test_run_contract.py checks every family has a row).
-_QUALITY = Annotated[int, Field(ge=0, le=100)]
-_DTYPE = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
-FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
-    **{codec: {"quality": _QUALITY, "format": Literal[codec]} for codec in ("jpeg", "webp", "avif")},
-    **{f: {"dtype": _DTYPE, "resolution": PositiveInt} for f in ("llamagen-vq", "chameleon-vqgan", "emu3-vq")},
-    "siglip": {"dtype": _DTYPE, "preprocessing": str},
-    "tokenflow": {"dtype": _DTYPE, "preprocessing": str, "n_scales": PositiveInt},
-    **{f: {"dtype": _DTYPE, "strict_length_assertion": bool, "n_tokens": PositiveInt, "sample": bool}
-       for f in ("one-d-piece", "titok")},
-    "var-vqvae": {"dtype": _DTYPE, "preprocessing": str, "n_scales": PositiveInt},
-    "open-magvit2": {"dtype": _DTYPE, "resolution": PositiveInt, "ema": bool},
-    "ibq": {"dtype": _DTYPE, "resolution": PositiveInt, "ema": bool, "protocol": str},
-    "unitok": {"dtype": _DTYPE, "preprocessing": str},
-    "diffusers-vae": {"dtype": _DTYPE, "resolution": PositiveInt, "sample": bool, "seed": int,
-                      "storage_bits": PositiveInt},
-}
 # Metric modules without networks: building one is instant, so its option values are checked by building it.
 _CHEAP_METRIC_MODULES = ("tokbench.metrics.pixel", "tokbench.metrics.rate", "tokbench.metrics.speed")
 
@@ -209,8 +191,8 @@ def tokenizer_problems(entries: list[Any], where: str = "tokenizers") -> list[tu
         except TokbenchError as e:
             problems.append((f"{at}.name", name, str(e).split(" Run `tokbench list`")[0]))
             continue
-        accepted = FAMILY_OPTIONS.get(family.name)
-        if accepted is None:
+        accepted = family.options
+        if accepted is None:  # undeclared (families registered outside tokbench.tokenizers, e.g. by tests)
             continue
         for field in ("options", "sweep"):
             values = entry.get(field)
@@ -233,7 +215,8 @@ def tokenizer_problems(entries: list[Any], where: str = "tokenizers") -> list[tu
     return problems
 
 
-def _protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+def protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Protocol names, of the suite and of its tokenizer entries, that no module registers."""
     from .protocols import protocols
 
     known = protocols()
@@ -273,7 +256,7 @@ def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> N
     if isinstance(raw.get("prefetch"), list):
         problems += [(w.replace("].name", "]"), v, m) for w, v, m in tokenizer_problems(raw["prefetch"], "prefetch")]
     problems += _metric_problems(raw.get("metrics"))
-    problems += _protocol_problems(raw)
+    problems += protocol_problems(raw)
     problems += data_problems(raw.get("data"), open_them=open_data)
     if problems:
         raise SuiteInvalid(problems, path)

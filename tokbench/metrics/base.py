@@ -103,7 +103,11 @@ def metric_names() -> list[str]:
 
 
 def build_metric(name: str, **options: Any) -> BenchMetric:
-    """Instantiate a registered metric; options come from the suite (e.g. `lpips: {net: vgg}`)."""
+    """Instantiate a registered metric; options come from the suite (e.g. `lpips: {net: vgg}`).
+
+    An option the constructor does not take (TypeError) or a value it refuses (ValueError, as
+    torchmetrics' own keywords are checked) is a `TokbenchError` naming the metric and its options.
+    """
     _discover()
     if name not in _METRICS:
         raise TokbenchError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(_METRICS))}")
@@ -111,3 +115,7 @@ def build_metric(name: str, **options: Any) -> BenchMetric:
         return _METRICS[name](**options)
     except TypeError as e:
         raise TokbenchError(f"bad options for metric {name!r} {options}: {e}") from None
+    except ValueError as e:
+        if not options:  # no option to blame: a bug, left with its traceback
+            raise
+        raise TokbenchError(f"bad options for metric {name!r} {options}: {e}") from e

@@ -38,6 +38,7 @@ from ..checkpoint import (
     seeded_rng,
 )
 from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, torch_dtype
+from ..options import DType, PositiveInt
 from ..protocols import Geometry, register_protocol, scale, shift
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, local_path, resolve, shard_resolver
@@ -971,6 +972,7 @@ FAMILY = Family(
     aliases=("chameleon", "anole-vqgan"),
     description="Chameleon's early-fusion image tokenizer (taming VQGAN, 1024 ids of 8192 at 512), also Anole's",
     default_variant=DEFAULT_VARIANT,
+    options={"dtype": DType, "resolution": PositiveInt},
 )
 
 EMU3_FAMILY = Family(
@@ -980,5 +982,6 @@ EMU3_FAMILY = Family(
     aliases=("emu3",),
     description="Emu3's vision tokenizer (BAAI), through transformers' Emu3VQVAE",
     default_variant="emu3-vision-tokenizer",
+    options={"dtype": DType, "resolution": PositiveInt},
 )
 FAMILIES = (FAMILY, EMU3_FAMILY)

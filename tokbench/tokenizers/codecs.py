@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image, features
 
 from ..core import TokbenchError, Tokenizer, TokenizerSpec, Tokens, check_images
+from ..options import Quality
 from ..registry import Family, Variant
 
 # Pillow save arguments per format: 4:2:0 chroma subsampling everywhere, as the codecs' defaults do.
@@ -133,6 +134,7 @@ def _codec_family(fmt: str, description: str) -> Family:
         return _build(variant, weights, config, device, **options)
 
     return Family(name=fmt, build=build, variants=variants, description=description,
+                  options={"quality": Quality, "format": Literal[fmt]},  # type: ignore[valid-type]
                   variant_for_name=variant_for_name)
 
 

@@ -32,6 +32,7 @@ import torch
 
 from ..checkpoint import RANDOM_WEIGHTS, RANDOM_WEIGHTS_NOTE, seeded_rng
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, resolve
 
@@ -837,4 +838,5 @@ FAMILY = Family(
     description="latent-diffusion autoencoders through diffusers (SD/SDXL/SD3.5/FLUX/Qwen-Image VAEs, DC-AE, RAE, "
     "TAESD, MoVQ); continuous latents as features",
     default_variant=DEFAULT_VARIANT,
+    options={"dtype": DType, "resolution": PositiveInt, "sample": bool, "seed": int, "storage_bits": PositiveInt},
 )

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..core import TokbenchError
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
 from .chameleon import ChameleonVQGAN, VQGANConfig, vqgan_config
-from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, build_tokenizer, constructor_args
+from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, constructor_args
 
 FAMILY_NAME = "ibq"
 # Positions whose logits over the codebook are formed at once: ~128 MiB of float32 at any codebook size.
@@ -180,33 +180,15 @@ def _describe(cfg: VQGANConfig, side: int, resolution: int) -> str:
     )
 
 
+# `protocol` names the preprocessing recorded in the spec (each variant's row sets its official one)
+OPTIONS = {"dtype": DType, "resolution": PositiveInt, "ema": bool, "protocol": str}
 BUILD = SeedVokenFamily(
     name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an IBQ",
     checkpoint_hint="an IBQ Lightning checkpoint such as imagenet256_262144.ckpt", parse=ibq_config,
     make_model=IBQModel, is_family=_is_ibq, describe=_describe, tokenizer=IBQTokenizer, preprocessing="ibq",
-    default_resolution=lambda cfg: cfg.resolution,
+    default_resolution=lambda cfg: cfg.resolution, options=OPTIONS,
 )  # fmt: skip
-
-
-def build(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    resolution: int | None = None,
-    ema: bool | None = None,
-    protocol: str | None = None,
-    **options: Any,
-) -> IBQTokenizer:
-    """Build from `config`, load the EMA weights (default; `ema=False`: the raw ones) of a checkpoint.
-    `protocol` names the preprocessing recorded in the spec (variants: their official one)."""
-    if options:
-        raise TokbenchError(f"unknown {FAMILY_NAME} options {sorted(options)}; known: dtype, resolution, ema, protocol")
-    return build_tokenizer(
-        BUILD, variant, weights, config, dtype=dtype, resolution=resolution, ema=ema, protocol=protocol
-    )
-
+build = BUILD.build
 
 FAMILY = Family(
     name=FAMILY_NAME,
@@ -214,4 +196,5 @@ FAMILY = Family(
     variants=VARIANTS,
     description="IBQ (index backpropagation quantization) VQGAN tokenizers, 1,024 to 262,144 codes (TencentARC SEED-Voken)",
     default_variant=DEFAULT_VARIANT,
+    options=OPTIONS,
 )

@@ -28,6 +28,7 @@ from ..checkpoint import (
     read_under_prefix,
 )
 from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact, resolve, shard_resolver
 
@@ -839,4 +840,5 @@ FAMILY = Family(
     aliases=("janus-vq",),
     description="LlamaGen VQ-16/VQ-8 image tokenizers, also Janus / Janus-Pro's generation tokenizer (gen_vision_model)",
     default_variant="llamagen-vq16-c2i",
+    options={"dtype": DType, "resolution": PositiveInt},
 )

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from ..core import TokbenchError, Tokens
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
-from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, build_tokenizer, constructor_args
+from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, constructor_args
 
 FAMILY_NAME = "open-magvit2"
 GROUP_NORM_EPS = 1e-6  # hard-coded upstream, as the AdaGN eps added to the variance
@@ -535,30 +536,16 @@ def _parse(config: Mapping[str, Any] | None) -> tuple[OpenMagvit2Config, bool | 
     return cfg, cfg.use_ema
 
 
+OPTIONS = {"dtype": DType, "resolution": PositiveInt, "ema": bool}
 BUILD = SeedVokenFamily(
     name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an Open-MAGVIT2",
     checkpoint_hint="an Open-MAGVIT2 Lightning checkpoint such as imagenet_256_L.ckpt", parse=_parse,
     make_model=OpenMagvit2, is_family=_is_open_magvit2, describe=_describe, tokenizer=OpenMagvit2Tokenizer,
     # the config's nominal `resolution` when no variant says more (the 256_L YAML says 128: its variant row has 256)
-    preprocessing="open-magvit2", default_resolution=lambda cfg: cfg.resolution, check=_check_layout,
+    preprocessing="open-magvit2", default_resolution=lambda cfg: cfg.resolution, options=OPTIONS,
+    check=_check_layout,
 )  # fmt: skip
-
-
-def build(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    resolution: int | None = None,
-    ema: bool | None = None,
-    **options: Any,
-) -> OpenMagvit2Tokenizer:
-    """Build from `config`, load the EMA weights (default; `ema=False`: the raw ones) of a checkpoint."""
-    if options:
-        raise TokbenchError(f"unknown {FAMILY_NAME} options {sorted(options)}; known: dtype, resolution, ema")
-    return build_tokenizer(BUILD, variant, weights, config, dtype=dtype, resolution=resolution, ema=ema)
-
+build = BUILD.build
 
 FAMILY = Family(
     name=FAMILY_NAME,
@@ -567,6 +554,7 @@ FAMILY = Family(
     aliases=("open-magvit2-lfq",),
     description="Open-MAGVIT2 lookup-free (LFQ) image tokenizers, 2^18 / 2^14 codes (TencentARC SEED-Voken)",
     default_variant=DEFAULT_VARIANT,
+    options=OPTIONS,
 )
 
 

@@ -150,6 +150,7 @@ class SeedVokenTokenizer(GridVQTokenizer):
 class SeedVokenFamily:
     """How one SEED-Voken family is built. `parse(config) -> (cfg, use_ema of the config)`; `cfg` must have
     `downsample` and `n_embed`; `describe(cfg, side, resolution)` is the spec note on the architecture;
+    `options` are the family's `Family.options`, the keywords of `build_tokenizer` it takes;
     `check(cfg, state_dict, path) -> cfg` may refuse a checkpoint early with a better message than a key
     list, or return the config that fits it (a layout the checkpoint itself reveals)."""
 
@@ -165,7 +166,21 @@ class SeedVokenFamily:
     tokenizer: type[SeedVokenTokenizer]
     preprocessing: str
     default_resolution: Callable[[Any], int]
+    options: Mapping[str, Any]
     check: Callable[[Any, Mapping[str, torch.Tensor], Path], Any] | None = None
+
+    def build(
+        self,
+        variant: Variant | None = None,
+        weights: str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",  # `load_tokenizer` moves the tokenizer there
+        **options: Any,
+    ) -> SeedVokenTokenizer:
+        """The family's `Family.build`: `build_tokenizer` with the options this family takes."""
+        if unknown := sorted(set(options) - set(self.options)):
+            raise TokbenchError(f"unknown {self.name} options {unknown}; known: {', '.join(self.options)}")
+        return build_tokenizer(self, variant, weights, config, **options)
 
 
 def build_tokenizer(
@@ -174,13 +189,14 @@ def build_tokenizer(
     weights: str | Path | None,
     config: Mapping[str, Any] | None,
     *,
-    dtype: str,
-    resolution: int | None,
-    ema: bool | None,
+    dtype: str = "float32",
+    resolution: int | None = None,
+    ema: bool | None = None,
     protocol: str | None = None,
 ) -> SeedVokenTokenizer:
-    """Build `fam` from `config`, load a checkpoint's EMA (default) or raw weights, or seeded random
-    weights (`weights="random"`); a family name without weights stands for its default variant."""
+    """Build `fam` from `config`, load a checkpoint's EMA (default; `ema=False`: the raw ones) or seeded
+    random weights (`weights="random"`); a family name without weights stands for its default variant.
+    `protocol` names the preprocessing recorded in the spec (default: the family's official one)."""
     torch_dtype(dtype)  # a bad dtype fails before the model is built
     random_weights = isinstance(weights, str) and weights == "random"
     if variant is None and (weights is None or (random_weights and not config)):

@@ -38,6 +38,7 @@ from ..checkpoint import (
     seeded_rng,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
+from ..options import DType
 from ..protocols import Geometry, drop_alpha, expand_geometry, expand_to_square, register_protocol, scale
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve, shard_resolver
@@ -502,4 +503,5 @@ FAMILY = Family(
     aliases=("siglip2",),
     description="SigLIP / SigLIP 2 / Janus understanding encoders: continuous patch features, no decoder",
     default_variant="siglip-large-patch16-384",
+    options={"dtype": DType, "preprocessing": str},
 )

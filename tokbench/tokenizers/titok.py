@@ -44,6 +44,7 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
 
@@ -923,6 +924,8 @@ def _make_builder(family: str, default_variant: str):
     return build
 
 
+# both families' options: load options (dtype, strict_length_assertion), then `encode`'s (n_tokens, sample)
+OPTIONS = {"dtype": DType, "strict_length_assertion": bool, "n_tokens": PositiveInt, "sample": bool}
 UPSTREAM = {
     "one-d-piece": "github.com/turingmotors/One-D-Piece @473665d (modeling/one_d_piece.py)",
     "titok": "github.com/bytedance/1d-tokenizer @942a96f (modeling/titok.py)",
@@ -936,6 +939,7 @@ FAMILIES = (
         aliases=("one_d_piece", "onedpiece"),
         description="One-D-Piece: TiTok with Tail Token Drop; any prefix of its 256 tokens decodes (quality dial)",
         default_variant="one-d-piece-l-256",
+        options=OPTIONS,
     ),
     Family(
         name="titok",
@@ -943,6 +947,7 @@ FAMILIES = (
         variants=TITOK_VARIANTS,
         description="TiTok: 1D tokenizer (32-256 tokens), legacy two-stage, single-stage VQ and VAE releases",
         default_variant="titok-l32",
+        options=OPTIONS,
     ),
 )
 FAMILIES_BY_NAME = {f.name: f for f in FAMILIES}

@@ -39,6 +39,7 @@ from ..checkpoint import (
     seeded_rng,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, resolve
 from ._multiscale import multiscale_tokens, scales_for_count
@@ -841,6 +842,7 @@ FAMILY = Family(
     variants=VARIANTS,
     description="TokenFlow dual-codebook (semantic + pixel) multi-scale tokenizer with one shared index",
     default_variant="tokenflow-clipb-32k-enhanced",
+    options={"dtype": DType, "preprocessing": str, "n_scales": PositiveInt},
 )
 
 __all__ = [

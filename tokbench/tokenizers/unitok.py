@@ -52,6 +52,7 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
+from ..options import DType
 from ..protocols import (
     center_crop,
     drop_alpha,
@@ -964,6 +965,7 @@ FAMILY = Family(
     variants=VARIANTS,
     description="UniTok unified tokenizer: multi-codebook VQ (8 x 4096) with a CLIP-style image-text head",
     default_variant="unitok-large",
+    options={"dtype": DType, "preprocessing": str},
 )
 
 __all__ = [

@@ -43,6 +43,7 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..options import DType, PositiveInt
 from ..protocols import (
     center_crop,
     drop_alpha,
@@ -837,6 +838,7 @@ FAMILY = Family(
     aliases=("var",),
     description="VAR's multi-scale residual VQVAE (next-scale prediction tokenizer); any prefix of scales decodes",
     default_variant="var-vqvae-256",
+    options={"dtype": DType, "preprocessing": str, "n_scales": PositiveInt},
 )
 
 __all__ = [
