@@ -17,7 +17,7 @@ that LlamaGen and TiTok use, how it scales over processes, and how fast each fam
    metrics, so the ratio measures the pipeline, not the metric code. Ratio baseline / harness; target >= 3
    on a GPU.
 3. scaling: `torchrun --nproc_per_node=N -m tokbench run` against 1 process, images/s and efficiency,
-   when tokbench's runner sets up torch.distributed (checked at run time); until then the row says so.
+   over its own, larger image count (`--scaling-images`), so that the processes' start-up cancels out.
 4. throughput: encode and decode images/s of each family's released architecture (`weights="random"`
    by default) per resolution, batch size and dtype (`benchmarks/throughput.py` is an alias of this).
 
@@ -77,11 +77,11 @@ FAMILY_VARIANTS = ("jpeg-q75", "webp-q75", "avif-q75", "llamagen-vq16-c2i", "jan
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: few images, the neural tokenizer at 128 px, one timed call per throughput row.
     "cpu": {"cases": ["jpeg-q75:images=20", "llamagen-vq16-c2i:images=12,resolution=128"], "batch_size": 4,
-            "reps": 3, "scaling_procs": 2, "batch_sizes": [1], "dtypes": ["float32"], "warmup": 1, "iters": 1,
+            "reps": 3, "scaling_procs": 2, "scaling_images": 240, "batch_sizes": [1], "dtypes": ["float32"], "warmup": 1, "iters": 1,
             # Emu3's tokenizer at 512 px takes minutes per call and ~7 GB on a CPU: GPU preset only.
             "tokenizers": [t for t in FAMILY_VARIANTS if t != "emu3-vision-tokenizer"]},
     "gpu": {"cases": ["jpeg-q75:images=2000", "llamagen-vq16-c2i:images=1024", "titok-l32:images=1024"],
-            "batch_size": 32, "reps": 5, "scaling_procs": max(2, torch.cuda.device_count()),
+            "batch_size": 32, "reps": 5, "scaling_procs": max(2, torch.cuda.device_count()), "scaling_images": 8000,
             "batch_sizes": [1, 8, 32], "dtypes": ["float32", "bfloat16"], "warmup": 3, "iters": 10,
             "tokenizers": list(FAMILY_VARIANTS)},
 }
@@ -413,9 +413,11 @@ def torchrun_command(nproc: int, suite_path: Path, out: Path, limit: int) -> lis
 
 
 def scaling_rows(case: Case, nproc: int, batch_size: int, reps: int, device: torch.device, default_side: int,
-                 work: Path, log=print) -> list[dict[str, Any]]:
-    """Images/s of the harness under torchrun with 1 and `nproc` processes (steady state: a run over all
-    images minus one over one batch per process), and the efficiency ips_N / (N x ips_1)."""
+                 work: Path, log=print, images: int | None = None) -> list[dict[str, Any]]:
+    """Images/s of the harness under torchrun with 1 and `nproc` processes over `images` images (the
+    case's count by default), steady state: a run over all images minus one over one batch per process;
+    and the efficiency ips_N / (N x ips_1)."""
+    case = Case(case.name, images or case.images, case.resolution, case.weights, case.config)
     row: dict[str, Any] = {"measure": "scaling", "compared": f"{nproc} processes / 1 process",
                            "target": "efficiency ~ 1", "tokenizer": case.name, "weights": case.weights_label,
                            "batch": batch_size, "images": case.images, "reps": reps,
@@ -664,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size of the ratio sections")
     p.add_argument("--reps", type=int, help="repetitions of the ratio sections")
     p.add_argument("--scaling-procs", type=int, help="N of the 1-vs-N process scaling row")
+    p.add_argument("--scaling-images", type=int, help="images of the scaling row (enough that the work, not the "
+                   "processes' start-up, dominates)")
     p.add_argument("--tokenizers", nargs="+", help="tokenizers of the throughput table (default: one released "
                    "variant per family)")
     p.add_argument("--batch-sizes", nargs="+", type=int)
@@ -704,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
                     ratios += ratio_rows(reps, setting)
                 if "scaling" not in args.skip and i == 0:
                     ratios += scaling_rows(case, args.scaling_procs, args.batch_size, args.reps, device,
-                                           args.resolution, work)
+                                           args.resolution, work, images=args.scaling_images)
         throughput = [] if "throughput" in args.skip else throughput_rows(
             args.tokenizers, args.batch_sizes, args.dtypes, args.resolutions, device, args.warmup, args.iters,
             random_weights, args.resolution)

@@ -31,7 +31,7 @@ def run(perf, tmp_path_factory):
     out = tmp_path_factory.mktemp("perf") / "out"
     argv = ["--cases", "jpeg-q50:images=4,resolution=32",
             f"llamagen-vq16-c2i:images=4,resolution=32,config={TINY_LLAMAGEN}",
-            "--batch-size", "2", "--reps", "1", "--scaling-procs", "2", "--num-workers", "0", "--tokenizers", "jpeg-q50",
+            "--batch-size", "2", "--reps", "1", "--scaling-procs", "2", "--scaling-images", "6", "--num-workers", "0", "--tokenizers", "jpeg-q50",
             "--batch-sizes", "1", "--warmup", "1", "--iters", "1", "--device", "cpu", "--out", str(out)]
     assert perf.main(argv) == 0
     return out, perf
@@ -51,6 +51,7 @@ def test_outputs_have_the_expected_columns(run):
     assert list(timed["weights"]) == ["codec"] * 2 + ["random"] * 2
     assert (timed["ratio_min"] <= timed["ratio_median"]).all() and (timed["ratio_median"] <= timed["ratio_max"]).all()
     (scaling,) = df[df["measure"] == "scaling"].to_dict("records")
+    assert scaling["images"] == 6  # its own image count, not the case's
     if perf.distributed_runner_reason() is not None:
         assert scaling["status"] == "not available: the runner is single-process"
         assert math.isnan(scaling["ratio_median"])  # nothing is made up for it
