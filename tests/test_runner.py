@@ -519,3 +519,17 @@ def test_sweep_points_share_the_loading_workers_and_give_the_same_numbers(tmp_pa
     in_main = run_suite(parse_suite({**base, "num_workers": 0}), tmp_path / "b", progress=False, log=lambda _: None)
     assert [s["status"] for s in with_workers] == ["ok"] * 4
     assert [s["results"] for s in with_workers] == [s["results"] for s in in_main]
+
+
+def test_a_suite_dtype_goes_to_the_tokenizers_that_take_one_and_is_recorded(tmp_path):
+    # `dtype: bfloat16` used to fail every codec job ("unknown codec settings ['dtype']")
+    fixture = Path(__file__).parent / "data" / "llamagen_vq16"
+    folder = make_folder(tmp_path / "imgs", n=3, corrupt=False)
+    suite = parse_suite({"name": "bf16", "data": [f"folder:{folder}"], "resolution": 32, "batch_size": 2,
+                         "download": False, "num_workers": 0, "dtype": "bfloat16", "metrics": ["psnr"],
+                         "tokenizers": ["jpeg-q50", {"name": "llamagen-vq16-c2i", "resolution": 32,
+                                                     "weights": str(fixture / "vq_ds16_c2i.pt"),
+                                                     "config": str(fixture / "config.json")}]})
+    codec, model = run_suite(suite, tmp_path / "run", progress=False, log=lambda _: None)
+    assert codec["status"] == model["status"] == "ok", (codec.get("reason"), model.get("reason"))
+    assert model["dtype"] == "bfloat16" and codec["dtype"] != "bfloat16"

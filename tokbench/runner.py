@@ -217,7 +217,7 @@ class Runner:
 
     def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
         options = dict(entry.options)
-        if self.suite.dtype != "float32":
+        if self.suite.dtype != "float32" and takes_option(entry.name, "dtype"):  # codecs have no dtype
             options.setdefault("dtype", self.suite.dtype)
         try:
             return apply_speed_options(load_tokenizer(entry.name, weights=entry.weights, config=entry.config,
@@ -294,7 +294,7 @@ class Runner:
             "params": job.params, "options": job.entry.options, "spec": spec.as_dict(),
             "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit},
             "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
-            "protocol_description": get_protocol(protocol).description, "dtype": suite.dtype,
+            "protocol_description": get_protocol(protocol).description, "dtype": spec.dtype,
             "batch_size": suite.batch_size, "world_size": ctx.world,
             "channels_last": suite.channels_last, "compile": suite.compile,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
@@ -373,6 +373,18 @@ def apply_speed_options(tok: Tokenizer, suite: Suite) -> Tokenizer:
         if tok.spec.supports_decode:
             tok.decode = torch.compile(tok.decode)  # type: ignore[method-assign]
     return tok
+
+
+def takes_option(name: str, option: str) -> bool:
+    """Whether the family of tokenizer `name` declares `option` (an undeclared family, or a name that
+    does not resolve, is given it: its loader then says what is wrong)."""
+    from .registry import find
+
+    try:
+        family, _ = find(name)
+    except TokbenchError:
+        return True
+    return family.options is None or option in family.options
 
 
 def short_reason(reason: str) -> str:
