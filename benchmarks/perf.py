@@ -77,12 +77,15 @@ FAMILY_VARIANTS = ("jpeg-q75", "webp-q75", "avif-q75", "llamagen-vq16-c2i", "jan
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: few images, the neural tokenizer at 128 px, one timed call per throughput row.
     "cpu": {"cases": ["jpeg-q75:images=20", "llamagen-vq16-c2i:images=12,resolution=128"], "batch_size": 4,
-            "reps": 3, "scaling_procs": 2, "scaling_images": 240, "batch_sizes": [1], "dtypes": ["float32"], "warmup": 1, "iters": 1,
+            "reps": 3, "scaling_procs": 2, "scaling_images": 240, "batch_sizes": [1], "dtypes": ["float32"],
+            "warmup": 1, "iters": 1,
             # Emu3's tokenizer at 512 px takes minutes per call and ~7 GB on a CPU: GPU preset only.
             "tokenizers": [t for t in FAMILY_VARIANTS if t != "emu3-vision-tokenizer"]},
-    "gpu": {"cases": ["jpeg-q75:images=2000", "llamagen-vq16-c2i:images=1024", "titok-l32:images=1024"],
-            "batch_size": 32, "reps": 5, "scaling_procs": max(2, torch.cuda.device_count()), "scaling_images": 8000,
-            "batch_sizes": [1, 8, 32], "dtypes": ["float32", "bfloat16"], "warmup": 3, "iters": 10,
+    # Sized for one 10-minute command on one GPU (benchmarks/gpu_checks.sh); not yet run on a GPU.
+    "gpu": {"cases": ["jpeg-q75:images=1000", "llamagen-vq16-c2i:images=1024", "titok-l32:images=1024"],
+            "batch_size": 32, "reps": 3, "scaling_procs": max(2, torch.cuda.device_count()),
+            "scaling_images": 4000,
+            "batch_sizes": [1, 32], "dtypes": ["float32", "bfloat16"], "warmup": 3, "iters": 10,
             "tokenizers": list(FAMILY_VARIANTS)},
 }
 
@@ -424,6 +427,9 @@ def scaling_rows(case: Case, nproc: int, batch_size: int, reps: int, device: tor
                            "command": "torchrun " + " ".join(torchrun_command(nproc, Path("SUITE.yaml"),
                                                                               Path("OUT"), case.images)[3:])}
     reason = distributed_runner_reason()
+    if device.type == "cuda" and torch.cuda.device_count() < nproc:
+        reason = (f"not measured: {nproc} processes need {nproc} GPUs (one each), this machine has "
+                  f"{torch.cuda.device_count()}")
     if reason is not None:
         return [{**row, "status": reason}]
     data_dir = prepare_images(work / "images", case.images)

@@ -238,3 +238,15 @@ def test_sweep_points_share_a_model_only_over_encode_options():
     # one model for the n_tokens sweep; a quality sweep loads per point (after one plain load that
     # tells which options the entry takes at encode time)
     assert loads == [("one-d-piece-s-256", {}), ("jpeg", {}), ("jpeg", {"quality": 10}), ("jpeg", {"quality": 90})]
+
+
+def test_more_processes_than_gpus_on_a_node_is_a_clear_error(monkeypatch):
+    from tokbench.core import TokbenchError
+    from tokbench.distributed import Context
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TokbenchError, match=r"more processes on this node than it has GPUs \(1\).*nproc_per_node=1"):
+        Context.from_env(torch.device("cuda"))

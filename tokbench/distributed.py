@@ -45,6 +45,9 @@ class Context:
         if world <= 1:
             return cls()
         rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda" and local_rank >= (gpus := torch.cuda.device_count()):
+            raise TokbenchError(f"torchrun started more processes on this node than it has GPUs ({gpus}): each "
+                                f"process needs a GPU of its own; use --nproc_per_node={gpus} (or --device cpu)")
         owns = False
         if not tdist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
