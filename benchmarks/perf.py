@@ -76,7 +76,7 @@ FAMILY_VARIANTS = ("jpeg-q75", "webp-q75", "avif-q75", "llamagen-vq16-c2i", "jan
                    "one-d-piece-l-256", "titok-l32", "siglip-large-patch16-384")
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: few images, the neural tokenizer at 128 px, one timed call per throughput row.
-    "cpu": {"cases": ["jpeg-q75:images=20", "llamagen-vq16-c2i:images=12,resolution=128"], "batch_size": 4,
+    "cpu": {"cases": ["jpeg-q75:images=96", "llamagen-vq16-c2i:images=20,resolution=128"], "batch_size": 4,
             "reps": 3, "scaling_procs": 2, "scaling_images": 240, "batch_sizes": [1], "dtypes": ["float32"],
             "warmup": 1, "iters": 1,
             # Emu3's tokenizer at 512 px takes minutes per call and ~7 GB on a CPU: GPU preset only.

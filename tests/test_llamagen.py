@@ -116,7 +116,9 @@ def test_alternative_configs_match_official_outputs(folder: Path, filename: str,
     assert tokens.codebook_size == cfg["codebook_size"]
     torch.testing.assert_close(tok.decode(tokens), as_unit(io["recon_from_indices"]), atol=1e-4, rtol=0)
     with torch.no_grad():
-        torch.testing.assert_close(tok.model.latent(io["input"]), io["latent"], atol=1e-5, rtol=0)
+        # float32 convolutions round differently on other CPUs' kernels (1.1e-5 at a latent of 1.6 was
+        # seen on an AMD EPYC against outputs made elsewhere): relative 1e-5 on top; the ids stay exact
+        torch.testing.assert_close(tok.model.latent(io["input"]), io["latent"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(tok.model.decode(io["quant"]), io["recon"], atol=1e-4, rtol=0)
 
 
