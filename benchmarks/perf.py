@@ -53,6 +53,7 @@ import yaml
 from PIL import Image
 
 import tokbench
+from tokbench.allocator import keep_freed_memory
 from tokbench.core import TokbenchError, Tokenizer
 from tokbench.data import ImageDataset, iterate_batches, open_dataset, open_image, pil_to_tensor
 from tokbench.metrics.base import EvalBatch, build_metric
@@ -99,11 +100,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Where the numbers were measured: device, CPU, threads, load, package versions, git revision."""
+    """Where the numbers were measured: device, CPU, threads, host allocator, load, package versions, git
+    revision. Sets the allocator the runner uses (`tokbench.allocator`) first, so that every pipeline of
+    this process, the baselines included, runs with it."""
     from importlib.metadata import PackageNotFoundError, version
 
     env: dict[str, Any] = {"device": str(device), "cpu": platform.processor() or platform.machine(),
                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "host_allocator": keep_freed_memory(),
                            "python": platform.python_version(), "tokbench": tokbench.__version__}
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
@@ -622,7 +626,8 @@ def plot(ratios: pd.DataFrame, throughput: pd.DataFrame, path: Path) -> None:
 def environment_lines(env: dict[str, Any]) -> str:
     where = env.get("gpu") or f"{env['cpu']}, {env['cpu_count']} CPUs"
     return (f"- device: {env['device']} ({where}), torch {env['torch']} ({env['torch_threads']} threads), "
-            f"tokbench {env['tokbench']}, git {env.get('git_revision') or 'unknown'}\n"
+            f"tokbench {env['tokbench']}, git {env.get('git_revision') or 'unknown'}, "
+            f"host allocator: {env.get('host_allocator', 'unknown')}\n"
             f"- 1-minute load average when the run started: {env.get('load_average_1min', 'unknown')} "
             "(other processes on the machine; timings are noisy when it exceeds the CPU count)\n")
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .allocator import keep_freed_memory
 from .core import MetricUnavailable, TokbenchError, Tokenizer, is_options_mismatch
 from .data import DataUnavailable, ImageDataset, LoaderCache, open_dataset
 from .distributed import Context, load_states, reduce_states, shard
@@ -110,8 +111,11 @@ def git_revision() -> str | None:
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
+    from .allocator import keep_freed_memory
+
     d: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads(),
-                         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+                         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                         "host_allocator": keep_freed_memory()}
     if device.type == "cuda":
         d["gpu"] = torch.cuda.get_device_name(device)
         d["cuda"] = torch.version.cuda
@@ -127,6 +131,7 @@ class Runner:
     def __init__(self, suite: Suite, out_dir: Path, progress: bool = True,
                  log: Callable[[str], None] = print, fresh: bool = False) -> None:
         self.suite, self.out, self.progress, self.log, self.fresh = suite, Path(out_dir), progress, log, fresh
+        keep_freed_memory()  # model activations reuse freed heap memory instead of fresh mmaps (allocator.py)
         device = resolve_device(suite.device)
         self.ctx = Context.from_env(device)
         self.device = self.ctx.device(device)
