@@ -168,6 +168,7 @@ def test_persistent_workers_follow_each_pass_positions(tmp_path):
         first = list(loader.batches([0, 1, 2, 3, 4, 5, 6, 7]))
         it = loader.batches([6, 7, 0])
         next(it)  # abandoned after one batch
+        assert list(loader.batches([])) == []  # a rank with nothing left to count
         second = list(loader.batches([5, 3, 7]))
         workers = loader.loader._iterator._workers  # noqa: SLF001
         third = list(loader.batches([1]))
