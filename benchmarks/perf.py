@@ -79,6 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: few images, the neural tokenizer at 128 px, one timed call per throughput row.
     "cpu": {"cases": ["jpeg-q75:images=96", "llamagen-vq16-c2i:images=20,resolution=128"], "batch_size": 4,
             "reps": 3, "scaling_procs": 2, "scaling_images": 240, "batch_sizes": [1], "dtypes": ["float32"],
+            "memory_formats": ["contiguous"],
             "warmup": 1, "iters": 1,
             # Emu3's tokenizer at 512 px takes minutes per call and ~7 GB on a CPU: GPU preset only.
             "tokenizers": [t for t in FAMILY_VARIANTS if t != "emu3-vision-tokenizer"]},
@@ -86,7 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {"cases": ["jpeg-q75:images=1000", "llamagen-vq16-c2i:images=1024", "titok-l32:images=1024"],
             "batch_size": 32, "reps": 3, "scaling_procs": max(2, torch.cuda.device_count()),
             "scaling_images": 4000,
-            "batch_sizes": [1, 32], "dtypes": ["float32", "bfloat16"], "warmup": 3, "iters": 10,
+            "batch_sizes": [1, 32], "dtypes": ["float32", "bfloat16"], "memory_formats": ["contiguous", "channels_last"],
+            "warmup": 3, "iters": 10,
             "tokenizers": list(FAMILY_VARIANTS)},
 }
 
@@ -490,9 +492,10 @@ def _p95(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, int(0.95 * len(values)))]
 
 
-def measure(tok: Tokenizer, batch: int, size: int, device: torch.device, warmup: int, iters: int) -> dict:
+def measure(tok: Tokenizer, batch: int, size: int, device: torch.device, warmup: int, iters: int,
+            memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """Encode and decode of one batch, `warmup` untimed then `iters` timed calls, device synchronised."""
-    images = sample_batch(batch, size).to(device)
+    images = sample_batch(batch, size).to(device).contiguous(memory_format=memory_format)
     reset_peak_memory(device)
     enc, dec = [], []
     with torch.inference_mode():
@@ -513,11 +516,17 @@ def measure(tok: Tokenizer, batch: int, size: int, device: torch.device, warmup:
     return row
 
 
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def throughput_rows(names: list[str], batch_sizes: list[int], dtypes: list[str], resolutions: list[str],
                     device: torch.device, warmup: int, iters: int, random_weights: bool,
-                    default_side: int, log=print) -> list[dict[str, Any]]:
-    """One row per (tokenizer, dtype, resolution, batch size); a tokenizer that cannot load is a
-    `skipped` row, a setting that fails (out of memory, a size the model refuses) a `failed` row."""
+                    default_side: int, log=print, memory_formats: tuple[str, ...] = ("contiguous",)
+                    ) -> list[dict[str, Any]]:
+    """One row per (tokenizer, dtype, memory format, resolution, batch size); a tokenizer that cannot load
+    is a `skipped` row, a setting that fails (out of memory, a size the model refuses) a `failed` row.
+    A memory format applies to the model and its input batch (codecs have neither: contiguous only);
+    comparing the two rows of a family shows whether `channels_last` helps it."""
     rows: list[dict[str, Any]] = []
     for name in names:
         family, _ = tokbench.registry.find(name)
@@ -533,24 +542,30 @@ def throughput_rows(names: list[str], batch_sizes: list[int], dtypes: list[str],
                 log(f"{name} ({dtype}): {reason}")
                 rows.append({"tokenizer": name, "dtype": shown_dtype, "status": reason})
                 continue
-            for res in resolutions:
-                size = (tok.spec.resolution or default_side) if res == "native" else int(res)
-                for batch in batch_sizes:
-                    try:
-                        row = {"status": "ok", **measure(tok, batch, size, device, warmup, iters)}
-                    except (RuntimeError, TokbenchError, ValueError) as e:
-                        row = {"status": f"failed: {type(e).__name__}: {str(e).splitlines()[0]}"}
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                    rows.append({"tokenizer": name, "dtype": shown_dtype, "batch": batch, "resolution": size,
-                                 "weights": "random" if weights else "released", **row})
-                    log(f"{name} {dtype} {size}px b={batch}: " + ", ".join(
-                        f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)))
+            model = getattr(tok, "model", None)
+            formats = memory_formats if isinstance(model, torch.nn.Module) else memory_formats[:1]
+            for fmt in formats:
+                if isinstance(model, torch.nn.Module):
+                    model.to(memory_format=MEMORY_FORMATS[fmt])
+                for res in resolutions:
+                    size = (tok.spec.resolution or default_side) if res == "native" else int(res)
+                    for batch in batch_sizes:
+                        try:
+                            row = {"status": "ok", **measure(tok, batch, size, device, warmup, iters,
+                                                             MEMORY_FORMATS[fmt])}
+                        except (RuntimeError, TokbenchError, ValueError) as e:
+                            row = {"status": f"failed: {type(e).__name__}: {str(e).splitlines()[0]}"}
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                        rows.append({"tokenizer": name, "dtype": shown_dtype, "memory_format": fmt, "batch": batch,
+                                     "resolution": size, "weights": "random" if weights else "released", **row})
+                        log(f"{name} {dtype} {fmt} {size}px b={batch}: " + ", ".join(
+                            f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)))
             del tok
     return rows
 
 
-THROUGHPUT_COLUMNS = ("tokenizer", "dtype", "batch", "resolution", "weights", "tokens_per_image",
+THROUGHPUT_COLUMNS = ("tokenizer", "dtype", "memory_format", "batch", "resolution", "weights", "tokens_per_image",
                       "encode_images_per_s", "decode_images_per_s", "encode_tokens_per_s", "encode_p50_ms",
                       "encode_p95_ms", "decode_p50_ms", "decode_p95_ms", "peak_memory_mb", "status")
 RATIO_COLUMNS = ("measure", "compared", "tokenizer", "weights", "resolution", "batch", "timed_images", "reps",
@@ -607,8 +622,9 @@ def plot(ratios: pd.DataFrame, throughput: pd.DataFrame, path: Path) -> None:
     ax1.set_title("harness against baselines")
     ok = throughput[throughput.get("status", pd.Series(dtype=str)) == "ok"] if len(throughput) else throughput
     if len(ok):
-        labels = [f"{t} {d} {r}px b{b}" for t, d, r, b in zip(ok["tokenizer"], ok["dtype"], ok["resolution"],
-                                                              ok["batch"])]
+        formats = ok["memory_format"] if "memory_format" in ok else ["contiguous"] * len(ok)
+        labels = [f"{t} {d}{' NHWC' if f == 'channels_last' else ''} {r}px b{b}"
+                  for t, d, f, r, b in zip(ok["tokenizer"], ok["dtype"], formats, ok["resolution"], ok["batch"])]
         x = np.arange(len(ok))
         ax2.bar(x - 0.2, ok["encode_images_per_s"], 0.4, label="encode")
         if "decode_images_per_s" in ok:
@@ -683,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "variant per family)")
     p.add_argument("--batch-sizes", nargs="+", type=int)
     p.add_argument("--dtypes", nargs="+")
+    p.add_argument("--memory-formats", nargs="+", choices=sorted(MEMORY_FORMATS),
+                   help="memory formats of the throughput table's neural tokenizers (model and input)")
     p.add_argument("--resolutions", nargs="+", default=["native"], help="`native` or sides in px")
     p.add_argument("--warmup", type=int)
     p.add_argument("--iters", type=int)
@@ -722,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.resolution, work, images=args.scaling_images)
         throughput = [] if "throughput" in args.skip else throughput_rows(
             args.tokenizers, args.batch_sizes, args.dtypes, args.resolutions, device, args.warmup, args.iters,
-            random_weights, args.resolution)
+            random_weights, args.resolution, memory_formats=tuple(args.memory_formats))
     except TokbenchError as e:
         print(f"benchmarks/perf.py: {e}", file=sys.stderr)
         return 2

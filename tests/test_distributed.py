@@ -193,6 +193,26 @@ def test_speed_options_are_validated_and_recorded(tmp_path):
     assert [r["psnr"] for r in rows[True]] == pytest.approx([r["psnr"] for r in rows[False]], rel=1e-5)
 
 
+def test_channels_last_auto_goes_to_convolutional_families_only(tmp_path):
+    from tokbench.core import TokbenchError
+    from tokbench.registry import find
+    from tokbench.suite import parse_suite
+
+    with pytest.raises(TokbenchError, match="channels_last"):
+        parse_suite({"tokenizers": ["jpeg-q40"], "channels_last": "sometimes"})
+    assert find("llamagen-vq16-c2i")[0].convolutional and find("ibq-16384")[0].convolutional
+    assert not find("titok-l32")[0].convolutional and not find("siglip-large-patch16-384")[0].convolutional
+    folder = make_folder_with_broken(tmp_path / "imgs", 3, set())
+    vq = {"name": "llamagen-vq", "resolution": 32, "weights": str(FIXTURES / "llamagen_vq16" / "vq_ds16_c2i.pt"),
+          "config": str(FIXTURES / "llamagen_vq16" / "config.json")}
+    suite = parse_suite({"name": "auto", "data": [f"folder:{folder}"], "batch_size": 2, "num_workers": 0,
+                         "resolution": 32, "metrics": ["psnr"], "channels_last": "auto",
+                         "tokenizers": ["jpeg-q40", vq]})
+    codec, model = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    assert codec["status"] == model["status"] == "ok"
+    assert codec["channels_last"] is False and model["channels_last"] is True
+
+
 def test_a_part_merged_before_a_crash_is_not_counted_again(tmp_path):
     """Killed between saving the merged state.pt and deleting the rank parts: the next merge deletes
     them without adding them twice; a part not yet merged is added once, its unsaved rows dropped."""

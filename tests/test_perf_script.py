@@ -61,7 +61,7 @@ def test_outputs_have_the_expected_columns(run):
     assert (tp["encode_images_per_s"] > 0).all() and (tp["decode_images_per_s"] > 0).all()
     md = (out / "perf.md").read_text()
     assert "| overhead | harness / bare loop | jpeg-q50 | codec | 32 | 2 | 2 | 1 |" in md
-    assert "## Encode / decode throughput" in md and "| jpeg-q50 | uint8 | 1 | 256 | released |" in md
+    assert "## Encode / decode throughput" in md and "| jpeg-q50 | uint8 | contiguous | 1 | 256 | released |" in md
     assert (out / "perf.png").stat().st_size > 1000
     env = json.loads((out / "environment.json").read_text())
     assert env["command"].startswith("python benchmarks/perf.py --cases jpeg-q50") and env["device"] == "cpu"
@@ -116,3 +116,11 @@ def test_bad_cases_are_clear_errors(perf, tmp_path, capsys):
     assert perf.main(["--cases", "jpeg-q50:images=3", "--batch-size", "2", "--skip", "throughput",
                       "--out", str(tmp_path)]) == 2
     assert "images=3 leaves nothing to time" in capsys.readouterr().err
+
+
+def test_throughput_rows_per_memory_format_for_modules_only(perf):
+    rows = perf.throughput_rows(["jpeg-q50", "llamagen-vq16-c2i"], [1], ["float32"], ["32"], torch.device("cpu"),
+                                0, 1, True, 32, log=lambda _: None, memory_formats=("contiguous", "channels_last"))
+    assert [(r["tokenizer"], r["memory_format"], r["status"]) for r in rows] == [
+        ("jpeg-q50", "contiguous", "ok"), ("llamagen-vq16-c2i", "contiguous", "ok"),
+        ("llamagen-vq16-c2i", "channels_last", "ok")]

@@ -73,7 +73,7 @@ class _InterruptAtBatchEnd:
 def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: bool, job: Job, tok: Tokenizer, ds: ImageDataset, store: JobStore, attempt: str,
                     positions: list[int], state: JobState, metrics: dict[str, BenchMetric],
                     metric_skips: dict[str, str], protocol: str, resolution: int,
-                    eval_resolution: int | None, loaders: LoaderCache) -> str | None:
+                    eval_resolution: int | None, loaders: LoaderCache, channels_last: bool = False) -> str | None:
     """This rank's batches of one job: metrics updated, rows and state saved as it goes. Returns
     None when its share is done, else why it failed (its progress up to the last batch is saved).
     The images come from `loaders`, whose workers the run's other jobs on the same images share."""
@@ -101,7 +101,7 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
                 n = len(batch.records)
                 if n:
                     images = batch.images.to(device, non_blocking=True)  # from pinned memory on CUDA
-                    if suite.channels_last:
+                    if channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
                     if not warmed:  # one untimed pass: lazy init, cudnn autotune, allocator
                         encode_decode(tok, images, job.encode_options, device)

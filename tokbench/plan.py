@@ -39,7 +39,7 @@ class Job:
             "data": self.data_source, "limit": self.data_limit, "dtype": suite.dtype,
             "metrics": suite.metrics,
             # speed options only where set, so the ids of runs made before they existed stay valid
-            **{k: True for k in ("channels_last", "compile") if getattr(suite, k)},
+            **{k: v for k in ("channels_last", "compile") if (v := getattr(suite, k))},
         }
 
     def id(self, suite: Suite) -> str:

@@ -55,6 +55,9 @@ class Family:
     dict (variant config updated by the user's), and adapter options. `options` declares every option
     the builder and the tokenizer's `encode` take (both may be swept), name -> the type pydantic checks
     a suite's values against (`tokbench.options`); None: undeclared, a suite's options go unchecked.
+    `convolutional`: the model is mostly 2-D convolutions (VQGAN-style encoder and decoder), the kind
+    of network whose GPU kernels favour the channels_last memory format; a suite's
+    `channels_last: auto` applies that format to these families only.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Family:
     description: str = ""
     default_variant: str | None = None
     options: Mapping[str, Any] | None = None
+    convolutional: bool = False
     # Names outside the table that the family understands (`jpeg-q30`): name -> Variant, or None.
     variant_for_name: Callable[[str], Variant | None] | None = None
 
@@ -119,6 +123,14 @@ def variants(pattern: str = "*") -> list[Variant]:
 
 def list_tokenizers(pattern: str = "*") -> list[str]:
     return [v.name for v in variants(pattern)]
+
+
+def family_of(name: str) -> Family | None:
+    """The family of a variant or family name, or None for a name no family knows."""
+    try:
+        return find(name)[0]
+    except TokbenchError:
+        return None
 
 
 def find(name: str) -> tuple[Family, Variant | None]:

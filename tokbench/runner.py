@@ -46,7 +46,7 @@ from .distributed import Context, load_states, reduce_states, shard
 from .evaluation import JobFailed, evaluate_shard, merge_values, resize_for_eval  # noqa: F401
 from .metrics.base import BenchMetric, build_metric
 from .plan import Job, ModelCache, check_protocols, plan_jobs
-from .registry import load_tokenizer
+from .registry import family_of, load_tokenizer
 from .runfolder import (
     LOCK_FILE,
     LOCK_INFO,
@@ -226,7 +226,8 @@ class Runner:
             options.setdefault("dtype", self.suite.dtype)
         try:
             return apply_speed_options(load_tokenizer(entry.name, weights=entry.weights, config=entry.config,
-                                                      device=self.device, **options, **load_options), self.suite)
+                                                      device=self.device, **options, **load_options),
+                                       uses_channels_last(entry.name, self.suite.channels_last), self.suite.compile)
         except TypeError as e:
             if is_options_mismatch(e, {**options, **load_options}):
                 return TokbenchError(f"bad options for {entry.name}: {e}")
@@ -301,7 +302,7 @@ class Runner:
             "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
             "protocol_description": get_protocol(protocol).description, "dtype": spec.dtype,
             "batch_size": suite.batch_size, "world_size": ctx.world,
-            "channels_last": suite.channels_last, "compile": suite.compile,
+            "channels_last": uses_channels_last(job.entry.name, suite.channels_last), "compile": suite.compile,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
             "published": job.entry.published, "published_source": job.entry.published_source,
         }
@@ -327,7 +328,8 @@ class Runner:
                 if name in metrics:
                     load_states(metrics[name], sd)
         error = evaluate_shard(ctx, suite, self.device, self.progress, job, tok, ds, store, attempt, mine, own,
-                               metrics, metric_skips, protocol, resolution, eval_resolution, self._loaders)
+                               metrics, metric_skips, protocol, resolution, eval_resolution, self._loaders,
+                               channels_last=record["channels_last"])
         errors = [e for e in ctx.gather(error) if e]
         summary = self._finish_job(job, job_dir, store, record, metrics, errors) if ctx.is_main else None
         return ctx.broadcast(summary)
@@ -365,15 +367,24 @@ class Runner:
         store.state.unlink(missing_ok=True)
         return summary
 
-def apply_speed_options(tok: Tokenizer, suite: Suite) -> Tokenizer:
-    """The suite's `channels_last` and `compile` on a module-backed tokenizer (codecs have no module:
-    nothing to change). Both are recorded with the job's results."""
+def uses_channels_last(name: str, setting: bool | str) -> bool:
+    """Whether tokenizer `name` runs in channels_last under the suite's `channels_last` (true, false, or
+    "auto": the families that declare themselves convolutional)."""
+    if setting != "auto":
+        return bool(setting)
+    family = family_of(name)
+    return family is not None and family.convolutional
+
+
+def apply_speed_options(tok: Tokenizer, channels_last: bool, compile: bool) -> Tokenizer:
+    """channels_last and torch.compile on a module-backed tokenizer (codecs have no module: nothing to
+    change). Both are recorded with the job's results."""
     model = getattr(tok, "model", None)
     if not isinstance(model, torch.nn.Module):
         return tok
-    if suite.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
-    if suite.compile:  # instance attributes shadow the methods; the module itself stays as loaded
+    if compile:  # instance attributes shadow the methods; the module itself stays as loaded
         tok.encode = torch.compile(tok.encode)  # type: ignore[method-assign]
         if tok.spec.supports_decode:
             tok.decode = torch.compile(tok.decode)  # type: ignore[method-assign]
@@ -383,13 +394,8 @@ def apply_speed_options(tok: Tokenizer, suite: Suite) -> Tokenizer:
 def takes_option(name: str, option: str) -> bool:
     """Whether the family of tokenizer `name` declares `option` (an undeclared family, or a name that
     does not resolve, is given it: its loader then says what is wrong)."""
-    from .registry import find
-
-    try:
-        family, _ = find(name)
-    except TokbenchError:
-        return True
-    return family.options is None or option in family.options
+    family = family_of(name)
+    return family is None or family.options is None or option in family.options
 
 
 def short_reason(reason: str) -> str:

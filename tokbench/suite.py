@@ -66,7 +66,9 @@ class Suite:
     grid_images: int = 4
     num_workers: int | None = None
     checkpoint_seconds: float = 30.0
-    channels_last: bool = False  # models and input batches in channels_last memory format (GPU convolutions)
+    # models and input batches in channels_last memory format (GPU convolutions): true, false, or "auto"
+    # for the families that declare themselves convolutional (registry.Family.convolutional)
+    channels_last: bool | str = False
     compile: bool = False  # torch.compile the encode and decode of module-backed tokenizers
     prefetch: list[str] = field(default_factory=list)  # fetched first when the hub is reachable (first_run)
     path: str | None = None

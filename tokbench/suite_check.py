@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -71,7 +71,7 @@ class SuiteModel(_Strict):
     grid_images: Annotated[int, Field(ge=0)] = 4
     num_workers: Annotated[int, Field(ge=0)] | None = None
     checkpoint_seconds: Annotated[float, Field(ge=0)] = 30.0
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = False
     compile: bool = False
     prefetch: list[str] = []
 

@@ -968,6 +968,7 @@ def build_emu3(
 FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
+    convolutional=True,
     variants=VARIANTS,
     aliases=("chameleon", "anole-vqgan"),
     description="Chameleon's early-fusion image tokenizer (taming VQGAN, 1024 ids of 8192 at 512), also Anole's",
@@ -978,6 +979,7 @@ FAMILY = Family(
 EMU3_FAMILY = Family(
     name=EMU3_FAMILY_NAME,
     build=build_emu3,
+    convolutional=True,
     variants=EMU3_VARIANTS,
     aliases=("emu3",),
     description="Emu3's vision tokenizer (BAAI), through transformers' Emu3VQVAE",

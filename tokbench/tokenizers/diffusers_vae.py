@@ -833,6 +833,7 @@ def build(
 FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
+    convolutional=True,
     variants=VARIANTS,
     aliases=("diffusers",),
     description="latent-diffusion autoencoders through diffusers (SD/SDXL/SD3.5/FLUX/Qwen-Image VAEs, DC-AE, RAE, "

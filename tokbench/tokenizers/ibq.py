@@ -193,6 +193,7 @@ build = BUILD.build
 FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
+    convolutional=True,
     variants=VARIANTS,
     description="IBQ (index backpropagation quantization) VQGAN tokenizers, 1,024 to 262,144 codes (TencentARC SEED-Voken)",
     default_variant=DEFAULT_VARIANT,

@@ -836,6 +836,7 @@ def build(
 FAMILY = Family(
     name="llamagen-vq",
     build=build,
+    convolutional=True,
     variants=VARIANTS,
     aliases=("janus-vq",),
     description="LlamaGen VQ-16/VQ-8 image tokenizers, also Janus / Janus-Pro's generation tokenizer (gen_vision_model)",

@@ -550,6 +550,7 @@ build = BUILD.build
 FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
+    convolutional=True,
     variants=VARIANTS,
     aliases=("open-magvit2-lfq",),
     description="Open-MAGVIT2 lookup-free (LFQ) image tokenizers, 2^18 / 2^14 codes (TencentARC SEED-Voken)",

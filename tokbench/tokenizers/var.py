@@ -834,6 +834,7 @@ def build(
 FAMILY = Family(
     name=FAMILY_NAME,
     build=build,
+    convolutional=True,
     variants=VARIANTS,
     aliases=("var",),
     description="VAR's multi-scale residual VQVAE (next-scale prediction tokenizer); any prefix of scales decodes",
