@@ -21,4 +21,4 @@ def test_throughput_script_writes_rows_and_skips_missing_weights(tmp_path):
     assert (ok["tokens_per_image"] > 0).all()
     (skipped,) = df[df["tokenizer"] == "llamagen-vq16-c2i"]["status"]
     assert skipped.startswith("skipped: weights for 'llamagen-vq16-c2i' are not available")
-    assert "| jpeg-q50 | uint8 | 1 | 256 |" in (out / "throughput.md").read_text()
+    assert "| jpeg-q50 | uint8 | contiguous | 1 | 256 |" in (out / "throughput.md").read_text()
