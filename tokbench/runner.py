@@ -111,8 +111,6 @@ def git_revision() -> str | None:
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
-    from .allocator import keep_freed_memory
-
     d: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads(),
                          "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                          "host_allocator": keep_freed_memory()}

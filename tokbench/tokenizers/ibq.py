@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..core import TokbenchError
 from ..options import DType, PositiveInt
-from ..registry import Family, Variant
+from ..registry import Variant
 from ..weights import Artifact, register_artifact
 from .chameleon import ChameleonVQGAN, VQGANConfig, vqgan_config
 from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, constructor_args
@@ -190,12 +190,6 @@ BUILD = SeedVokenFamily(
 )  # fmt: skip
 build = BUILD.build
 
-FAMILY = Family(
-    name=FAMILY_NAME,
-    build=build,
-    convolutional=True,
-    variants=VARIANTS,
-    description="IBQ (index backpropagation quantization) VQGAN tokenizers, 1,024 to 262,144 codes (TencentARC SEED-Voken)",
-    default_variant=DEFAULT_VARIANT,
-    options=OPTIONS,
+FAMILY = BUILD.family(
+    "IBQ (index backpropagation quantization) VQGAN tokenizers, 1,024 to 262,144 codes (TencentARC SEED-Voken)"
 )

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..core import TokbenchError, Tokens
 from ..options import DType, PositiveInt
-from ..registry import Family, Variant
+from ..registry import Variant
 from ..weights import Artifact, register_artifact
 from .seed_voken import TRAINING_ARGS, SeedVokenFamily, SeedVokenTokenizer, constructor_args
 
@@ -547,15 +547,9 @@ BUILD = SeedVokenFamily(
 )  # fmt: skip
 build = BUILD.build
 
-FAMILY = Family(
-    name=FAMILY_NAME,
-    build=build,
-    convolutional=True,
-    variants=VARIANTS,
+FAMILY = BUILD.family(
+    "Open-MAGVIT2 lookup-free (LFQ) image tokenizers, 2^18 / 2^14 codes (TencentARC SEED-Voken)",
     aliases=("open-magvit2-lfq",),
-    description="Open-MAGVIT2 lookup-free (LFQ) image tokenizers, 2^18 / 2^14 codes (TencentARC SEED-Voken)",
-    default_variant=DEFAULT_VARIANT,
-    options=OPTIONS,
 )
 
 

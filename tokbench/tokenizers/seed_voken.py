@@ -39,7 +39,7 @@ from ..protocols import (
     shift,
     short_side_crop_geometry,
 )
-from ..registry import Variant
+from ..registry import Family, Variant
 from ..weights import resolve
 
 UPSTREAM = "https://github.com/TencentARC/SEED-Voken (formerly TencentARC/Open-MAGVIT2)"
@@ -181,6 +181,12 @@ class SeedVokenFamily:
         if unknown := sorted(set(options) - set(self.options)):
             raise TokbenchError(f"unknown {self.name} options {unknown}; known: {', '.join(self.options)}")
         return build_tokenizer(self, variant, weights, config, **options)
+
+    def family(self, description: str, aliases: tuple[str, ...] = ()) -> Family:
+        """The registry's `Family` of these releases (taming-style VQGAN convolutions), built by `build`."""
+        return Family(name=self.name, build=self.build, variants=self.variants, aliases=aliases,
+                      description=description, default_variant=self.default_variant, options=self.options,
+                      convolutional=True)
 
 
 def build_tokenizer(
