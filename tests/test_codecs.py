@@ -57,9 +57,11 @@ def test_quality_orders_size_and_error():
 
 
 def test_bad_codec_settings():
-    with pytest.raises(TokbenchError, match=r"quality must be in \[0, 100\]"):
+    with pytest.raises(TokbenchError, match=r"jpeg option quality=300: Input should be less than or equal to 100"):
         tokbench.load_tokenizer("jpeg", quality=300)
-    with pytest.raises(TokbenchError, match="unknown codec settings"):
+    with pytest.raises(TokbenchError, match=r"unknown webp options \['lossless'\]; known: quality, format"):
         tokbench.load_tokenizer("webp", lossless=True)
+    with pytest.raises(TokbenchError, match="unknown codec settings"):
+        tokbench.load_tokenizer("webp", config={"lossless": True})
     with pytest.raises(TokbenchError, match="take no weights"):
         tokbench.load_tokenizer("jpeg-q50", weights="x.pt")

@@ -136,7 +136,7 @@ KILLER = textwrap.dedent("""\
                 os._exit(137)  # as abrupt as SIGKILL
             return super().encode(images, **kw)
 
-    register_family(Family("killer-jpeg", build=lambda **k: Killer("jpeg", 40, name="killer-jpeg")))
+    register_family(Family("killer-jpeg", build=lambda b: Killer("jpeg", 40, name="killer-jpeg")))
     from tokbench.cli import main
     sys.exit(main(sys.argv[1:]))
     """)
@@ -240,24 +240,27 @@ def test_sweep_points_share_a_model_only_over_encode_options():
     from tokbench.plan import ModelCache, plan_jobs
     from tokbench.suite import parse_suite
 
-    class Fake:
-        def __init__(self, encode_options):
-            self.encode_options = encode_options
-
     loads = []
 
     def load(entry, options):
         loads.append((entry.name, options))
-        return Fake({"n_tokens"} if entry.name == "one-d-piece-s-256" else set())
+        return object()
 
-    suite = parse_suite({"tokenizers": [{"name": "one-d-piece-s-256", "sweep": {"n_tokens": [1, 4, 16]}},
-                                        {"name": "jpeg", "sweep": {"quality": [10, 90]}}]})
+    suite = parse_suite({"dtype": "float32", "tokenizers": [
+        {"name": "one-d-piece-s-256", "sweep": {"n_tokens": [1, 4, 16]}},
+        {"name": "jpeg", "sweep": {"quality": [10, 90]}},
+        {"name": "llamagen-vq16-c2i", "sweep": {"dtype": ["float32", "bfloat16"]}}]})
+    jobs = plan_jobs(suite)
+    # the planner splits each point from the families' declarations, before any model is loaded
+    assert [(j.load_options, j.encode_options) for j in jobs[:3]] == [({}, {"n_tokens": n}) for n in (1, 4, 16)]
+    assert [j.load_options for j in jobs[3:]] == [{"quality": 10}, {"quality": 90}, {"dtype": "float32"},
+                                                  {"dtype": "bfloat16"}]
     cache = ModelCache(load)
-    for job in plan_jobs(suite):
+    for job in jobs:
         cache.get(job)
-    # one model for the n_tokens sweep; a quality sweep loads per point (after one plain load that
-    # tells which options the entry takes at encode time)
-    assert loads == [("one-d-piece-s-256", {}), ("jpeg", {}), ("jpeg", {"quality": 10}), ("jpeg", {"quality": 90})]
+    # one model for the n_tokens sweep; one per quality; a 2-value dtype sweep loads the model twice
+    assert loads == [("one-d-piece-s-256", {}), ("jpeg", {"quality": 10}), ("jpeg", {"quality": 90}),
+                     ("llamagen-vq16-c2i", {"dtype": "float32"}), ("llamagen-vq16-c2i", {"dtype": "bfloat16"})]
 
 
 def test_more_processes_than_gpus_on_a_node_is_a_clear_error(monkeypatch):

@@ -134,7 +134,7 @@ def test_missing_ema_copy_is_listed(tmp_path):
 
 
 def test_bad_ema_option():
-    with pytest.raises(TokbenchError, match="ema must be"):
+    with pytest.raises(TokbenchError, match="ema=.yes.: Input should be a valid boolean"):
         tokbench.load_tokenizer("ibq", weights=CKPT, config=CONFIG, ema="yes")
 
 

@@ -20,7 +20,8 @@ import tokbench
 from tokbench.checkpoint import CheckpointError
 from tokbench.core import TokbenchError, Tokens
 from tokbench.tokenizers import llamagen
-from tokbench.tokenizers.llamagen import Upsample, VQModel, vq_config
+from tokbench.tokenizers.llamagen import VQModel, vq_config
+from tokbench.tokenizers.vqgan_blocks import Upsample
 
 DATA = Path(__file__).parent / "data"
 LLAMAGEN = DATA / "llamagen_vq16"

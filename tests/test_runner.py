@@ -167,7 +167,7 @@ KILLER = textwrap.dedent("""\
         return save_state(*args, **kwargs)
 
     JobStore.save = dying_save
-    register_family(Family("killer-jpeg", build=lambda **k: Killer("jpeg", 40, name="killer-jpeg")))
+    register_family(Family("killer-jpeg", build=lambda b: Killer("jpeg", 40, name="killer-jpeg")))
     from tokbench.cli import main
     sys.exit(main(sys.argv[1:]))
     """)
@@ -471,11 +471,11 @@ class _Takes:
         self.quality = quality
 
 
-def _genuine(variant=None, weights=None, config=None, device="cpu", **options):
-    return _Takes(**options)
+def _genuine(b):
+    return _Takes(**vars(b.options))
 
 
-def _buggy(variant=None, weights=None, config=None, device="cpu", **options):
+def _buggy(b):
     return _Takes(quality=int(None))  # a bug: TypeError from inside the builder
 
 

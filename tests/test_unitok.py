@@ -25,6 +25,7 @@ from tokbench.checkpoint import RANDOM_WEIGHTS, CheckpointError
 from tokbench.core import TokbenchError, Tokens
 from tokbench.protocols import get_protocol
 from tokbench.tokenizers.unitok import VARIANTS, UniTokConfig, build_model
+from tokbench.weights import WeightsUnavailable
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "unitok"
@@ -204,6 +205,8 @@ def test_bad_inputs_and_configs_are_clear(tok, images):
     with pytest.raises(TokbenchError, match="no built-in sizes"):
         UniTokConfig.from_dict({"model": "vitamin_tiny_a"})
     with pytest.raises(TokbenchError, match="needs weights"):
+        tokbench.load_tokenizer("unitok", config={"model": "vitamin_large"})
+    with pytest.raises(WeightsUnavailable, match="unitok-large"):  # the family name alone: its default release
         tokbench.load_tokenizer("unitok")
 
 

@@ -6,6 +6,7 @@ them into whatever its model expects (e.g. [-1, 1]) inside `encode` and back ins
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -143,12 +144,18 @@ class Tokenizer:
     """Base class of every adapter.
 
     Subclasses set `self.spec` and implement `encode`; those with a decoder implement `decode`.
-    `encode_options` names the keyword arguments that `encode` takes (for instance `n_tokens`), so a
-    suite's sweep over them reuses one loaded model instead of reloading it.
+    `encode_options` names the keyword arguments that `encode` takes (for instance `n_tokens`): the
+    family's declaration (`Family.encode_options`), set by `load_tokenizer`. Every subclass's `encode`
+    is wrapped once, here, to refuse any other keyword with one message.
     """
 
     spec: TokenizerSpec
     encode_options: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "encode" in cls.__dict__ and not getattr(cls.__dict__["encode"], "_checks_options", False):
+            cls.encode = _refusing_unknown_options(cls.__dict__["encode"])  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -177,6 +184,18 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name!r})"
+
+
+def _refusing_unknown_options(encode: Any) -> Any:
+    @functools.wraps(encode)
+    def checked(self: Tokenizer, images: torch.Tensor, **options: Any) -> Tokens:
+        if unknown := sorted(set(options) - set(self.encode_options)):
+            takes = ", ".join(self.encode_options) or "no options"
+            raise TokbenchError(f"{self.spec.name}.encode takes {takes}; got {unknown}")
+        return encode(self, images, **options)
+
+    checked._checks_options = True  # type: ignore[attr-defined]
+    return checked
 
 
 class ModuleTokenizer(Tokenizer):

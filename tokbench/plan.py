@@ -61,10 +61,23 @@ def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list
         data_entries = [(d, None) for d in data]
     jobs = []
     for entry in entries:
+        takes = encode_option_names(entry.name)
+        fixed = {k: v for k, v in entry.options.items() if k in takes}  # encode options given once, not swept
         for point in entry.points():
+            load = {k: v for k, v in point.items() if k not in takes}
+            encode = {**fixed, **{k: v for k, v in point.items() if k in takes}}
             for source, limit in data_entries:
-                jobs.append(Job(entry, point, {}, source, limit))
+                jobs.append(Job(entry, load, encode, source, limit))
     return jobs
+
+
+def encode_option_names(name: str) -> set[str]:
+    """The options that tokenizer `name`'s family takes at encode time (its declaration; none for a name
+    that does not resolve: its loader then says what is wrong)."""
+    from .registry import family_of
+
+    family = family_of(name)
+    return set(family.encode_options) if family is not None else set()
 
 
 def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
@@ -90,10 +103,9 @@ def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
 class ModelCache:
     """One loaded model at a time, shared by consecutive jobs that can use it.
 
-    A sweep option the loaded tokenizer takes at encode time (`n_tokens` of One-D-Piece) does not
-    need a new model; any other (a codec's `quality`) is passed to the loader, one model per value.
-    Which options are encode options is known once an entry's model has been loaded (without sweep
-    options) the first time. `load(entry, load_options)` returns the tokenizer or the exception that
+    A sweep over encode options (`n_tokens` of One-D-Piece) reuses the loaded model; any other option (a
+    codec's `quality`, a `dtype`) is a load option, one model per value: the planner split them from the
+    families' declarations. `load(entry, load_options)` returns the tokenizer or the exception that
     stopped it (kept, so the job can report it).
     """
 
@@ -101,28 +113,15 @@ class ModelCache:
         self.load = load
         self.key: str | None = None
         self.model: Tokenizer | Exception | None = None
-        self.encode_names: dict[str, set[str]] = {}
 
     def get(self, job: Job) -> Tokenizer | Exception:
-        entry = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options],
-                           sort_keys=True, default=str)
-        if entry not in self.encode_names:
-            self._use(entry, job.entry, {})  # learns the entry's encode options
-            if isinstance(self.model, Exception):  # it cannot load at all (weights missing, bad config):
-                return self.model  # every sweep point reports that, not its sweep option as a load option
-        names = self.encode_names.get(entry, set())
-        self._use(entry, job.entry, {k: v for k, v in job.load_options.items() if k not in names})
+        key = json.dumps([job.entry.name, job.entry.weights, job.entry.config, job.entry.options, job.load_options],
+                         sort_keys=True, default=str)
+        if key != self.key:
+            self.model = None  # free the previous model before loading the next
+            self.key, self.model = key, self.load(job.entry, job.load_options)
         assert self.model is not None
         return self.model
-
-    def _use(self, entry: str, spec: TokenizerEntry, options: dict[str, Any]) -> None:
-        key = entry + json.dumps(options, sort_keys=True, default=str)
-        if key == self.key:
-            return
-        self.model = None  # free the previous model before loading the next
-        self.key, self.model = key, self.load(spec, options)
-        if not isinstance(self.model, Exception):
-            self.encode_names[entry] = set(self.model.encode_options)
 
 
 def check_protocols(suite: Suite) -> None:

@@ -50,11 +50,13 @@ Builder = Callable[..., Tokenizer]
 class Family:
     """A tokenizer family: how to build it, the options it takes, and its released variants.
 
-    `build(variant, weights, config, device, **options)` receives the variant row (or None when loaded
-    by family name), an explicit checkpoint path (or None: resolve the variant's artifact), the config
-    dict (variant config updated by the user's), and adapter options. `options` declares every option
-    the builder and the tokenizer's `encode` take (both may be swept), name -> the type pydantic checks
-    a suite's values against (`tokbench.options`); None: undeclared, a suite's options go unchecked.
+    `build(b)` receives one `tokbench.building.Build`: the variant row (or None when loaded by family
+    name with a checkpoint), the weights (a path, "random", or None: the variant's artifact), the config
+    dict (variant config updated by the user's) and the validated build options. `build_options` and
+    `encode_options` declare what `load_tokenizer` and `Tokenizer.encode` take, apart (both may be swept):
+    name -> the type pydantic checks values against (`tokbench.options`), or (type, default); the planner
+    reads them to tell a model's load options from its encode options without loading it. `code` is
+    the upstream code the module was written from (recorded in every spec).
     `convolutional`: the model is mostly 2-D convolutions (VQGAN-style encoder and decoder), the kind
     of network whose GPU kernels favour the channels_last memory format; a suite's
     `channels_last: auto` applies that format to these families only.
@@ -66,10 +68,19 @@ class Family:
     aliases: tuple[str, ...] = ()
     description: str = ""
     default_variant: str | None = None
-    options: Mapping[str, Any] | None = None
+    build_options: Mapping[str, Any] | None = None
+    encode_options: Mapping[str, Any] = field(default_factory=dict)
+    code: str = ""
     convolutional: bool = False
     # Names outside the table that the family understands (`jpeg-q30`): name -> Variant, or None.
     variant_for_name: Callable[[str], Variant | None] | None = None
+
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """Every option a suite may give this family, build and encode (None: undeclared)."""
+        if self.build_options is None:
+            return None
+        return {**self.build_options, **self.encode_options}
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -189,10 +200,13 @@ def load_tokenizer(
     `tokbench.weights`); `config` the official constructor arguments as a dict or JSON/YAML file,
     merged over the variant's; `options` adapter settings such as `dtype` or `quality`.
     """
+    from .building import run_build
+
     family, variant = find(name)
     cfg = dict(variant.config) if variant is not None else {}
     cfg.update(read_config(config))
     opts = dict(variant.options) if variant is not None else {}
     opts.update(options)
-    tokenizer = family.build(variant=variant, weights=weights, config=cfg, device=device, **opts)
+    tokenizer = run_build(family, variant, weights, cfg, opts)
+    tokenizer.encode_options = tuple(family.encode_options)
     return tokenizer.to(device)

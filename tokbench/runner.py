@@ -45,7 +45,7 @@ from .data import DataUnavailable, ImageDataset, LoaderCache, open_dataset
 from .distributed import Context, load_states, reduce_states, shard
 from .evaluation import JobFailed, evaluate_shard, merge_values, resize_for_eval  # noqa: F401
 from .metrics.base import BenchMetric, build_metric
-from .plan import Job, ModelCache, check_protocols, plan_jobs
+from .plan import Job, ModelCache, check_protocols, encode_option_names, plan_jobs
 from .registry import family_of, load_tokenizer
 from .runfolder import (
     LOCK_FILE,
@@ -219,7 +219,8 @@ class Runner:
         return summaries
 
     def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
-        options = dict(entry.options)
+        takes_at_encode = encode_option_names(entry.name)
+        options = {k: v for k, v in entry.options.items() if k not in takes_at_encode}
         if self.suite.dtype != "float32" and takes_option(entry.name, "dtype"):  # codecs have no dtype
             options.setdefault("dtype", self.suite.dtype)
         try:
@@ -251,9 +252,6 @@ class Runner:
                 return self._skip(job_dir, job, reason)
             return self._skip(job_dir, job, reason if isinstance(tok, JobFailed) else f"{type(tok).__name__}: {reason}",
                               status="failed")
-        if load_only := {k: v for k, v in job.load_options.items() if k in tok.encode_options}:
-            job = Job(job.entry, {k: v for k, v in job.load_options.items() if k not in load_only}, load_only,
-                      job.data_source, job.data_limit)
         try:
             ds = self.dataset(job.data_source, job.data_limit)
         except DataUnavailable as e:  # checked before the run; gone since (an unmounted disk)

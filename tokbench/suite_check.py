@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .core import TokbenchError
+from .building import option_type
 from .options import DType, PositiveInt
 
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
@@ -205,7 +206,7 @@ def tokenizer_problems(entries: list[Any], where: str = "tokenizers") -> list[tu
                     continue
                 for j, v in enumerate(value if field == "sweep" and isinstance(value, list) else [value]):
                     try:
-                        TypeAdapter(accepted[key]).validate_python(v)
+                        TypeAdapter(option_type(accepted[key])).validate_python(v, strict=True)
                     except ValidationError as e:
                         path = f"{at}.{field}.{key}" + (f"[{j}]" if field == "sweep" else "")
                         problems.append((path, v, e.errors()[0]["msg"]))

@@ -496,10 +496,10 @@ def to_uint8(decoded: torch.Tensor) -> np.ndarray:
 
 def vq_tokenizer(gen: JanusGenerator) -> Any:
     """tokbench's own `llamagen-vq` tokenizer, loaded from the same checkpoint file as the model."""
-    from ..tokenizers.llamagen import build
+    from ..registry import load_tokenizer
 
-    return build(weights=gen.info["weights"], config=gen.vq_config(), dtype=gen.dtype,
-                 resolution=gen.image_size).to(gen.device)  # fmt: skip
+    return load_tokenizer("llamagen-vq", weights=gen.info["weights"], config=gen.vq_config(), device=gen.device,
+                          dtype=gen.dtype, resolution=gen.image_size)
 
 
 @torch.inference_mode()

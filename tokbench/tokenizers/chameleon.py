@@ -29,15 +29,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..building import Build
 from ..checkpoint import (
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     load_strict,
-    random_init,
     read_under_prefix,
-    seeded_rng,
 )
-from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, torch_dtype
+from ..core import GridVQTokenizer, TokbenchError, Tokens, bits_for
 from ..options import DType, PositiveInt
 from ..protocols import Geometry, register_protocol, scale, shift
 from ..registry import Family, Variant
@@ -646,55 +643,38 @@ def _resolve_weights(
     return resolve(artifact), shard_resolver(artifact)
 
 
-def build(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    resolution: int | None = None,
-    **options: Any,
-) -> ChameleonVQGANTokenizer:
-    """Build the VQGAN from `config` (any accepted layout), load a checkpoint in either released layout, wrap it.
+def build(b: Build) -> ChameleonVQGANTokenizer:
+    """Build the VQGAN from `b.config` (any accepted layout), load a checkpoint in either released layout, wrap it.
 
     A transformers-format checkpoint without `decoder.*` keys builds an encode-only tokenizer
     (spec.supports_decode False); an original-format one must hold every key (loss.* aside).
     """
-    if options:
-        raise TokbenchError(f"unknown chameleon-vqgan options {sorted(options)}; known: dtype, resolution")
-    torch_dtype(dtype)  # a bad dtype fails before the model is built
-    random_weights = isinstance(weights, str) and weights == "random"
-    if variant is None and (weights is None or (random_weights and not config)):
-        variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
-    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-        config_source = "given" if config else "release default"
-        cfg = vqgan_config(config)
+    variant, config = b.variant, b.config
+    config_source = "given" if config else "release default"
+    if b.random_weights:
         # a transformers-format release (weights under model.vqmodel.) has no decoder: stays encode only
-        hf_release = (
-            variant is not None
-            and variant.weights is not None
-            and variant.weights.prefix in TRANSFORMERS_PREFIXES
-        )
+        hf_release = variant is not None and variant.weights is not None and variant.weights.prefix in TRANSFORMERS_PREFIXES
         layout, with_decoder, ignored = "none", not hf_release, []
-        with torch.device("meta"):
-            model = ChameleonVQGAN(cfg, with_decoder=with_decoder)
-        random_init(model)
     else:
-        path, resolve_shard = _resolve_weights(variant, weights)
-        config_source = "given" if config else "release default"
+        path, resolve_shard = _resolve_weights(variant, b.weights)
         sibling = path.parent / "vqgan.yaml"
         if not config and variant is None and sibling.is_file():  # an original-format tokenizer/ folder
             from ..registry import read_config
 
             config, config_source = read_config(sibling), str(sibling)
-        cfg = vqgan_config(config)
         sd, layout = read_vqgan_state_dict(path, resolve_shard)
         # transformers' converter drops the decoder ("we dont do image generation yet"): encode only, by design
         with_decoder = layout == "original" or any(k.startswith("decoder.") for k in sd)
-        model = ChameleonVQGAN(cfg, with_decoder=with_decoder)
-        ignored = load_vqgan_weights(model, sd, source=f"{path.name} ({layout} layout)")
+        ignored: list[str] = []
+    cfg = vqgan_config(config)
 
-    explicit = resolution or (variant.resolution if variant else None)
+    def load(model: torch.nn.Module, _: Path) -> dict[str, str]:
+        ignored.extend(load_vqgan_weights(model, sd, source=f"{path.name} ({layout} layout)"))
+        return {}
+
+    model = b.model(lambda: ChameleonVQGAN(cfg, with_decoder=with_decoder), load,
+                    "tokenizer/vqgan.ckpt of a Chameleon or Anole release", checkpoint=None if b.random_weights else path)
+    explicit = b.option("resolution") or (variant.resolution if variant else None)
     if explicit and int(explicit) % cfg.downsample:
         raise TokbenchError(
             f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {explicit}"
@@ -703,35 +683,30 @@ def build(
     # need not be a multiple itself (e.g. 50 with factor 4): the default size is the largest multiple below it.
     resolution = int(explicit or max(cfg.downsample, cfg.resolution // cfg.downsample * cfg.downsample))
     side = resolution // cfg.downsample
-    name = variant.name if variant is not None else FAMILY_NAME
     import transformers
 
-    source = {
-        **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path)}),
+    b.source.update({
         "layout": layout,
         "config": config_source,
         "encoder": f"transformers {transformers.__version__} ChameleonVQVAEEncoder + VectorQuantizer",
         "decoder": "tokbench taming Decoder" if with_decoder else "none (not in this release)",
-    }
-    if variant is not None and variant.weights is not None:
-        source["release"] = variant.weights.source if variant.weights.repo_id else META_DOWNLOAD
-    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
-    notes += [
+    })
+    if variant is not None and variant.weights is not None and not variant.weights.repo_id:
+        b.source["release"] = META_DOWNLOAD
+    b.notes += [
         f"taming VQGAN, downsample {cfg.downsample}, codebook {cfg.n_embed} x {cfg.embed_dim} (plain squared "
         f"distance, no l2-normalisation); ids row-major on a {side}x{side} grid at {resolution}",
         "postprocessing: official clamp to [-1, 1] and (x+1)/2; the official code then truncates to uint8, "
         "tokbench keeps floats",
     ]
     if ignored:
-        notes.append(f"ignored {len(ignored)} training-only checkpoint entries (loss.*)")
+        b.notes.append(f"ignored {len(ignored)} training-only checkpoint entries (loss.*)")
     if not with_decoder:
-        notes.append(
+        b.notes.append(
             "encode only: the transformers-format release has no VQGAN decoder (reconstruction metrics are "
             "skipped); decoding needs the original tokenizer/vqgan.ckpt (variant chameleon-vqgan-anole)"
         )
-    spec = TokenizerSpec(
-        name=name,
-        family=FAMILY_NAME,
+    spec = b.spec(
         resolution=resolution,
         tokens_per_image=side * side,
         codebook_size=cfg.n_embed,
@@ -739,11 +714,8 @@ def build(
         supports_decode=with_decoder,
         normalisation="[-1, 1] (x * 2 - 1)",
         preprocessing="chameleon",
-        dtype=dtype,
-        source=source,
-        notes="; ".join(notes),
     )
-    tokenizer = ChameleonVQGANTokenizer(model, spec, torch_dtype(dtype))
+    tokenizer = ChameleonVQGANTokenizer(model, spec, b.torch_dtype)
     tokenizer.ignored_keys = ignored
     return tokenizer
 
@@ -892,77 +864,43 @@ EMU3_VARIANTS = (
 )
 
 
-def build_emu3(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    resolution: int | None = None,
-    **options: Any,
-) -> Emu3VQTokenizer:
-    """transformers' Emu3VQVAE from `config`, strictly loaded from BAAI's or transformers' layout."""
-    if options:
-        raise TokbenchError(f"unknown emu3-vq options {sorted(options)}; known: dtype, resolution")
-    torch_dtype(dtype)  # a bad dtype fails before the model is built
+def build_emu3(b: Build) -> Emu3VQTokenizer:
+    """transformers' Emu3VQVAE from `b.config`, strictly loaded from BAAI's or transformers' layout."""
     from transformers import Emu3VQVAE
 
-    random_weights = isinstance(weights, str) and weights == "random"
-    if variant is None and (weights is None or (random_weights and not config)):
-        variant = EMU3_VARIANTS[0]
-    cfg = emu3_config(config)
-    if random_weights:  # speed benchmarks without the release: transformers' own init, seeded
-        with seeded_rng(0):
-            model = Emu3VQVAE(cfg)
-        path, layout = None, "none"
-    else:
-        if weights is not None:
-            path, resolve_shard = Path(weights).expanduser(), None
-            if not path.is_file():
-                raise TokbenchError(
-                    f"weights file {str(path)!r} does not exist; pass BAAI/Emu3-VisionTokenizer's model.safetensors"
-                )
-        else:
-            path, resolve_shard = _resolve_weights(variant, None)
-        sd, layout = read_emu3_state_dict(path, resolve_shard)
-        model = Emu3VQVAE(cfg)
-        load_strict(model, sd, source=f"{path.name} ({layout} layout)")
+    cfg = emu3_config(b.config)
 
+    def load(model: torch.nn.Module, path: Path) -> dict[str, str]:
+        sd, layout = read_emu3_state_dict(path, b.shards())
+        load_strict(model, sd, source=f"{path.name} ({layout} layout)")
+        return {"layout": layout}
+
+    model = b.model(lambda: Emu3VQVAE(cfg), load, "BAAI/Emu3-VisionTokenizer's model.safetensors", library_init=True)
     f = 2 ** (len(cfg.channel_multiplier) - 1)
-    resolution = int(resolution or (variant.resolution if variant else None) or 512)
+    resolution = int(b.option("resolution") or (b.variant.resolution if b.variant else None) or 512)
     if resolution % f:
         raise TokbenchError(f"resolution must be a multiple of {f} (the downsample factor), got {resolution}")
     side = resolution // f
     import transformers
 
-    source = {
-        **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path)}),
-        "layout": layout,
-        "model": f"transformers {transformers.__version__} Emu3VQVAE",
-    }
-    if variant is not None and variant.weights is not None:
-        source["release"] = variant.weights.source
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else EMU3_FAMILY_NAME,
-        family=EMU3_FAMILY_NAME,
+    b.source.setdefault("layout", "none")
+    b.source["model"] = f"transformers {transformers.__version__} Emu3VQVAE"
+    b.notes.append(
+        f"downsample {f}, codebook {cfg.codebook_size} x {cfg.embed_dim}; image repeated "
+        f"{cfg.temporal_downsample_factor}x in time; ids row-major on a {side}x{side} grid at {resolution}; "
+        "Emu3's own processor resizes (BICUBIC) to a pixel budget keeping the aspect ratio, without a crop: "
+        "on square inputs 'resize-crop' is the same resize; postprocessing truncates to uint8 officially, "
+        "tokbench keeps floats"
+    )
+    spec = b.spec(
         resolution=resolution,
         tokens_per_image=side * side,
         codebook_size=int(cfg.codebook_size),
         bits_per_token=bits_for(int(cfg.codebook_size)),
         normalisation="[-1, 1] ((x - 0.5) / 0.5)",
         preprocessing="resize-crop",
-        dtype=dtype,
-        source=source,
-        notes=(
-            (f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
-            + f"downsample {f}, codebook {cfg.codebook_size} x {cfg.embed_dim}; image repeated "
-            f"{cfg.temporal_downsample_factor}x in time; ids row-major on a {side}x{side} grid at {resolution}; "
-            "Emu3's own processor resizes (BICUBIC) to a pixel budget keeping the aspect ratio, without a crop: "
-            "on square inputs 'resize-crop' is the same resize; postprocessing truncates to uint8 officially, "
-            "tokbench keeps floats"
-        ),
     )
-    return Emu3VQTokenizer(model, spec, torch_dtype(dtype))
+    return Emu3VQTokenizer(model, spec, b.torch_dtype)
 
 
 FAMILY = Family(
@@ -973,7 +911,8 @@ FAMILY = Family(
     aliases=("chameleon", "anole-vqgan"),
     description="Chameleon's early-fusion image tokenizer (taming VQGAN, 1024 ids of 8192 at 512), also Anole's",
     default_variant=DEFAULT_VARIANT,
-    options={"dtype": DType, "resolution": PositiveInt},
+    build_options={"dtype": (DType, "float32"), "resolution": PositiveInt},
+    code="https://github.com/facebookresearch/chameleon (chameleon/inference/vqgan.py)",
 )
 
 EMU3_FAMILY = Family(
@@ -984,6 +923,7 @@ EMU3_FAMILY = Family(
     aliases=("emu3",),
     description="Emu3's vision tokenizer (BAAI), through transformers' Emu3VQVAE",
     default_variant="emu3-vision-tokenizer",
-    options={"dtype": DType, "resolution": PositiveInt},
+    build_options={"dtype": (DType, "float32"), "resolution": PositiveInt},
+    code="https://github.com/baaivision/Emu3 (emu3/tokenizer), via transformers' Emu3VQVAE",
 )
 FAMILIES = (FAMILY, EMU3_FAMILY)

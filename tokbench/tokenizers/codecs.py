@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, features
 
+from ..building import Build
 from ..core import TokbenchError, Tokenizer, TokenizerSpec, Tokens, check_images
 from ..options import Quality
 from ..registry import Family, Variant
@@ -76,9 +77,7 @@ class CodecTokenizer(Tokenizer):
         )
         return buf.getvalue()
 
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+    def encode(self, images: torch.Tensor) -> Tokens:
         check_images(images)
         payloads = [self._encode_one(img) for img in images]
         lengths = torch.tensor([len(p) for p in payloads], dtype=torch.long)
@@ -103,20 +102,6 @@ class CodecTokenizer(Tokenizer):
         return torch.stack(out).to(self.device)
 
 
-def _build(variant: Variant | None, weights=None, config=None, device="cpu", **options: Any) -> Tokenizer:
-    if weights is not None:
-        raise TokbenchError("codec baselines take no weights")
-    config = dict(config or {})
-    fmt = options.pop("format", config.pop("format", None))
-    quality = options.pop("quality", config.pop("quality", DEFAULT_QUALITY))
-    if options or config:
-        raise TokbenchError(f"unknown codec settings {sorted({**options, **config})}; codecs take format, quality")
-    if fmt is None:
-        raise TokbenchError("a codec needs a format: load 'jpeg', 'webp' or 'avif' (optionally quality=N)")
-    name = f"{fmt}-q{int(quality)}"
-    return CodecTokenizer(fmt, int(quality), name=name)
-
-
 def _codec_variant(fmt: str, quality: int) -> Variant:
     return Variant(name=f"{fmt}-q{quality}", family=fmt, options={"format": fmt, "quality": quality},
                    description=f"{fmt.upper()} at quality {quality}")
@@ -129,12 +114,18 @@ def _codec_family(fmt: str, description: str) -> Family:
         m = re.fullmatch(rf"{fmt}-q(\d{{1,3}})", name)
         return _codec_variant(fmt, int(m.group(1))) if m else None
 
-    def build(variant=None, weights=None, config=None, device="cpu", **options):
-        options.setdefault("format", fmt)
-        return _build(variant, weights, config, device, **options)
+    def build(b: Build) -> Tokenizer:
+        if b.weights is not None:
+            raise TokbenchError("codec baselines take no weights")
+        config = dict(b.config)
+        config.pop("format", fmt)
+        quality = b.option("quality", config.pop("quality", DEFAULT_QUALITY))
+        if config:
+            raise TokbenchError(f"unknown codec settings {sorted(config)}; codecs take format, quality")
+        return CodecTokenizer(fmt, int(quality), name=f"{fmt}-q{int(quality)}")
 
     return Family(name=fmt, build=build, variants=variants, description=description,
-                  options={"quality": Quality, "format": Literal[fmt]},  # type: ignore[valid-type]
+                  build_options={"quality": Quality, "format": Literal[fmt]},  # type: ignore[valid-type]
                   variant_for_name=variant_for_name)
 
 

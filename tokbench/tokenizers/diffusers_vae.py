@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import RANDOM_WEIGHTS, RANDOM_WEIGHTS_NOTE, seeded_rng
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..building import Build
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, resolve
@@ -653,12 +653,7 @@ class DiffusersVAETokenizer(ModuleTokenizer):
         )
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(
-                f"{self.spec.name}.encode takes no options, got {sorted(options)}; `sample`, `seed` and "
-                "`storage_bits` are load options"
-            )
+    def encode(self, images: torch.Tensor) -> Tokens:
         check_images(images)
         self._check_size(images)
         z = self._raw_latent(self._model_input(images))
@@ -731,47 +726,28 @@ class DiffusersVAETokenizer(ModuleTokenizer):
 # ---------------------------------------------------------------------------------------------------
 
 
-def build(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    resolution: int | None = None,
-    sample: bool = False,
-    seed: int | None = None,
-    storage_bits: int = DEFAULT_STORAGE_BITS,
-    **options: Any,
-) -> DiffusersVAETokenizer:
+def build(b: Build) -> DiffusersVAETokenizer:
     """Load a diffusers autoencoder (a folder, an original single file, a released variant or random weights).
 
     `sample` draws from the KL posterior instead of taking its mode, with `seed` (default: torch's
     initial seed, which `tokbench run` sets to the suite's seed); `storage_bits` is the precision at which
     continuous latent values are counted in the rate (bits per pixel).
     """
-    if options:
-        raise TokbenchError(
-            f"unknown {FAMILY_NAME} options {sorted(options)}; known: dtype, resolution, sample, seed, storage_bits"
-        )
-    torch_dtype(dtype)  # a bad dtype fails before anything is loaded
-    if not isinstance(storage_bits, int) or storage_bits < 1:
-        raise TokbenchError(f"storage_bits must be a positive integer (bits per latent value), got {storage_bits!r}")
-    if variant is None and weights is None:  # the family name alone: its default release
-        variant = next(v for v in VARIANTS if v.name == DEFAULT_VARIANT)
-        config = {**variant.config, **(config or {})}
+    variant, weights = b.variant, b.weights
+    dtype, sample, seed, storage_bits = b.dtype, bool(b.option("sample", False)), b.option("seed"), b.option(
+        "storage_bits", DEFAULT_STORAGE_BITS)
     release = RELEASE_BY_NAME.get(variant.name) if variant is not None else None
     variant_config = dict(variant.config) if variant is not None else {}
-    user_config = dict(config or {})
+    user_config = dict(b.config)
     given_config = user_config != variant_config
-    random_weights = isinstance(weights, str) and weights == "random"
-    if random_weights:
+    if b.random_weights:
         if release is None and "_class_name" not in user_config:
             release = RELEASE_BY_NAME[DEFAULT_VARIANT]
             user_config = {"_class_name": release.class_name, **release.config}
         class_name = user_config.get("_class_name")
-        with seeded_rng(0):
-            model = model_class(class_name).from_config(full_config(class_name, user_config))
-        cfg, source = {"_class_name": class_name, **user_config}, {"weights": RANDOM_WEIGHTS, "layout": "none"}
+        model = b.model(lambda: model_class(class_name).from_config(full_config(class_name, user_config)),
+                        lambda m, p: None, "", library_init=True)
+        cfg, source = {"_class_name": class_name, **user_config}, {"layout": "none"}
     else:
         model, cfg, source = _load(variant, weights, user_config if given_config else {})
     class_name = str(cfg["_class_name"])
@@ -781,7 +757,7 @@ def build(
         native = int(full.get("image_size") or f * (full["encoder_input_size"] // full["encoder_patch_size"]))
     else:
         native = int(full.get("sample_size") or 256)
-    resolution = int(resolution or (release.resolution if release else native))
+    resolution = int(b.option("resolution") or (release.resolution if release else native))
     if class_name == "AutoencoderRAE" and resolution != native:
         raise TokbenchError(f"{class_name} decodes to {native} px; resolution must be {native}, got {resolution}")
     if resolution % f:
@@ -790,11 +766,12 @@ def build(
     seed = int(torch.initial_seed() if seed is None else seed)
     import diffusers
 
-    source = {**source, "model": f"diffusers {diffusers.__version__} {class_name}"}
+    b.source.update({k: str(v) for k, v in source.items()})
+    b.source["model"] = f"diffusers {diffusers.__version__} {class_name}"
     if release is not None:
-        source["release"] = release.artifact().source
+        b.source["release"] = release.artifact().source
     kind = CLASSES[class_name]
-    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
+    notes = b.notes
     if kind == "vq":
         codebook = int(full["num_vq_embeddings"])
         notes.append(f"{class_name}: ids of {codebook} codes on a {side}x{side} grid at {resolution} (f{f})")
@@ -813,9 +790,7 @@ def build(
         notes.append(f"the release is meant for {release.dtype}; measured in {dtype}")
     if full.get("force_upcast") and dtype == "float16":
         notes.append("config says force_upcast (its pipelines decode in float32); tokbench measures float16 as asked")
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else FAMILY_NAME,
-        family=FAMILY_NAME,
+    spec = b.spec(
         resolution=resolution,
         tokens_per_image=side * side,
         codebook_size=codebook,
@@ -823,11 +798,8 @@ def build(
         normalisation="[0, 1] (ImageNet mean/std inside the model)" if class_name == "AutoencoderRAE"
         else "[-1, 1] (x * 2 - 1)",
         preprocessing="resize-crop",
-        dtype=dtype,
-        source={k: str(v) for k, v in source.items()},
-        notes="; ".join(notes),
     )
-    return DiffusersVAETokenizer(model, cfg, spec, torch_dtype(dtype), storage_bits, bool(sample), seed)
+    return DiffusersVAETokenizer(model, cfg, spec, b.torch_dtype, storage_bits, sample, seed)
 
 
 FAMILY = Family(
@@ -839,5 +811,7 @@ FAMILY = Family(
     description="latent-diffusion autoencoders through diffusers (SD/SDXL/SD3.5/FLUX/Qwen-Image VAEs, DC-AE, RAE, "
     "TAESD, MoVQ); continuous latents as features",
     default_variant=DEFAULT_VARIANT,
-    options={"dtype": DType, "resolution": PositiveInt, "sample": bool, "seed": int, "storage_bits": PositiveInt},
+    build_options={"dtype": (DType, "float32"), "resolution": PositiveInt, "sample": (bool, False), "seed": int,
+                   "storage_bits": (PositiveInt, DEFAULT_STORAGE_BITS)},
+    code="https://github.com/huggingface/diffusers (the releases' own classes)",
 )

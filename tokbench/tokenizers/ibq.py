@@ -181,14 +181,13 @@ def _describe(cfg: VQGANConfig, side: int, resolution: int) -> str:
 
 
 # `protocol` names the preprocessing recorded in the spec (each variant's row sets its official one)
-OPTIONS = {"dtype": DType, "resolution": PositiveInt, "ema": bool, "protocol": str}
+OPTIONS = {"dtype": (DType, "float32"), "resolution": PositiveInt, "ema": bool, "protocol": str}
 BUILD = SeedVokenFamily(
     name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an IBQ",
     checkpoint_hint="an IBQ Lightning checkpoint such as imagenet256_262144.ckpt", parse=ibq_config,
     make_model=IBQModel, is_family=_is_ibq, describe=_describe, tokenizer=IBQTokenizer, preprocessing="ibq",
     default_resolution=lambda cfg: cfg.resolution, options=OPTIONS,
 )  # fmt: skip
-build = BUILD.build
 
 FAMILY = BUILD.family(
     "IBQ (index backpropagation quantization) VQGAN tokenizers, 1,024 to 262,144 codes (TencentARC SEED-Voken)"

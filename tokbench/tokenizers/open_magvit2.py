@@ -536,7 +536,7 @@ def _parse(config: Mapping[str, Any] | None) -> tuple[OpenMagvit2Config, bool | 
     return cfg, cfg.use_ema
 
 
-OPTIONS = {"dtype": DType, "resolution": PositiveInt, "ema": bool}
+OPTIONS = {"dtype": (DType, "float32"), "resolution": PositiveInt, "ema": bool}
 BUILD = SeedVokenFamily(
     name=FAMILY_NAME, variants=VARIANTS, default_variant=DEFAULT_VARIANT, what="an Open-MAGVIT2",
     checkpoint_hint="an Open-MAGVIT2 Lightning checkpoint such as imagenet_256_L.ckpt", parse=_parse,
@@ -545,7 +545,6 @@ BUILD = SeedVokenFamily(
     preprocessing="open-magvit2", default_resolution=lambda cfg: cfg.resolution, options=OPTIONS,
     check=_check_layout,
 )  # fmt: skip
-build = BUILD.build
 
 FAMILY = BUILD.family(
     "Open-MAGVIT2 lookup-free (LFQ) image tokenizers, 2^18 / 2^14 codes (TencentARC SEED-Voken)",

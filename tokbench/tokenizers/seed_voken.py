@@ -17,18 +17,16 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..building import Build
 from ..checkpoint import (
     LIT_EMA_BOOKKEEPING,
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     CheckpointError,
     describe_checkpoint,
     load_strict,
-    random_init,
     read_state_dict,
     select_lit_ema,
 )
-from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for, torch_dtype
+from ..core import GridVQTokenizer, TokbenchError, bits_for
 from ..protocols import (
     Geometry,
     center_crop,
@@ -40,7 +38,6 @@ from ..protocols import (
     short_side_crop_geometry,
 )
 from ..registry import Family, Variant
-from ..weights import resolve
 
 UPSTREAM = "https://github.com/TencentARC/SEED-Voken (formerly TencentARC/Open-MAGVIT2)"
 
@@ -119,23 +116,6 @@ def load_lightning_weights(
     return sorted(k for k in chosen if ignored(k))
 
 
-def resolve_checkpoint(variant: Variant | None, weights: str | Path | None, family: str, what: str) -> Path:
-    """An explicit checkpoint file (or a folder holding the variant's), else the variant's artifact."""
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_dir() and variant is not None and variant.weights is not None:
-            path = resolve(variant.weights, explicit=path)
-        if not path.is_file():
-            raise TokbenchError(f"weights file {str(path)!r} does not exist; pass {what}")
-        return path
-    if variant is None or variant.weights is None:
-        raise TokbenchError(
-            f"{family} needs weights: pass weights=<{what}> (and config=<its YAML or config.json>), or load a "
-            f"released variant by name (`tokbench list '{family}*'`)"
-        )
-    return resolve(variant.weights)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Building a tokenizer: what both families' `build` do, with their differences as data
 # ---------------------------------------------------------------------------------------------------
@@ -150,9 +130,9 @@ class SeedVokenTokenizer(GridVQTokenizer):
 class SeedVokenFamily:
     """How one SEED-Voken family is built. `parse(config) -> (cfg, use_ema of the config)`; `cfg` must have
     `downsample` and `n_embed`; `describe(cfg, side, resolution)` is the spec note on the architecture;
-    `options` are the family's `Family.options`, the keywords of `build_tokenizer` it takes;
-    `check(cfg, state_dict, path) -> cfg` may refuse a checkpoint early with a better message than a key
-    list, or return the config that fits it (a layout the checkpoint itself reveals)."""
+    `options` are the family's build options; `check(cfg, state_dict, path) -> cfg` may refuse a
+    checkpoint early with a better message than a key list, or return the config that fits it (a layout
+    the checkpoint itself reveals)."""
 
     name: str
     variants: tuple[Variant, ...]
@@ -169,98 +149,59 @@ class SeedVokenFamily:
     options: Mapping[str, Any]
     check: Callable[[Any, Mapping[str, torch.Tensor], Path], Any] | None = None
 
-    def build(
-        self,
-        variant: Variant | None = None,
-        weights: str | Path | None = None,
-        config: Mapping[str, Any] | None = None,
-        device: str | torch.device = "cpu",  # `load_tokenizer` moves the tokenizer there
-        **options: Any,
-    ) -> SeedVokenTokenizer:
-        """The family's `Family.build`: `build_tokenizer` with the options this family takes."""
-        if unknown := sorted(set(options) - set(self.options)):
-            raise TokbenchError(f"unknown {self.name} options {unknown}; known: {', '.join(self.options)}")
-        return build_tokenizer(self, variant, weights, config, **options)
+    def build(self, b: Build) -> SeedVokenTokenizer:
+        """Build from `b.config`, load a checkpoint's EMA (default; `ema=False`: the raw ones) or seeded
+        random weights. `protocol` names the preprocessing recorded in the spec (default: the family's)."""
+        cfg, config_ema = self.parse(b.config)
+        use_ema = ema_choice(b.option("ema"), config_ema)
+
+        ignored: list[str] = []
+
+        def load(model: torch.nn.Module, path: Path) -> dict[str, str]:
+            ignored.extend(load_lightning_weights(model, sd, ema=use_ema, source=path.name))
+            return {"weights_set": "EMA (model_ema.*)" if use_ema else "raw"}
+
+        if not b.random_weights:
+            path = b.checkpoint(self.checkpoint_hint)
+            sd = read_lightning_checkpoint(path, is_family=self.is_family, what=self.what)
+            if self.check is not None:
+                cfg = self.check(cfg, sd, path)
+        model = b.model(lambda: self.make_model(cfg), load, self.checkpoint_hint,
+                        checkpoint=None if b.random_weights else path)
+        f = cfg.downsample
+        chosen = b.option("resolution") or (b.variant.resolution if b.variant else None)
+        # The config's `resolution` only places attention (IBQ) or is ignored (Open-MAGVIT2); the official
+        # modules accept any value, e.g. 90 with a 4x model, so it is rounded down to a multiple of f here
+        # (a requested resolution is not: it is an input size).
+        resolution = int(chosen) if chosen else max(f, int(self.default_resolution(cfg)) // f * f)
+        if resolution % f:
+            raise TokbenchError(
+                f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}"
+            )
+        side = resolution // cfg.downsample
+        b.notes += [
+            self.describe(cfg, side, resolution),
+            "EMA weights, as the official evaluation" if use_ema else "RAW (non-EMA) weights (option ema=False)",
+        ]
+        if ignored:
+            b.notes.append(f"ignored {len(ignored)} bookkeeping/training entries ({', '.join(ignored[:3])}, ...)")
+        spec = b.spec(
+            resolution=resolution,
+            tokens_per_image=side * side,
+            codebook_size=cfg.n_embed,
+            bits_per_token=bits_for(cfg.n_embed),
+            normalisation="[-1, 1] (x * 2 - 1)",
+            preprocessing=b.option("protocol") or self.preprocessing,
+        )
+        tok = self.tokenizer(model, spec, b.torch_dtype)
+        tok.ema = use_ema
+        return tok
 
     def family(self, description: str, aliases: tuple[str, ...] = ()) -> Family:
         """The registry's `Family` of these releases (taming-style VQGAN convolutions), built by `build`."""
         return Family(name=self.name, build=self.build, variants=self.variants, aliases=aliases,
-                      description=description, default_variant=self.default_variant, options=self.options,
-                      convolutional=True)
-
-
-def build_tokenizer(
-    fam: SeedVokenFamily,
-    variant: Variant | None,
-    weights: str | Path | None,
-    config: Mapping[str, Any] | None,
-    *,
-    dtype: str = "float32",
-    resolution: int | None = None,
-    ema: bool | None = None,
-    protocol: str | None = None,
-) -> SeedVokenTokenizer:
-    """Build `fam` from `config`, load a checkpoint's EMA (default; `ema=False`: the raw ones) or seeded
-    random weights (`weights="random"`); a family name without weights stands for its default variant.
-    `protocol` names the preprocessing recorded in the spec (default: the family's official one)."""
-    torch_dtype(dtype)  # a bad dtype fails before the model is built
-    random_weights = isinstance(weights, str) and weights == "random"
-    if variant is None and (weights is None or (random_weights and not config)):
-        variant = next(v for v in fam.variants if v.name == fam.default_variant)
-        config = {**variant.config, **(config or {})}
-    cfg, config_ema = fam.parse(config)
-    use_ema = ema_choice(ema, config_ema)
-    ignored: list[str] = []
-    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-        with torch.device("meta"):
-            model = fam.make_model(cfg)
-        random_init(model)
-        source = {"weights": RANDOM_WEIGHTS}
-    else:
-        path = resolve_checkpoint(variant, weights, fam.name, fam.checkpoint_hint)
-        sd = read_lightning_checkpoint(path, is_family=fam.is_family, what=fam.what)
-        if fam.check is not None:
-            cfg = fam.check(cfg, sd, path)
-        model = fam.make_model(cfg)
-        ignored = load_lightning_weights(model, sd, ema=use_ema, source=path.name)
-        source = {"checkpoint": str(path), "weights_set": "EMA (model_ema.*)" if use_ema else "raw"}
-    if variant is not None and variant.weights is not None:
-        source["release"] = variant.weights.source
-    source["code"] = UPSTREAM
-    f = cfg.downsample
-    chosen = resolution or (variant.resolution if variant else None)
-    # The config's `resolution` only places attention (IBQ) or is ignored (Open-MAGVIT2); the official
-    # modules accept any value, e.g. 90 with a 4x model, so it is rounded down to a multiple of f here
-    # (a requested resolution is not: it is an input size).
-    resolution = int(chosen) if chosen else max(f, int(fam.default_resolution(cfg)) // f * f)
-    if resolution % f:
-        raise TokbenchError(
-            f"resolution must be a multiple of {cfg.downsample} (the downsample factor), got {resolution}"
-        )
-    side = resolution // cfg.downsample
-    notes = [RANDOM_WEIGHTS_NOTE] if random_weights else []
-    notes += [
-        fam.describe(cfg, side, resolution),
-        "EMA weights, as the official evaluation" if use_ema else "RAW (non-EMA) weights (option ema=False)",
-    ]
-    if ignored:
-        notes.append(f"ignored {len(ignored)} bookkeeping/training entries ({', '.join(ignored[:3])}, ...)")
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else fam.name,
-        family=fam.name,
-        resolution=resolution,
-        tokens_per_image=side * side,
-        codebook_size=cfg.n_embed,
-        bits_per_token=bits_for(cfg.n_embed),
-        normalisation="[-1, 1] (x * 2 - 1)",
-        preprocessing=protocol or fam.preprocessing,
-        dtype=dtype,
-        source=source,
-        notes="; ".join(notes),
-    )
-    tok = fam.tokenizer(model, spec, torch_dtype(dtype))
-    tok.ema = use_ema
-    return tok
+                      description=description, default_variant=self.default_variant, build_options=self.options,
+                      code=UPSTREAM, convolutional=True)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -27,21 +27,19 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..building import Build
 from ..checkpoint import (
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     checkpoint_keys,
     detect_prefix,
     load_strict,
     read_state_dict,
     read_under_prefix,
-    seeded_rng,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
 from ..options import DType
 from ..protocols import Geometry, drop_alpha, expand_geometry, expand_to_square, register_protocol, scale
 from ..registry import Family, Variant
-from ..weights import Artifact, resolve, shard_resolver
+from ..weights import Artifact, shard_resolver
 
 ARCHS = ("transformers", "janus")
 
@@ -209,9 +207,7 @@ class SiglipTokenizer(ModuleTokenizer):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+    def encode(self, images: torch.Tensor) -> Tokens:
         check_images(images)
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise TokbenchError(
@@ -290,67 +286,52 @@ def _unused_keys(arch: str, config: Mapping[str, Any]):
     return lambda key: key.startswith("head.")
 
 
-def build(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    **options: Any,
-) -> SiglipTokenizer:
-    config = dict(config or {})
-    dtype_name = str(options.pop("dtype", "float32"))
-    preprocessing = options.pop("preprocessing", None)
-    if options:
-        raise TokbenchError(f"unknown SigLIP options {sorted(options)}; it takes dtype, preprocessing")
-    torch_dtype(dtype_name)  # a bad dtype fails before the model is built
-    artifact = variant.weights if variant is not None else None
-    random_weights = isinstance(weights, str) and weights == "random"
-    if random_weights:  # speed benchmarks without the release: the library's own init, seeded
-        arch = config.get("arch")
+def build(b: Build) -> SiglipTokenizer:
+    config = dict(b.config)
+    artifact = b.variant.weights if b.variant is not None else None
+    arch = config.get("arch")
+    if b.random_weights:
         if arch not in ARCHS:
             raise TokbenchError(
                 f"weights='random' needs config['arch'] (one of {ARCHS}) to know what to build, got {arch!r}; "
                 "load a released variant (`tokbench list siglip*`) or pass a full config"
             )
-        _check_config(arch, config)
-        with seeded_rng(0):
-            model = build_janus_model(config) if arch == "janus" else build_transformers_model(config)
-            if arch == "janus":  # built with weight_init="skip", which leaves pos_embed uninitialised
-                model.init_weights()
     else:
-        if weights is None:
-            if artifact is None:
-                raise TokbenchError(
-                    "loading the 'siglip' family by name needs weights=<checkpoint> and a config; or load a released "
-                    "variant such as 'siglip-large-patch16-384' (see `tokbench list siglip*`)"
-                )
-            path = resolve(artifact)
-        elif artifact is not None:  # a file, or a folder holding the variant's file under its own name
-            path = resolve(artifact, explicit=weights)
-        else:
-            path = Path(weights)
-            if not path.is_file():
-                raise TokbenchError(f"weights file {str(path)!r} does not exist")
-        arch = config.get("arch") or detect_arch(_checkpoint_keys(path))
+        path = b.checkpoint("a SigLIP checkpoint (model.safetensors) with a config, or a Janus model file")
+        arch = arch or detect_arch(_checkpoint_keys(path))
         if arch not in ARCHS:
             raise TokbenchError(
                 f"cannot tell the SigLIP architecture of {path} (arch={arch!r}); set config['arch'] to one of {ARCHS}"
             )
         config["arch"] = arch
-        _check_config(arch, config)
+    _check_config(arch, config)
+
+    def make() -> torch.nn.Module:
         model = build_janus_model(config) if arch == "janus" else build_transformers_model(config)
-        sd, prefix = read_tower(path, arch, artifact if weights is None else None)
-        load_strict(
-            model, sd, source=f"{path} (keys under {prefix!r})", ignore_unexpected=_unused_keys(arch, config)
-        )
-    model = model.to(torch_dtype(dtype_name))
+        if arch == "janus" and b.random_weights:  # built with weight_init="skip", which leaves pos_embed unset
+            model.init_weights()
+        return model
+
+    def load(model: torch.nn.Module, path: Path) -> dict[str, str]:
+        sd, prefix = read_tower(path, arch, artifact if b.weights is None else None)
+        load_strict(model, sd, source=f"{path} (keys under {prefix!r})", ignore_unexpected=_unused_keys(arch, config))
+        return {"keys": f"{prefix}*"}
+
+    model = b.model(make, load, "", library_init=True, checkpoint=None if b.random_weights else path)
+    model = model.to(b.torch_dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     grid = int(config["image_size"]) // int(config["patch_size"])
     width = config["width"] if arch == "janus" else config["hidden_size"]
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else f"siglip-{arch}",
-        family="siglip",
+    b.source["model"] = _describe_model(arch, config)
+    if artifact is not None and b.weights is None:
+        b.source["artifact"] = artifact.source
+    b.notes.append(
+        f"continuous features (B, {grid * grid}, {width}); no decoder; select_layer={config.get('select_layer', -1)}"
+        + (", final norm applied" if arch == "janus" or config.get("post_norm", True) else "")
+    )
+    spec = b.spec(
+        name=b.variant.name if b.variant is not None else f"siglip-{arch}",
         resolution=int(config["image_size"]),
         tokens_per_image=grid * grid,
         codebook_size=None,
@@ -358,18 +339,7 @@ def build(
         supports_decode=False,
         normalisation=f"(x - {tuple(config.get('image_mean', MEAN))}) / {tuple(config.get('image_std', STD))}, "
         "i.e. [-1, 1]",
-        preprocessing=preprocessing or ("janus-resize-pad" if arch == "janus" else "resize"),
-        dtype=dtype_name,
-        source={
-            **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path), "keys": f"{prefix}*"}),
-            "model": _describe_model(arch, config),
-            **({"artifact": artifact.source} if artifact is not None and weights is None else {}),
-            **({"release": artifact.source} if artifact is not None and random_weights else {}),
-        },
-        notes=(f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
-        + f"continuous features (B, {grid * grid}, {width}); no decoder; select_layer="
-        f"{config.get('select_layer', -1)}"
-        + (", final norm applied" if arch == "janus" or config.get("post_norm", True) else ""),
+        preprocessing=b.option("preprocessing") or ("janus-resize-pad" if arch == "janus" else "resize"),
     )
     return SiglipTokenizer(model, arch, config, spec)
 
@@ -503,5 +473,6 @@ FAMILY = Family(
     aliases=("siglip2",),
     description="SigLIP / SigLIP 2 / Janus understanding encoders: continuous patch features, no decoder",
     default_variant="siglip-large-patch16-384",
-    options={"dtype": DType, "preprocessing": str},
+    build_options={"dtype": (DType, "float32"), "preprocessing": str},
+    code="transformers SiglipVisionModel; Janus: github.com/deepseek-ai/Janus (janus/models/siglip_vit.py)",
 )

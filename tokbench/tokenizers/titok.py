@@ -35,18 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..building import Build
 from ..checkpoint import (
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     detect_prefix,
     load_strict,
-    random_init,
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
-from ..weights import Artifact, resolve
+from ..weights import Artifact
 
 # Upstream's fixed ViT sizes: name -> (width, layers, heads) (TiTokEncoder / TiTokDecoder).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -575,7 +573,6 @@ class TiTokTokenizer(ModuleTokenizer):
     used bf16 mixed precision); the quantiser always runs in float32, as upstream forces.
     """
 
-    encode_options = ("n_tokens", "sample")
 
     def __init__(self, model: TiTok, spec: TokenizerSpec, dtype: str = "float32") -> None:
         super().__init__()
@@ -854,60 +851,33 @@ def _describe(cfg: TiTokConfig) -> str:
 
 
 def _make_builder(family: str, default_variant: str):
-    def build(
-        variant: Variant | None = None,
-        weights: str | Path | None = None,
-        config: Mapping[str, Any] | None = None,
-        device: str | torch.device = "cpu",
-        **options: Any,
-    ) -> TiTokTokenizer:
-        dtype = options.pop("dtype", "float32")
-        strict = options.pop("strict_length_assertion", None)
-        if options:
-            raise TokbenchError(
-                f"unknown {family} options {sorted(options)}; known: dtype, strict_length_assertion "
-                "(encode takes n_tokens)"
-            )
-        random_weights = isinstance(weights, str) and weights == "random"
-        if variant is None and (weights is None or random_weights) and not config:
-            variant = next(v for v in FAMILIES_BY_NAME[family].variants if v.name == default_variant)
-            config = dict(variant.config)
-        cfg_dict = dict(config or {})
-        if not cfg_dict and weights is not None and not random_weights:
-            sibling = Path(weights).expanduser().parent / "config.json"
-            if not sibling.is_file():
+    def build(b: Build) -> TiTokTokenizer:
+        strict = b.option("strict_length_assertion")
+        cfg_dict = dict(b.config)
+        if not cfg_dict and b.weights is not None and not b.random_weights:
+            sibling = b.beside(Path(b.weights).expanduser(), "config.json")
+            if sibling is None:
                 raise TokbenchError(
                     f"{family} needs its config: pass config=<config.json or GitHub yaml> (no config.json next to "
-                    f"{weights}), or load a released variant by name (`tokbench list {family}*`)"
+                    f"{b.weights}), or load a released variant by name (`tokbench list {family}*`)"
                 )
             cfg_dict = json.loads(sibling.read_text())
         cfg = TiTokConfig.from_official(cfg_dict)
         if strict is not None:
             cfg = replace(cfg, strict_length_assertion=bool(strict))
 
-        if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-            model = random_init(build_model(cfg, device="meta"))
-            source = {"weights": RANDOM_WEIGHTS}
-            if variant is not None and variant.weights is not None:
-                source["release"] = variant.weights.source
-        else:
-            if variant is not None and variant.weights is not None:
-                path = resolve(variant.weights, weights)
-                source = {"weights": variant.weights.source, "file": str(path)}
-            elif weights is not None:
-                path = Path(weights).expanduser()
-                source = {"file": str(path)}
-            else:
-                raise TokbenchError(f"{family} loaded by family name needs weights=<checkpoint file>")
-            sd = checkpoint_filter(read_state_dict(path))
+        def load(model: torch.nn.Module, path: Path) -> None:
+            load_strict(model, checkpoint_filter(read_state_dict(path)), source=str(path))
 
-            model = build_model(cfg, device="meta").to_empty(device="cpu")
-            load_strict(model, sd, source=str(path))
-        name = variant.name if variant is not None else family
+        def make() -> TiTok:
+            model = build_model(cfg, device="meta")
+            # materialised empty, not initialised: the checkpoint fills every parameter
+            return model if b.random_weights else model.to_empty(device="cpu")
+
+        model = b.model(make, load, "the release's checkpoint file")
         codebook = cfg.codebook_size if cfg.quantize_mode == "vq" else None
-        spec = TokenizerSpec(
-            name=name,
-            family=family,
+        b.notes.append(_describe(cfg))
+        spec = b.spec(
             resolution=cfg.image_size,
             tokens_per_image=cfg.num_latent_tokens,
             codebook_size=codebook,
@@ -915,17 +885,17 @@ def _make_builder(family: str, default_variant: str):
             variable_length=not cfg.strict_length_assertion,
             normalisation="[0, 1] (no mean/std)",
             preprocessing="resize-crop",
-            dtype=dtype if dtype == "float32" else f"{dtype} autocast (quantiser float32)",
-            source={"upstream": UPSTREAM[family], **source},
-            notes=(f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "") + _describe(cfg),
         )
-        return TiTokTokenizer(model, spec, dtype=dtype).to(device)
+        if b.dtype != "float32":
+            spec = replace(spec, dtype=f"{b.dtype} autocast (quantiser float32)")
+        return TiTokTokenizer(model, spec, dtype=b.dtype)
 
     return build
 
 
 # both families' options: load options (dtype, strict_length_assertion), then `encode`'s (n_tokens, sample)
-OPTIONS = {"dtype": DType, "strict_length_assertion": bool, "n_tokens": PositiveInt, "sample": bool}
+OPTIONS = {"dtype": (DType, "float32"), "strict_length_assertion": bool}
+ENCODE_OPTIONS = {"n_tokens": PositiveInt, "sample": bool}
 UPSTREAM = {
     "one-d-piece": "github.com/turingmotors/One-D-Piece @473665d (modeling/one_d_piece.py)",
     "titok": "github.com/bytedance/1d-tokenizer @942a96f (modeling/titok.py)",
@@ -939,7 +909,9 @@ FAMILIES = (
         aliases=("one_d_piece", "onedpiece"),
         description="One-D-Piece: TiTok with Tail Token Drop; any prefix of its 256 tokens decodes (quality dial)",
         default_variant="one-d-piece-l-256",
-        options=OPTIONS,
+        build_options=OPTIONS,
+        encode_options=ENCODE_OPTIONS,
+        code=UPSTREAM["one-d-piece"],
     ),
     Family(
         name="titok",
@@ -947,7 +919,9 @@ FAMILIES = (
         variants=TITOK_VARIANTS,
         description="TiTok: 1D tokenizer (32-256 tokens), legacy two-stage, single-stage VQ and VAE releases",
         default_variant="titok-l32",
-        options=OPTIONS,
+        build_options=OPTIONS,
+        encode_options=ENCODE_OPTIONS,
+        code=UPSTREAM["titok"],
     ),
 )
 FAMILIES_BY_NAME = {f.name: f for f in FAMILIES}

@@ -24,26 +24,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..building import Build
 from ..checkpoint import (
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     load_strict,
-    random_init,
     read_state_dict,
-    seeded_rng,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
-from ..weights import Artifact, resolve
+from ..weights import Artifact
 from ._multiscale import multiscale_tokens, scales_for_count
-from .llamagen import Decoder, Encoder
+from .vqgan_blocks import Decoder, Encoder
 
 CLIP_TEACHER = "clipb_224"
 SIGLIP_TEACHER = "siglip_384"
@@ -663,9 +661,7 @@ class TokenFlowTokenizer(ModuleTokenizer):
         return images.to(self.device, self.dtype) * 2.0 - 1.0
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, n_scales: int | None = None, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes only n_scales, got {sorted(options)}")
+    def encode(self, images: torch.Tensor, n_scales: int | None = None) -> Tokens:
         _, ids, _ = self.model.encode(self._to_model(images))
         return multiscale_tokens(ids, self.scales, n_scales, self.model.cfg.codebook_size)
 
@@ -716,61 +712,31 @@ def build_model(
         return TokenFlowModel(cfg)
 
 
-def _build(
-    variant: Variant | None, weights=None, config=None, device="cpu", **options: Any
-) -> TokenFlowTokenizer:
-    dtype_name = options.pop("dtype", "float32")
-    preprocessing = options.pop("preprocessing", None)
-    if options:
-        raise TokbenchError(f"unknown TokenFlow options {sorted(options)}; known: dtype, preprocessing")
-    torch_dtype(dtype_name)  # a bad dtype fails before the model is built
-    cfg = TokenFlowConfig.from_dict(config or {})
-    random_weights = isinstance(weights, str) and weights == "random"
-    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-        with seeded_rng(0):  # the semantic tower (open_clip / transformers) keeps its library's own init
-            model = TokenFlowModel(cfg)
-        random_init(model, keep=("encoder_vqkd",))
-    else:
-        if weights is None:
-            if variant is None or variant.weights is None:
-                raise TokbenchError(
-                    "loading the 'tokenflow' family by name needs weights=<checkpoint> and config=<ModelArgs dict>; "
-                    f"or load a released variant: {', '.join(v.name for v in VARIANTS)}"
-                )
-            weights = resolve(variant.weights)
-        model = TokenFlowModel(cfg)
-        sd = release_to_module_keys(read_state_dict(weights), model.state_dict().keys())
-        load_strict(model, sd, source=f"TokenFlow checkpoint {weights}")
-    model = model.to(torch_dtype(dtype_name))
-    if preprocessing is None:
-        preprocessing = "pad-square" if cfg.teacher == SIGLIP_TEACHER else "adm-center-crop"
-    name = variant.name if variant is not None else f"tokenflow-{cfg.teacher}"
-    source_of_release = variant.weights.source if variant is not None and variant.weights else "none"
-    spec = TokenizerSpec(
-        name=name,
-        family="tokenflow",
+def _build(b: Build) -> TokenFlowTokenizer:
+    cfg = TokenFlowConfig.from_dict(b.config)
+
+    def load(model: torch.nn.Module, path: Path) -> None:
+        sd = release_to_module_keys(read_state_dict(path), model.state_dict().keys())
+        load_strict(model, sd, source=f"TokenFlow checkpoint {path}")
+
+    # random weights: the semantic tower (open_clip / transformers) keeps its library's own init
+    model = b.model(lambda: TokenFlowModel(cfg), load, "a TokenFlow checkpoint and config=<ModelArgs dict>",
+                    random_keep=("encoder_vqkd",))
+    model = model.to(b.torch_dtype)
+    b.notes.append(
+        f"teacher {cfg.teacher}; {len(cfg.scales)} scales {list(cfg.scales)}; one shared index over a "
+        f"{cfg.semantic_code_dim}-d semantic and a {cfg.codebook_embed_dim}-d pixel codebook"
+        + (f"; pixel branch at {cfg.pixel_branch_factor * cfg.grid} px, output {cfg.output_size} px"
+           if cfg.pixel_branch_factor else "")
+    )
+    spec = b.spec(
+        name=b.variant.name if b.variant is not None else f"tokenflow-{cfg.teacher}",
         resolution=cfg.input_size,
         tokens_per_image=cfg.tokens_per_image,
         codebook_size=cfg.codebook_size,
         bits_per_token=bits_for(cfg.codebook_size),
         normalisation="[-1, 1]",
-        preprocessing=preprocessing,
-        dtype=dtype_name,
-        source={
-            "code": "github.com/ByteVisionLab/TokenFlow tokenflow/tokenizer/vq_model.py",
-            "weights": str(variant.weights.source if variant is not None and variant.weights else weights),
-            **({"release": source_of_release, "weights": RANDOM_WEIGHTS} if random_weights else {}),
-        },
-        notes=(
-            (f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
-            + f"teacher {cfg.teacher}; {len(cfg.scales)} scales {list(cfg.scales)}; one shared index over a "
-            f"{cfg.semantic_code_dim}-d semantic and a {cfg.codebook_embed_dim}-d pixel codebook"
-            + (
-                f"; pixel branch at {cfg.pixel_branch_factor * cfg.grid} px, output {cfg.output_size} px"
-                if cfg.pixel_branch_factor
-                else ""
-            )
-        ),
+        preprocessing=b.option("preprocessing") or ("pad-square" if cfg.teacher == SIGLIP_TEACHER else "adm-center-crop"),
     )
     return TokenFlowTokenizer(model, spec)
 
@@ -842,7 +808,9 @@ FAMILY = Family(
     variants=VARIANTS,
     description="TokenFlow dual-codebook (semantic + pixel) multi-scale tokenizer with one shared index",
     default_variant="tokenflow-clipb-32k-enhanced",
-    options={"dtype": DType, "preprocessing": str, "n_scales": PositiveInt},
+    build_options={"dtype": (DType, "float32"), "preprocessing": str},
+    encode_options={"n_scales": PositiveInt},
+    code="https://github.com/ByteVisionLab/TokenFlow (tokenflow/tokenizer/vq_model.py)",
 )
 
 __all__ = [

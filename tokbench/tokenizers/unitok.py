@@ -42,16 +42,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..building import Build
 from ..checkpoint import (
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     CheckpointError,
     _torch_load,
     load_strict,
-    random_init,
     read_state_dict,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images, torch_dtype
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
 from ..options import DType
 from ..protocols import (
     center_crop,
@@ -61,7 +59,7 @@ from ..protocols import (
     short_side_crop_geometry,
 )
 from ..registry import Family, Variant
-from ..weights import Artifact, register_artifact, resolve
+from ..weights import Artifact, register_artifact
 
 # `models/vitamin.py` entrypoints (encoder) and `ViTaminDecoder`'s table (decoder dims), by model name. The
 # decoder table has only these two names upstream; any other size is given as an explicit `vitamin` mapping.
@@ -682,9 +680,7 @@ class UniTokTokenizer(ModuleTokenizer):
         return (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+    def encode(self, images: torch.Tensor) -> Tokens:
         ids = self.model.img_to_idx(self._to_model(images))
         h, w = (int(s) // 16 for s in images.shape[-2:])
         return Tokens(
@@ -819,36 +815,12 @@ def _text_key(key: str) -> bool:
     return key.startswith("text_encoder.") or key == "logit_scale"
 
 
-def _build(
-    variant: Variant | None, weights=None, config=None, device="cpu", **options: Any
-) -> UniTokTokenizer:
-    dtype_name = str(options.pop("dtype", "float32"))
-    preprocessing = options.pop("preprocessing", None)
-    if options:
-        raise TokbenchError(f"unknown UniTok options {sorted(options)}; known: dtype, preprocessing")
-    dtype = torch_dtype(dtype_name)  # a bad dtype fails before the model is built
-    config = dict(config or {})
-    random_weights = isinstance(weights, str) and weights == "random"
-    path = None
-    if random_weights:  # speed benchmarks without the release: the architecture with seeded random weights
+def _build(b: Build) -> UniTokTokenizer:
+    config = dict(b.config)
+    if b.random_weights:
         cfg = UniTokConfig.from_dict(config)
-        model = random_init(build_model(cfg, device="meta"))
-        if cfg.text_tower:  # a non-persistent buffer: meta gave it zeros, the causal mask must be rebuilt
-            model.text_encoder.attn_mask = model.text_encoder.build_causal_mask()
     else:
-        if weights is None:
-            if variant is None or variant.weights is None:
-                raise TokbenchError(
-                    "loading the 'unitok' family by name needs weights=<unitok_tokenizer.pth> (config is read from "
-                    f"its stored args, or given); or load a released variant: {', '.join(v.name for v in VARIANTS)}"
-                )
-            path = resolve(variant.weights)
-        else:
-            path = (
-                resolve(variant.weights, explicit=weights)
-                if variant is not None and variant.weights
-                else Path(weights)
-            )
+        path = b.checkpoint("unitok_tokenizer.pth (config is read from its stored args, or given)")
         sd, args = read_release(path)
         # the stored Args, then the variant row's settings (causal attention is not stored) and the user's
         merged = config_from_args(args) if args is not None else {}
@@ -858,39 +830,32 @@ def _build(
             merged.pop("vitamin", None)
         merged.update(user)
         cfg = UniTokConfig.from_dict(merged)
-        model = build_model(cfg)
-        load_strict(
-            model, sd, source=f"UniTok checkpoint {path} (trainer.unitok)",
-            ignore_unexpected=None if cfg.text_tower else _text_key,
-        )  # fmt: skip
-    model.encoder.to(dtype)
-    model.decoder.to(dtype)
-    name = variant.name if variant is not None else "unitok"
+
+    def load(model: torch.nn.Module, path: Path) -> None:
+        load_strict(model, sd, source=f"UniTok checkpoint {path} (trainer.unitok)",
+                    ignore_unexpected=None if cfg.text_tower else _text_key)
+
+    model = b.model(lambda: UniTokModel(cfg), load, "unitok_tokenizer.pth",
+                    checkpoint=None if b.random_weights else path)
+    if b.random_weights and cfg.text_tower:  # a non-persistent buffer: meta gave it zeros; rebuild the causal mask
+        model.text_encoder.attn_mask = model.text_encoder.build_causal_mask()
+    model.encoder.to(b.torch_dtype)
+    model.decoder.to(b.torch_dtype)
     grid = cfg.grid
-    spec = TokenizerSpec(
-        name=name,
-        family="unitok",
+    b.notes.append(
+        f"{cfg.num_codebooks} codebooks x {cfg.codes_per_codebook} codes per token (ids (B, N, C)); "
+        f"{'causal' if cfg.causal_projection else 'full'} attention in the projections ({cfg.heads} heads); "
+        "projections and quantiser in float32"
+        + (f"; trained with resize_ratio {cfg.resize_ratio} (the `unitok` protocol uses the release's {RESIZE_RATIO})"
+           if cfg.resize_ratio != RESIZE_RATIO else "")
+    )
+    spec = b.spec(
         resolution=cfg.img_size,
         tokens_per_image=grid * grid,
         codebook_size=cfg.codes_per_codebook,
         bits_per_token=cfg.num_codebooks * math.log2(cfg.codes_per_codebook),
         normalisation="[-1, 1]",
-        preprocessing=preprocessing or "unitok",
-        dtype=dtype_name,
-        source={
-            "code": "github.com/FoundationVision/UniTok models/unitok.py (bb8012e)",
-            **({"weights": RANDOM_WEIGHTS} if random_weights else {"checkpoint": str(path)}),
-            **({"release": variant.weights.source} if variant is not None and variant.weights else {}),
-        },
-        notes=(f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
-        + f"{cfg.num_codebooks} codebooks x {cfg.codes_per_codebook} codes per token (ids (B, N, C)); "
-        f"{'causal' if cfg.causal_projection else 'full'} attention in the projections ({cfg.heads} heads); "
-        "projections and quantiser in float32"
-        + (
-            f"; trained with resize_ratio {cfg.resize_ratio} (the `unitok` protocol uses the release's {RESIZE_RATIO})"
-            if cfg.resize_ratio != RESIZE_RATIO
-            else ""
-        ),
+        preprocessing=b.option("preprocessing") or "unitok",
     )
     return UniTokTokenizer(model, spec)
 
@@ -965,7 +930,8 @@ FAMILY = Family(
     variants=VARIANTS,
     description="UniTok unified tokenizer: multi-codebook VQ (8 x 4096) with a CLIP-style image-text head",
     default_variant="unitok-large",
-    options={"dtype": DType, "preprocessing": str},
+    build_options={"dtype": (DType, "float32"), "preprocessing": str},
+    code="https://github.com/FoundationVision/UniTok (models/unitok.py @ bb8012e)",
 )
 
 __all__ = [

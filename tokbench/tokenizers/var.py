@@ -34,15 +34,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..building import Build
 from ..checkpoint import (
-    RANDOM_WEIGHTS,
-    RANDOM_WEIGHTS_NOTE,
     CheckpointError,
     load_strict,
-    random_init,
     read_state_dict,
 )
-from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..options import DType, PositiveInt
 from ..protocols import (
     center_crop,
@@ -52,9 +50,9 @@ from ..protocols import (
     short_side_crop_geometry,
 )
 from ..registry import Family, Variant, read_config
-from ..weights import Artifact, register_artifact, resolve
+from ..weights import Artifact, register_artifact
 from ._multiscale import multiscale_tokens, scales_for_count
-from .llamagen import Downsample, Normalize, ResnetBlock, Upsample
+from .vqgan_blocks import Downsample, Normalize, ResnetBlock, Upsample
 
 FAMILY_NAME = "var-vqvae"
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -685,9 +683,7 @@ class VARTokenizer(ModuleTokenizer):
         return images.to(self.device, self.dtype) * 2.0 - 1.0
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, n_scales: int | None = None, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes only n_scales, got {sorted(options)}")
+    def encode(self, images: torch.Tensor, n_scales: int | None = None) -> Tokens:
         ids = self.model.encode_ids(self._to_model(images))
         return multiscale_tokens(ids, self.scales, n_scales, self.model.cfg.vocab_size)
 
@@ -763,70 +759,25 @@ def build_model(config: Mapping[str, Any] | VARConfig, device: str | torch.devic
         return VARVQVAE(cfg)
 
 
-def _weights_path(variant: Variant | None, weights: str | Path | None) -> Path:
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_dir() and variant is not None and variant.weights is not None:
-            path = resolve(variant.weights, explicit=path)
-        if not path.is_file():
-            raise TokbenchError(
-                f"weights file {str(path)!r} does not exist; pass VAR's VQVAE checkpoint (vae_ch160v4096z32.pth)"
-            )
-        return path
-    if variant is None or variant.weights is None:
-        raise TokbenchError(
-            f"loading the {FAMILY_NAME!r} family by name needs weights=<vae_*.pth>; or load a released variant: "
-            f"{', '.join(v.name for v in VARIANTS)}"
-        )
-    return resolve(variant.weights)
-
-
-def build(
-    variant: Variant | None = None,
-    weights: str | Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    **options: Any,
-) -> VARTokenizer:
-    """Build the VQVAE from `config`, load a checkpoint (or seeded random weights), wrap it as a tokenizer."""
-    preprocessing = options.pop("preprocessing", "var")
-    if options:
-        raise TokbenchError(f"unknown {FAMILY_NAME} options {sorted(options)}; known: dtype, preprocessing")
-    torch_dtype(dtype)  # a bad dtype fails before the model is built
-    cfg = var_config(config)
-    random_weights = isinstance(weights, str) and weights == "random"
-    if random_weights:  # speed benchmarks without the release: same architecture, seeded random parameters
-        model = build_model(cfg, device="meta")
-        random_init(model)
-        source: dict[str, str] = {"weights": RANDOM_WEIGHTS}
-    else:
-        path = _weights_path(variant, weights)
-        model = VARVQVAE(cfg)
-        load_var_weights(model, read_state_dict(path), source=f"VAR VQVAE checkpoint {path}")
-        source = {"checkpoint": str(path)}
-    if variant is not None and variant.weights is not None:
-        source["release"] = variant.weights.source
-    source["code"] = "github.com/FoundationVision/VAR models/vqvae.py, models/quant.py, models/basic_vae.py"
-    model = model.to(torch_dtype(dtype))
+def build(b: Build) -> VARTokenizer:
+    """Build the VQVAE from `b.config`, load a checkpoint (or seeded random weights), wrap it as a tokenizer."""
+    cfg = var_config(b.config)
+    model = b.model(lambda: VARVQVAE(cfg),
+                    lambda m, path: load_var_weights(m, read_state_dict(path), source=f"VAR VQVAE checkpoint {path}"),
+                    "VAR's VQVAE checkpoint (vae_ch160v4096z32.pth)")
+    model = model.to(b.torch_dtype)
     pns = list(cfg.v_patch_nums)
-    spec = TokenizerSpec(
-        name=variant.name if variant is not None else FAMILY_NAME,
-        family=FAMILY_NAME,
+    b.notes.append(
+        f"{len(pns)} scales {pns} ({cfg.tokens_per_image} ids, coarse to fine), codebook {cfg.vocab_size} x "
+        f"{cfg.z_channels}; phi per scale {list(cfg.phi_index_per_scale)}; encode(n_scales=k) keeps the first k scales"
+    )
+    spec = b.spec(
         resolution=cfg.resolution,
         tokens_per_image=cfg.tokens_per_image,
         codebook_size=cfg.vocab_size,
         bits_per_token=bits_for(cfg.vocab_size),
         normalisation="[-1, 1]",
-        preprocessing=preprocessing,
-        dtype=dtype,
-        source=source,
-        notes=(
-            (f"{RANDOM_WEIGHTS_NOTE}; " if random_weights else "")
-            + f"{len(pns)} scales {pns} ({cfg.tokens_per_image} ids, coarse to fine), codebook {cfg.vocab_size} x "
-            f"{cfg.z_channels}; phi per scale {list(cfg.phi_index_per_scale)}; encode(n_scales=k) keeps the "
-            "first k scales"
-        ),
+        preprocessing=b.option("preprocessing"),
     )
     return VARTokenizer(model, spec)
 
@@ -839,7 +790,9 @@ FAMILY = Family(
     aliases=("var",),
     description="VAR's multi-scale residual VQVAE (next-scale prediction tokenizer); any prefix of scales decodes",
     default_variant="var-vqvae-256",
-    options={"dtype": DType, "preprocessing": str, "n_scales": PositiveInt},
+    build_options={"dtype": (DType, "float32"), "preprocessing": (str, "var")},
+    encode_options={"n_scales": PositiveInt},
+    code="https://github.com/FoundationVision/VAR (models/vqvae.py, models/quant.py, models/basic_vae.py)",
 )
 
 __all__ = [
