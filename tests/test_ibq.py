@@ -146,7 +146,8 @@ def test_config_forms_and_errors():
     cfg, use_ema = ibq_config(nested)
     assert ibq_config(nested["model"]["init_args"]) == (cfg, use_ema) and use_ema is True
     assert cfg.ch_mult == (2, 1, 1) and cfg.attn_resolutions == (16,) and cfg.n_embed == 512
-    with pytest.raises(TokbenchError, match="unknown ibq config keys"):
+    with pytest.raises(TokbenchError, match=r"unknown ibq config keys \['wat'\]; accepted: ddconfig, embed_dim, "
+                       r"n_embed, use_ema \(training-only keywords are ignored\)$"):
         ibq_config({**nested["model"]["init_args"], "wat": 1})
     with pytest.raises(TokbenchError, match="open-magvit2"):
         ibq_config({"model": {"class_path": "src.Open_MAGVIT2.models.lfqgan.VQModel", "init_args": {}}})

@@ -242,7 +242,8 @@ def test_checkpoint_without_tokenizer_keys(tmp_path: Path) -> None:
 def test_config_errors() -> None:
     with pytest.raises(TokbenchError, match="unknown llamagen-vq config fields"):
         vq_config({"codebook_sise": 3})
-    with pytest.raises(TokbenchError, match="unknown model_args fields"):
+    with pytest.raises(TokbenchError,
+                       match=r"unknown llamagen-vq model_args fields \['n_embed'\]; accepted: .*codebook_size"):
         vq_config({"model_args": {"n_embed": 8}})
     with pytest.raises(TokbenchError, match="dtype"):
         tokbench.load_tokenizer(

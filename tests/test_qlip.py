@@ -581,7 +581,7 @@ def test_config_errors_are_clear(tmp_path):
     cfg = json.loads(CONFIG.read_text())
     with pytest.raises(TokbenchError, match=r"lacks \['vision_projection_bias'\]"):
         qlip_config({k: v for k, v in cfg.items() if k != "vision_projection_bias"})
-    with pytest.raises(TokbenchError, match=r"unknown keys \['patch_sise'\] in the QLIP vision_config"):
+    with pytest.raises(TokbenchError, match=r"unknown QLIP vision_config keys \['patch_sise'\]; accepted: .*patch_size"):
         qlip_config({**cfg, "vision_config": {**cfg["vision_config"], "patch_sise": 4}})
     with pytest.raises(TokbenchError, match=r"unknown QLIP config keys \['colour'\]"):
         qlip_config({**cfg, "colour": 1})

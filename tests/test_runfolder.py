@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokbench.runfolder import NUMERIC_PACKAGES, environment_changes, move_aside, numeric_environment
+from tokbench.environment import CORE_PACKAGES, numeric_packages, package_versions
+from tokbench.runfolder import environment_changes, move_aside, numeric_environment
 
+NUMERIC_PACKAGES = CORE_PACKAGES + ("diffusers", "pytesseract", "tesseract")
 VERSIONS = {"python": "3.11.7", **{p: "1.0" for p in NUMERIC_PACKAGES}}
 CPU = {"device": "cpu", "torch_threads": 2, "cpu": "x86_64", "cpu_count": 2}
 GPU = {"device": "cuda:1", "torch_threads": 8, "cpu": "x86_64", "cpu_count": 64, "gpu": "NVIDIA H200",
@@ -32,6 +34,8 @@ def test_thread_counts_cpu_count_and_python_do_not_count():
     (record(torch="2.99"), "torch 1.0 -> 2.99"),
     (record(pillow="12.0"), "pillow 1.0 -> 12.0"),
     (record(tokbench="0.2"), "tokbench 1.0 -> 0.2"),
+    (record(diffusers="0.43.0"), "diffusers 1.0 -> 0.43.0"),
+    (record(tesseract="5.5.0"), "tesseract 1.0 -> 5.5.0"),
     (record(GPU), "device kind cpu -> cuda"),
     (record({**GPU, "gpu": "NVIDIA A100"}), "gpu NVIDIA H200 -> NVIDIA A100"),
 ])
@@ -44,6 +48,36 @@ def test_each_number_changing_difference_is_named(new, change):
 def test_a_record_without_versions_or_device_differs_from_one_with_them():
     assert environment_changes({"device": CPU}, record()) == [f"{p} (none) -> 1.0" for p in sorted(NUMERIC_PACKAGES)]
     assert environment_changes(record(), {"versions": VERSIONS}) == ["device kind cpu -> (none)"]
+
+
+def test_the_record_holds_what_families_and_metrics_declare():
+    # the packages whose version changes numbers come from the families and metrics that use them
+    packages = numeric_packages()
+    for p in (*CORE_PACKAGES, "diffusers", "transformers", "open_clip_torch", "lpips", "clean-fid",
+              "opencv-python-headless", "pytesseract"):
+        assert p in packages, p
+    versions = package_versions()
+    assert set(packages) <= set(versions) and "tesseract" in versions and "python" in versions
+
+
+def test_a_run_made_with_another_diffusers_version_is_moved_aside_not_resumed(tmp_path, monkeypatch):
+    import json
+
+    from tokbench.runner import run_suite
+    from tokbench.suite import parse_suite
+
+    suite = parse_suite({"name": "d", "data": ["samples"], "resolution": 32, "batch_size": 2, "download": False,
+                         "metrics": ["psnr"], "tokenizers": ["jpeg-q50"]})
+    (first,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["versions"]["diffusers"] == package_versions()["diffusers"]
+    record["versions"]["diffusers"] = "0.1.0"  # as if the folder had been made before an upgrade
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    said = []
+    (again,) = run_suite(suite, tmp_path / "run", progress=False, log=said.append)
+    assert any("moved the previous run" in s and "diffusers 0.1.0 ->" in s for s in said), said
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run.")], "the old run was kept beside"
+    assert again["status"] == "ok" and first["job"] == again["job"]
 
 
 def test_move_aside_keeps_everything_in_a_dated_sibling(tmp_path):

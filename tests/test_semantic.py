@@ -287,7 +287,7 @@ def test_hf_text_tokenizer_files_are_resolved_and_loaded(tmp_path, monkeypatch):
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
 
-    from tokbench.metrics.encoders import HF_TOKENIZER_FILES, EncoderSpec, _hf_tokenizer_loader
+    from tokbench.metrics.encoders import HF_TOKENIZER_FILES, EncoderSpec, hf_tokenizer_loader
     from tokbench.weights import Artifact
 
     art = Artifact(name="toy-tokenizer", repo_id="o/toy", filename="tokenizer.json")
@@ -302,6 +302,6 @@ def test_hf_text_tokenizer_files_are_resolved_and_loaded(tmp_path, monkeypatch):
     assert {p.name for p in folder.iterdir()} == set(HF_TOKENIZER_FILES)
     monkeypatch.setenv("TOKBENCH_WEIGHTS", str(tmp_path / "w"))
     spec = EncoderSpec("toy", "toy-model", "none", weights=art, tokenizer=art)
-    tokenize = _hf_tokenizer_loader(spec, {"context_length": 6})()
+    tokenize = hf_tokenizer_loader(spec, {"context_length": 6})()
     ids = tokenize(["a photo of a cat"])
     assert ids.tolist() == [[2, 3, 4, 2, 5, 0]]  # padded to the context length

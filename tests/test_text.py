@@ -105,13 +105,14 @@ def test_annotated_folder_reaches_the_batches(tmp_path):
     np.testing.assert_allclose(by_id["photo.jpg"].boxes[0], HAND[0][3])
 
 
-def test_bad_annotation_file_is_a_clear_error(tmp_path):
-    from tokbench.data import DataUnavailable
-
+def test_bad_annotation_file_is_a_counted_sidecar_skip(tmp_path):
+    """A broken `.text.json` leaves its image in the set without words, the reason listed (data.py)."""
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "a.text.json").write_text(json.dumps([{"box": [5, 5, 1, 1], "text": "x"}]))
-    with pytest.raises(DataUnavailable, match=r"a\.text\.json.*entry 0"):
-        open_dataset(f"folder:{tmp_path}")
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert [r.text for r in ds.records] == [None]
+    (skip,) = ds.sidecar_skips
+    assert skip["path"].endswith("a.text.json") and "entry 0" in skip["reason"]
 
 
 # ------------------------------------------------------------------------------------- text-synth
@@ -182,7 +183,7 @@ class ScriptedOCR(OCRBackend):
     def describe(self) -> str:
         return f"scripted {id(self)}"
 
-    def _read(self, crops):
+    def _read(self, crops, lang):
         assert all(c.dtype == np.uint8 and c.ndim == 3 for c in crops)
         return [ScriptedOCR.readings.pop(0) for _ in crops]
 
@@ -231,7 +232,7 @@ def test_missing_tesseract_is_a_skip_with_the_install_command(monkeypatch):
 
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
     with pytest.raises(OCRUnavailable, match="apt-get install tesseract-ocr"):
-        build_metric("text_preservation")
+        build_metric("text_preservation", backend="tesseract")
 
 
 def test_runner_records_a_missing_backend_as_a_metric_skip(tmp_path, monkeypatch):
@@ -242,11 +243,11 @@ def test_runner_records_a_missing_backend_as_a_metric_skip(tmp_path, monkeypatch
 
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
     suite = parse_suite({"data": ["text-synth:count=1,size=64,heights=0.2,words=1"], "resolution": 64,
-                         "metrics": ["psnr", "text_preservation"], "tokenizers": [{"name": "jpeg"}],
-                         "num_workers": 0, "grid_images": 0})
+                         "metrics": ["psnr", {"text_preservation": {"backend": "tesseract"}}],
+                         "tokenizers": [{"name": "jpeg"}], "num_workers": 0, "grid_images": 0})
     (summary,) = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
     assert summary["status"] == "ok" and "psnr" in summary["results"]
-    assert "apt-get install tesseract-ocr" in summary["metric_skips"]["text_preservation"]
+    assert "apt-get install tesseract-ocr" in summary["metric_skips"]["text_preservation[backend=tesseract]"]
 
 
 def test_doctr_missing_is_a_clear_skip():
@@ -270,6 +271,7 @@ def test_doctr_random_weights_plumbing():
 
 
 # ------------------------------------------------------------------------------- real OCR facts
+# (more in tests/test_ocr_real.py: PP-OCR against rapidocr's own recogniser, other layouts, CJK)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +284,7 @@ def synth_results(tmp_path_factory):
         ds = open_dataset("text-synth:count=2", seed=0)
     out = {}
     for q in (5, 90):
-        m = build_metric("text_preservation")
+        m = build_metric("text_preservation", backend="tesseract")
         tok = load_tokenizer("jpeg", quality=q)
         for b in iterate_batches(ds, "resize-crop", 256, 2, num_workers=0):
             t = tok.encode(b.images)
@@ -314,7 +316,7 @@ class ConstantOCR(OCRBackend):
     def describe(self) -> str:
         return "constant"
 
-    def _read(self, crops):
+    def _read(self, crops, lang):
         return ["x"] * len(crops)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tokbench import weights
+from tokbench import catalogue, weights
 from tokbench.checkpoint import CheckpointError, UnsafeCheckpoint, load_strict, read_state_dict
 from tokbench.core import TokbenchError
 from tokbench.weights import Artifact, WeightsUnavailable, fetch, resolve
@@ -183,16 +183,16 @@ def test_url_download_checks_sha256_prefix(tmp_path, monkeypatch):
 def test_metric_artifacts_are_registered_with_torchvision_urls():
     from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-    arts = weights.artifacts()
+    arts = catalogue.artifacts()
     assert {"torchvision-alexnet", "torchvision-vgg16", "inception-cleanfid", "inception-torch-fidelity",
             "clip-vit-l-14-openai"} <= set(arts)  # fmt: skip
     # lpips asks torchvision for IMAGENET1K_V1; the hash prefix is the one in torchvision's file name
     for name, enum in (("torchvision-alexnet", AlexNet_Weights), ("torchvision-vgg16", VGG16_Weights)):
-        art = weights.get_artifact(name)
+        art = catalogue.get_artifact(name)
         assert art.url == enum.IMAGENET1K_V1.url
         assert art.basename.rsplit("-", 1)[1].split(".")[0] == art.sha256
     with pytest.raises(TokbenchError, match="unknown weights artifact 'nope'.*torchvision-alexnet"):
-        weights.get_artifact("nope")
+        catalogue.get_artifact("nope")
     with pytest.raises(TokbenchError, match="two different files are registered under the artifact name"):
         weights.register_artifact(Artifact(name="torchvision-alexnet", url="https://elsewhere"))
 
@@ -269,15 +269,13 @@ def test_mismatched_checkpoint_lists_keys():
 def test_get_artifact_also_finds_tokenizer_variant_weights(monkeypatch):
     from types import SimpleNamespace
 
-    import tokbench.registry as registry
-
     art = Artifact(name="toy-vq-weights", repo_id="o/toy", filename="vq.safetensors")
     variant = SimpleNamespace(name="toy-vq-256", weights=art)
-    monkeypatch.setattr(registry, "variants", lambda pattern="*": [variant])
-    monkeypatch.setattr(registry, "find", lambda name: (None, variant if name == "toy-vq-256" else None))
-    assert weights.artifacts()["toy-vq-weights"] is art  # listed under its own name
-    assert weights.get_artifact("toy-vq-weights") is art
-    assert weights.get_artifact("toy-vq-256") is art  # or asked for by the variant's name
+    monkeypatch.setattr(catalogue, "variants", lambda pattern="*": [variant])
+    monkeypatch.setattr(catalogue, "find", lambda name: (None, variant if name == "toy-vq-256" else None))
+    assert catalogue.artifacts()["toy-vq-weights"] is art  # listed under its own name
+    assert catalogue.get_artifact("toy-vq-weights") is art
+    assert catalogue.get_artifact("toy-vq-256") is art  # or asked for by the variant's name
 
 
 def test_read_under_prefix_finds_the_model_in_any_container(tmp_path):

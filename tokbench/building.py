@@ -17,7 +17,7 @@ Options are declared as `name -> type` (default None) or `name -> (type, default
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -71,6 +71,17 @@ def check_options(owner: str, kind: str, declared: Mapping[str, Any], given: Map
         where = ".".join(str(p) for p in err["loc"])
         raise TokbenchError(f"{owner} {kind[:-1] if kind.endswith('s') else kind} {where}={given.get(where)!r}: "
                             f"{err['msg']}") from None
+
+
+def refuse_unknown(what: str, given: Iterable[Any], accepted: Iterable[Any], note: str = "") -> None:
+    """Refuse the names in `given` that are not in `accepted`: a `TokbenchError` naming them, every accepted
+    name and `note` (a parenthesis: what else is accepted, what is ignored), e.g. `unknown ibq config keys
+    ['n_emb']; accepted: ddconfig, embed_dim, n_embed (training-only keywords are ignored)`. The one wording
+    of every family's unknown-config-key refusal; callers drop the keys they ignore from `given` first."""
+    accepted = set(accepted)
+    if extra := sorted(set(given) - accepted, key=str):
+        names = ", ".join(sorted(map(str, accepted))) or "none"
+        raise TokbenchError(f"unknown {what} {extra}; accepted: {names}" + (f" {note}" if note else ""))
 
 
 @dataclass

@@ -1,15 +1,19 @@
-"""Command line: `tokbench run | report | list | info | fetch | geneval | generate | gen-eval | gen-suite`.
+"""Command line: `tokbench run | report | compare | list | info | fetch | geneval | generate | gen-eval | gen-suite`.
 
 Exit status, the same for every subcommand: 0 when everything asked for was done (jobs completed, or
 skipped because their weights are not on this machine); 1 when something failed while running (a job
 failed, a download failed; with `run --strict` also any skip); 2 when the command or suite cannot run
-at all (bad arguments, an invalid suite, a folder that is not a run); 130 on Ctrl-C.
+at all (bad arguments, an invalid suite, a folder that is not a run); 130 on Ctrl-C, 143 on SIGTERM
+(both save the run's progress first: re-running the same command resumes it).
+
+Every error reaches the user as one `tokbench: error:` line, never a traceback: a file that cannot be
+written or read (a full disk, a read-only file system, no permission) names its path and what to do,
+with exit 1 when a run was cut short by it and 2 when nothing could start.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +31,15 @@ def _default_suite() -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .runfolder import writer_lock
+    from .runfolder import (
+        REPORT_HTML,
+        REPORT_MD,
+        SUMMARY_CSV,
+        SUMMARY_TEX,
+        StoreError,
+        describe_os_error,
+        writer_lock,
+    )
     from .runner import run_suite
     from .suite import parse_suite, read_suite_file
 
@@ -48,7 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                            for d in raw.get("data") or ["samples"]]
     suite = parse_suite(raw, str(suite_path), open_data=True, extra_tokenizers=args.tokenizers)
     out = Path(args.out) if args.out else Path("results") / suite.name
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks and reports
+    if out.exists() and not out.is_dir():
+        raise TokbenchError(f"--out {out} is a file, not a folder; give a folder (it is made if missing)")
+    from .distributed import process_rank
+
+    main_rank = process_rank() == 0  # under torchrun, rank 0 speaks and reports
     if main_rank:
         print(f"tokbench: running suite {suite.name!r} ({suite_path}) into {out}")
     out.mkdir(parents=True, exist_ok=True)
@@ -59,11 +75,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not main_rank:
             return int(any(s["status"] == "failed" or (args.strict and s["status"] == "skipped")
                            for s in summaries))
-        report = write_report(out)
+        try:
+            report = write_report(out)
+        except OSError as e:  # the numbers are saved; only their report could not be written
+            raise StoreError(describe_os_error(e), cut_short=True) from None
     print()
-    print((report / "report.md").read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
-          if (report / "report.md").is_file() else "")
-    print(f"\nreport: {report / 'index.html'} (also report.md, summary.csv, summary.tex)")
+    print((report / REPORT_MD).read_text().split("\n## ", 2)[1].split("\n", 1)[1].strip()
+          if (report / REPORT_MD).is_file() else "")
+    print(f"\nreport: {report / REPORT_HTML} (also {REPORT_MD}, {SUMMARY_CSV}, {SUMMARY_TEX})")
     return run_outcome(summaries, strict=args.strict)
 
 
@@ -84,6 +103,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+    from .runfolder import COMPARISON_CSV, COMPARISON_MD, COMPARISON_TEX, REPORT_HTML
+
+    result = compare_runs(args.run_dirs, Path(args.out))
+    out = Path(args.out)
+    for problem in result.problems:
+        print(f"tokbench: {problem}", file=sys.stderr)
+    numbers = int((result.records["column"] != "").sum()) if not result.records.empty else 0
+    print(f"tokbench: compared {len(result.runs)} run folder{'s' * (len(result.runs) != 1)} ({numbers} numbers in "
+          f"the table, {len(result.notes)} footnoted protocol difference{'s' * (len(result.notes) != 1)})"
+          + (f"; {len(result.problems)} left out" if result.problems else ""))
+    print(f"comparison: {out / REPORT_HTML} (also {COMPARISON_MD}, {COMPARISON_CSV}, {COMPARISON_TEX})")
+    return 1 if result.problems else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import families, variants
     from .weights import is_available
@@ -100,8 +135,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(("name", "family", "res", "weights"), widths)) + "  description")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    from .catalogue import artifacts
     from .metrics.base import metric_names
-    from .weights import artifacts
 
     print("\nmetrics: " + ", ".join(metric_names()))
     variant_weights = {v.weights.name for v in variants() if v.weights is not None}
@@ -133,8 +168,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from .catalogue import get_artifact
     from .fetch_record import record_path, verify_files
-    from .weights import WeightsUnavailable, fetch, get_artifact
+    from .weights import WeightsUnavailable, fetch
 
     to = Path(args.to) if args.to else None
     wanted = [get_artifact(name) for name in args.names]  # an unknown name stops everything (exit 2)
@@ -188,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.set_defaults(fn=cmd_report)
 
+    cmp = sub.add_parser("compare", help="one comparison (table, figures, sample viewer) from several run folders")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (from this or other machines)")
+    cmp.add_argument("--out", required=True, help="folder for index.html, comparison.md/.csv/.tex and figures")
+    cmp.set_defaults(fn=cmd_compare)
+
     li = sub.add_parser("list", help="released tokenizers, metrics, and whether their weights are present")
     li.add_argument("pattern", nargs="?", default="*", help="glob on variant names, e.g. 'janus*'")
     li.add_argument("--families", action="store_true", help="list families instead of variants")
@@ -219,11 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
+    from .interrupts import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
+    from .runfolder import StoreError, describe_os_error
+
     try:
-        return args.fn(args)
+        with sigterm_as_interrupt():
+            return args.fn(args)
+    except StoreError as e:  # the run folder cannot be written: 1 if a run was cut short, 2 if none started
+        print(f"tokbench: error: {e}", file=sys.stderr)
+        return 1 if e.cut_short else 2
     except TokbenchError as e:
         print(f"tokbench: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the command needed could not be read or written before anything ran
+        print(f"tokbench: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("\ntokbench: stopped by SIGTERM; progress saved; re-run the same command to resume", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
         print("\ntokbench: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -8,18 +8,23 @@ Unreadable or truncated files are skipped and counted, never a crash.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .core import TokbenchError
+from .images import BadImage, open_image, to_rgb_or_rgba  # noqa: F401 - re-exported: data's public names
 from .protocols import get_protocol, move_boxes
-from .textdata import BadAnnotation, TextBox, read_annotations
+from .runfolder import is_run_folder
+from .textdata import BadAnnotation, TextBox, annotation_path, read_annotations
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -38,10 +43,6 @@ class DataUnavailable(TokbenchError):
     """A data set that cannot be opened (missing folder, unset variable)."""
 
 
-class BadImage(TokbenchError):
-    """A file that is not a readable image."""
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     path: str
@@ -49,6 +50,7 @@ class ImageRecord:
     label: int | None = None
     caption: str | None = None
     text: tuple[TextBox, ...] | None = None  # words with boxes in the file's pixels (annotated data)
+    split: str | None = None  # "train" or "eval" where the data entry has a training split (the probes)
 
 
 @dataclass
@@ -59,42 +61,51 @@ class ImageDataset:
     source: str
     records: list[ImageRecord]
     class_names: list[str] | None = None
+    # entries of the folder that are not in `records` though named like images, each {"path", "reason"}: not
+    # regular files (a FIFO), links that lead nowhere, sub-folders that cannot be read. Counted and listed.
+    unlisted: list[dict[str, str]] = field(default_factory=list)
+    # captions and annotations that could not be read, each {"id", "path", "reason"}: their image is in
+    # `records` without them (it counts for every metric that needs neither)
+    sidecar_skips: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode a file to an RGB or RGBA PIL image: EXIF rotation applied; grey, 16-bit, palette, CMYK
-    and LA converted. Raises `BadImage` for unreadable or truncated files."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # force full decoding now, so truncated files fail here
-            img = ImageOps.exif_transpose(im)
-            img.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise BadImage(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    return to_rgb_or_rgba(img)
+def file_fingerprints(ds: ImageDataset) -> list[tuple[str, int, int]]:
+    """(id, size in bytes, modification time in ns) of each image, in data-set order; (id, -1, -1) for a
+    file that cannot be looked up."""
+    out = []
+    for r in ds.records:
+        try:
+            st = os.stat(r.path)
+            out.append((r.id, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((r.id, -1, -1))
+    return out
 
 
-def to_rgb_or_rgba(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode in ("RGB", "RGBA"):
-        return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0
-        grey = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if arr.max() <= 1.0 else 1.0
-        return Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P":
-        return img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if mode in ("LA", "PA", "La", "RGBa"):
-        return img.convert("RGBA")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+def dataset_identity(ds: ImageDataset, fingerprints: Sequence[tuple[str, int, int]] | None = None) -> str:
+    """A data set's identity: sha256 (hex) over its images in order (for a folder, sorted by relative
+    name): each one's id, size and modification time, streamed into the hash (one stat per file, no file
+    read: cheap for 50k images). It changes when an image is added, removed, renamed, rewritten or
+    touched; captions and annotations beside the images are not part of it."""
+    h = hashlib.sha256()
+    for name, size, mtime in fingerprints if fingerprints is not None else file_fingerprints(ds):
+        h.update(f"{name}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def list_identity(fingerprints: Sequence[tuple[str, int, int]]) -> str:
+    """The identity of a data set's file list, the same on every machine that holds the same files: sha256
+    (hex) over each image's id (its name relative to the data set) and size, in data-set order (a folder's:
+    sorted by relative name), so position p names one picture wherever it matches. `tokbench compare`
+    puts numbers side by side only when it matches; modification times (`dataset_identity`, for resuming
+    on one machine) change with every copy and are left out. `fingerprints`: `file_fingerprints(ds)`."""
+    h = hashlib.sha256()
+    for name, size, _ in fingerprints:
+        h.update(f"{name}\0{size}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -103,14 +114,73 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
 
 
-def _list_images(root: Path) -> list[Path]:
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(files, key=lambda p: str(p.relative_to(root)))
+def list_images(root: Path) -> list[Path]:
+    return scan_images(root)[0]
 
 
-def _caption_for(path: Path) -> str | None:
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+            (stat.S_ISBLK, "a device"))
+
+
+def scan_images(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The image files under `root`, sorted by relative path, and the entries left out that a reader would
+    expect among them, each {"path", "reason"}: files named like images that are not regular files (FIFOs,
+    sockets, devices: never opened, a FIFO would block), links that lead nowhere or in a loop, sub-folders
+    that cannot be read. Links to files are followed, links to folders are not; sub-folders that are
+    tokbench run folders are left out without a word (a run's own PNGs are never part of a data set)."""
+    files: list[Path] = []
+    problems: list[dict[str, str]] = []
+
+    def walk(folder: Path) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problems.append({"path": str(folder), "reason": f"folder cannot be read ({e.strerror or type(e).__name__}); "
+                             "its images are left out"})
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not is_run_folder(path):
+                    walk(path)
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                mode = os.stat(path).st_mode  # follows a link
+            except OSError as e:
+                loop = e.errno == errno.ELOOP
+                problems.append({"path": str(path), "reason": "a symbolic link in a loop" if loop else
+                                 f"a symbolic link that leads nowhere ({e.strerror})" if entry.is_symlink() else
+                                 f"cannot be looked up ({e.strerror})"})
+                continue
+            if stat.S_ISREG(mode):
+                files.append(path)
+            elif not stat.S_ISDIR(mode):  # a link to a folder named like an image is not followed
+                kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+                problems.append({"path": str(path), "reason": f"{kind}, not an image file: not read"})
+
+    walk(root)
+    return sorted(files, key=lambda p: str(p.relative_to(root))), problems
+
+
+def _caption_for(path: Path) -> tuple[str | None, str | None]:
+    """The image's caption (`photo.txt` beside `photo.png`; None without one) and why it could not be read."""
     side = path.with_suffix(".txt")
-    return side.read_text().strip() if side.is_file() else None
+    if not side.is_file():
+        return None, None
+    try:
+        return side.read_bytes().decode("utf-8-sig").strip(), None
+    except UnicodeDecodeError as e:
+        return None, (f"{side} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); caption left "
+                      "out: save the file as UTF-8")
+    except OSError as e:
+        return None, f"{side} cannot be read ({e.strerror or type(e).__name__}); caption left out"
 
 
 def _samples() -> ImageDataset:
@@ -138,15 +208,23 @@ def _folder(path: str, name: str) -> ImageDataset:
         raise DataUnavailable(f"data path {path!r} is unset; set the environment variable it names")
     if not root.is_dir():
         raise DataUnavailable(f"image folder {str(root)!r} does not exist")
-    files = _list_images(root)
+    files, unlisted = scan_images(root)
     if not files:
-        raise DataUnavailable(f"image folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    try:
-        records = [ImageRecord(str(p), str(p.relative_to(root)), caption=_caption_for(p), text=read_annotations(p))
-                   for p in files]
-    except BadAnnotation as e:
-        raise DataUnavailable(str(e)) from None
-    return ImageDataset(name, f"folder:{root}", records)
+        why = f"; {unlisted[0]['path']}: {unlisted[0]['reason']}" if unlisted else ""
+        raise DataUnavailable(f"image folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}){why}")
+    records, sidecars = [], []
+    for p in files:
+        rel = str(p.relative_to(root))
+        caption, why = _caption_for(p)
+        if why:
+            sidecars.append({"id": rel, "path": str(p.with_suffix(".txt")), "reason": why})
+        try:
+            text = read_annotations(p)
+        except BadAnnotation as e:  # the image still counts for the metrics that need no annotations
+            text = None
+            sidecars.append({"id": rel, "path": str(annotation_path(p)), "reason": f"{e}; annotations left out"})
+        records.append(ImageRecord(str(p), rel, caption=caption, text=text))
+    return ImageDataset(name, f"folder:{root}", records, unlisted=unlisted, sidecar_skips=sidecars)
 
 
 IMAGENET_VAL_LABELS = "LOC_val_solution.csv"  # Kaggle's ImageNet release: ImageId,PredictionString (wnid first)
@@ -165,7 +243,7 @@ def _imagenet_val(path: str) -> ImageDataset:
     else:
         wnid_of = _loc_val_solution(root)
         if wnid_of is None:
-            return ImageDataset("imagenet-val", f"imagenet-val:{root}", ds.records)
+            return replace(ds, name="imagenet-val", source=f"imagenet-val:{root}")
         classes = sorted(set(wnid_of.values()))
         index = {c: i for i, c in enumerate(classes)}
         records = [ImageRecord(r.path, r.id, index.get(wnid_of.get(Path(r.id).stem, "")), r.caption)
@@ -175,7 +253,7 @@ def _imagenet_val(path: str) -> ImageDataset:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         names = list(IMAGENET_CLASSNAMES)
-    return ImageDataset("imagenet-val", f"imagenet-val:{root}", records, class_names=names)
+    return replace(ds, name="imagenet-val", source=f"imagenet-val:{root}", records=records, class_names=names)
 
 
 def _loc_val_solution(root: Path) -> dict[str, str] | None:
@@ -195,7 +273,7 @@ def _text_synth(arg: str, seed: int) -> ImageDataset:
     photos = [r.path for r in _samples().records if Path(r.path).name not in EXCLUDED_PHOTOS]
     folder = text_synth_folder(parse_options(arg, TEXT_SYNTH_DEFAULTS), seed, photos)
     ds = _folder(str(folder), "text-synth")
-    return ImageDataset("text-synth", f"text-synth:{arg}" if arg else "text-synth", ds.records)
+    return replace(ds, name="text-synth", source=f"text-synth:{arg}" if arg else "text-synth")
 
 
 def _tokbench_text(path: str) -> ImageDataset:
@@ -213,7 +291,8 @@ def _tokbench_text(path: str) -> ImageDataset:
 
 # Every data source kind and how a suite writes it (the one list that suite checks and `open_dataset` share).
 SOURCE_KINDS = {"samples": "samples", "folder": "folder:PATH", "imagenet-val": "imagenet-val:PATH",
-                "text-synth": "text-synth[:OPTIONS]", "tokbench-text": "tokbench-text:PATH"}
+                "text-synth": "text-synth[:OPTIONS]", "tokbench-text": "tokbench-text:PATH",
+                "imagenet-train": "imagenet-train:PATH"}
 
 
 def source_syntax_problem(spec: str) -> str | None:
@@ -249,11 +328,78 @@ def open_dataset(spec: str, limit: int | None = None, seed: int = 0) -> ImageDat
             ds.class_names = c
     elif kind == "imagenet-val":
         ds = _imagenet_val(arg)
+    elif kind == "imagenet-train":  # class sub-folders (WordNet ids), labelled as imagenet-val's
+        ds = _imagenet_val(arg)
+        ds.name, ds.source = "imagenet-train", f"imagenet-train:{Path(arg).expanduser()}"
     else:
         raise DataUnavailable(f"unknown data source {spec!r}; use one of {', '.join(SOURCE_KINDS.values())}")
     if limit is not None:
         ds.records = ds.records[: int(limit)]
+        kept = {r.id for r in ds.records}
+        ds.sidecar_skips = [s for s in ds.sidecar_skips if s["id"] in kept]
     return ds
+
+
+def with_train_split(ds: ImageDataset, fraction: float | None = None, seed: int = 0, train: str | None = None,
+                     train_per_class: int | None = None) -> ImageDataset:
+    """`ds` with every record marked `split` "train" or "eval", for the probes (knn, linear_probe).
+
+    `fraction`: a stratified split of `ds` itself: of each class's n images (in `ds` order, shuffled with
+    `seed`), fraction * n rounded half up train, kept within [1, n - 1] when n >= 2; a class with one image
+    trains.
+    `train`: a separate labelled source, appended after `ds`'s images (all "eval"), at most
+    `train_per_class` images of each class (the first ones in its sorted order); its labels are matched to
+    `ds`'s by class name, and its images of classes `ds` does not have are left out. Unlabelled images are
+    "eval" (the probes ignore them; the other metrics count them)."""
+    labelled = [r for r in ds.records if r.label is not None]
+    if not labelled:
+        raise DataUnavailable(f"{ds.source} has no class labels (class sub-folders, or imagenet-val with its "
+                              "labels): a training split for the probes needs them")
+    if train is None:
+        if fraction is None or not 0 < fraction < 1:
+            raise DataUnavailable(f"a stratified split needs a train fraction in (0, 1), got {fraction!r}")
+        rng = np.random.default_rng(seed)
+        by_class: dict[int, list[int]] = {}
+        for i, r in enumerate(ds.records):
+            if r.label is not None:
+                by_class.setdefault(r.label, []).append(i)
+        chosen: set[int] = set()
+        for label in sorted(by_class):
+            rows = by_class[label]
+            n = len(rows)
+            m = n if n == 1 else min(max(1, int(np.floor(fraction * n + 0.5))), n - 1)  # half rounds up
+            chosen.update(rows[j] for j in rng.permutation(n)[:m])
+        records = [replace(r, split="train" if i in chosen else "eval") for i, r in enumerate(ds.records)]
+        return ImageDataset(ds.name, ds.source, records, ds.class_names)
+    other = open_dataset(train)
+    if not ds.class_names or not other.class_names:
+        raise DataUnavailable(f"the training set {train!r} and {ds.source} must both name their classes (class "
+                              "sub-folders) so that their labels can be matched")
+    index = {name: i for i, name in enumerate(ds.class_names)}
+    taken: dict[int, int] = {}
+    extra = []
+    for r in other.records:
+        if r.label is None or (label := index.get(other.class_names[r.label])) is None:
+            continue
+        if train_per_class is not None and taken.get(label, 0) >= train_per_class:
+            continue
+        taken[label] = taken.get(label, 0) + 1
+        extra.append(replace(r, id=f"train/{r.id}", label=label, split="train"))
+    if not extra:
+        raise DataUnavailable(f"the training set {train!r} has no image of {ds.source}'s classes "
+                              f"({', '.join(ds.class_names[:5])}, ...)")
+    records = [replace(r, split="eval") for r in ds.records] + extra
+    return ImageDataset(ds.name, f"{ds.source}+train:{other.source}", records, ds.class_names)
+
+
+def split_counts(ds: ImageDataset) -> dict[str, int]:
+    """Images per split and labelled classes of a data set made by `with_train_split`."""
+    out = {"train": 0, "eval": 0}
+    for r in ds.records:
+        if r.split in out:
+            out[r.split] += 1
+    out["classes"] = len({r.label for r in ds.records if r.label is not None})
+    return out
 
 
 @dataclass

@@ -25,6 +25,11 @@ from torchmetrics.utilities.data import dim_zero_cat, dim_zero_max, dim_zero_min
 from .core import TokbenchError
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun (0 without it): the one place the environment is read for it."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @dataclass(frozen=True)
 class Context:
     """This process's place in the job: rank in [0, world), and whether it initialised the group."""
@@ -44,7 +49,7 @@ class Context:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        rank, local_rank = process_rank(), int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda" and local_rank >= (gpus := torch.cuda.device_count()):
             raise TokbenchError(f"torchrun started more processes on this node than it has GPUs ({gpus}): each "
                                 f"process needs a GPU of its own; use --nproc_per_node={gpus} (or --device cpu)")

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,20 @@ import torch
 from .core import TokbenchError, Tokenizer
 from .data import ImageDataset, LoaderCache
 from .distributed import Context, metric_states
+from .interrupts import interrupt_for
 from .metrics.base import BenchMetric, EvalBatch
 from .metrics.speed import peak_memory_mb, reset_peak_memory, synchronize
 from .plan import Job
-from .runfolder import JobState, JobStore
+from .runfolder import (
+    IMAGES_DIR,
+    STORAGE_FAILED,
+    JobState,
+    JobStore,
+    atomic_file,
+    describe_os_error,
+    is_storage_error,
+    sample_image,
+)
 from .suite import Suite
 
 
@@ -48,26 +59,32 @@ class Progress:
 
 
 class _InterruptAtBatchEnd:
-    """While a job runs, a first Ctrl-C asks it to stop at the end of the current batch (after saving
-    its state); a second one stops at once."""
+    """While a job runs, a first Ctrl-C or SIGTERM asks it to stop at the end of the current batch
+    (after saving its state); a second one stops at once. `stop()` is the exception to stop with."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self.signum = signal.SIGINT
+        self._old: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise interrupt_for(signum)
+        self.requested, self.signum = True, signum
+
+    def stop(self) -> KeyboardInterrupt:
+        return interrupt_for(self.signum)
 
     def __enter__(self) -> _InterruptAtBatchEnd:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: bool, job: Job, tok: Tokenizer, ds: ImageDataset, store: JobStore, attempt: str,
@@ -78,7 +95,7 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
     None when its share is done, else why it failed (its progress up to the last batch is saved).
     The images come from `loaders`, whose workers the run's other jobs on the same images share."""
     rows_path, state_path = store.part_paths(attempt, ctx.rank)
-    images_dir = store.folder / "images"
+    images_dir = store.folder / IMAGES_DIR
     images_dir.mkdir(exist_ok=True)
     bar = Progress(progress and ctx.is_main, len(positions), store.folder.name[:40])
     reset_peak_memory(device)
@@ -117,21 +134,32 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
                         captions=[r.caption for r in batch.records] if any(r.caption for r in batch.records)
                         else None,
                         extra={"peak_memory_mb": peak_memory_mb(device), "class_names": ds.class_names,
-                               "input_size": tuple(images.shape[-2:]), "text": batch.text},
+                               "input_size": tuple(images.shape[-2:]), "text": batch.text,
+                               "inputs": images, "dataset_size": len(ds)},
                     )
                     if all(r.label is None for r in batch.records):
                         ev.labels = None
+                    split = [r.split for r in batch.records] if any(r.split for r in batch.records) else None
+                    if split is not None:
+                        ev.extra["split"] = split
+                    evaluated = eval_part(ev, split)
                     row_values: dict[str, torch.Tensor] = {}
                     in_batch = True
                     for name in list(metrics):
+                        target = ev if metrics[name].reads_train_images else evaluated
+                        if target is None:  # a batch of training images only: the metric has nothing to see
+                            metrics[name].last_rows = {}
+                            continue
                         try:
-                            metrics[name].update(ev)
+                            metrics[name].update(target)
                         except (TokbenchError, ValueError, RuntimeError) as e:
                             raise JobFailed(f"metric {name} failed on images {batch.index.tolist()}: "
                                             f"{type(e).__name__}: {e}") from e
-                        merge_values(row_values, metrics[name].last_rows, name)
+                        merge_values(row_values, spread_rows(metrics[name].last_rows, target, ev), name)
                     for j, rec in enumerate(batch.records):
                         row = {"index": int(batch.index[j]), "id": rec.id}
+                        if rec.split is not None:  # which image trained the probes: the split can be re-made
+                            row.update(split=rec.split, label=rec.label)
                         row.update({k: _scalar(v[j]) for k, v in row_values.items()})
                         rows_file.write(json.dumps(row) + "\n")
                     rows_file.flush()
@@ -148,7 +176,7 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
                     save()
                     last_save = time.monotonic()
                 if interrupt.requested:
-                    raise KeyboardInterrupt
+                    raise interrupt.stop()
             os.fsync(rows_file.fileno())
         save()
     except BaseException as e:
@@ -157,12 +185,57 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
             raise
         bar.close()
         if len(state.done) > start and not in_batch:  # progress up to the last whole batch is kept
-            save()
+            try:
+                save()
+            except OSError:  # the disk takes nothing more: the last save stands, later rows are redone
+                pass
         if interrupt.requested:  # Ctrl-C also stops the data-loading workers, which surfaces here
-            raise KeyboardInterrupt from None
+            raise interrupt.stop() from None
+        if is_storage_error(e):  # a full disk fails every job alike: the run stops and resumes once it is fixed
+            return STORAGE_FAILED + describe_os_error(e)  # type: ignore[arg-type]
         return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
     bar.close()
     return None
+
+
+def eval_part(ev: EvalBatch, split: list[str | None] | None) -> EvalBatch | None:
+    """The batch without its training-split images, as the metrics other than the probes see it (None
+    when every image trains). Encode and decode seconds are scaled to the images kept."""
+    if split is None:
+        return ev
+    keep = [s != "train" for s in split]
+    if all(keep):
+        return ev
+    if not any(keep):
+        return None
+    rows = [j for j, k in enumerate(keep) if k]
+
+    def take(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x[torch.tensor(rows, device=x.device)]
+        return [x[j] for j in rows] if isinstance(x, list) else x
+
+    t = ev.tokens
+    tokens = replace(t, ids=take(t.ids), features=take(t.features), lengths=take(t.lengths), bits=take(t.bits))
+    share = len(rows) / len(keep)
+    extra = {k: take(v) if k in ("text", "split", "inputs") else v for k, v in ev.extra.items()}
+    return replace(ev, originals=take(ev.originals), tokens=tokens, index=take(ev.index),
+                   reconstructions=take(ev.reconstructions), labels=take(ev.labels), captions=take(ev.captions),
+                   encode_seconds=ev.encode_seconds * share, decode_seconds=ev.decode_seconds * share, extra=extra)
+
+
+def spread_rows(values: dict[str, Any], part: EvalBatch, whole: EvalBatch) -> dict[str, Any]:
+    """A metric's per-image values for `part` of a batch, as lists over the `whole` batch (None elsewhere)."""
+    if part is whole or not values:
+        return values
+    where = {int(p): j for j, p in enumerate(whole.index.tolist())}
+    out = {}
+    for key, v in values.items():
+        full: list[Any] = [None] * len(where)
+        for j, p in enumerate(part.index.tolist()):
+            full[where[int(p)]] = v[j]
+        out[key] = full
+    return out
 
 
 def encode_decode(tok: Tokenizer, images: torch.Tensor, options: dict[str, Any], device: torch.device):
@@ -202,9 +275,10 @@ def save_examples(folder: Path, index: torch.Tensor, images: torch.Tensor,
     for j, pos in enumerate(index.tolist()):
         if pos >= first:
             continue
-        Image.fromarray(to_uint8_hwc(images[j])).save(folder / f"{pos:05d}_original.png")
-        if recon is not None:
-            Image.fromarray(to_uint8_hwc(recon[j])).save(folder / f"{pos:05d}_recon.png")
+        for kind, x in (("original", images[j]), ("recon", None if recon is None else recon[j])):
+            if x is not None:
+                with atomic_file(sample_image(folder, pos, kind), "wb") as f:  # whole PNGs only
+                    Image.fromarray(to_uint8_hwc(x)).save(f, format="PNG")
 
 
 def resize_for_eval(originals: torch.Tensor, recon: torch.Tensor | None,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .weights import Artifact, WeightsUnavailable, _offline, fetch, is_available
+from .weights import Artifact, WeightsUnavailable, fetch, is_available, offline
 
 if TYPE_CHECKING:
     from .distributed import Context
@@ -31,7 +31,7 @@ def prefetch_plan(names: list[str]) -> list[Download] | None:
     None when downloads are off or the hub cannot be reached."""
     from .registry import find
 
-    if _offline():
+    if offline():
         return None
     missing = []
     for name in names:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .core import Tokenizer
@@ -25,6 +25,8 @@ class Job:
     encode_options: dict[str, Any]
     data_source: str
     data_limit: int | None
+    # the data entry's training split for the probes (`DataEntry.split_options()`), None without one
+    data_split: dict[str, Any] | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -40,6 +42,7 @@ class Job:
             "metrics": suite.metrics,
             # speed options only where set, so the ids of runs made before they existed stay valid
             **{k: v for k in ("channels_last", "compile") if (v := getattr(suite, k))},
+            **({"data_split": self.data_split} if self.data_split else {}),
         }
 
     def id(self, suite: Suite) -> str:
@@ -56,9 +59,10 @@ def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list
         known = {e.name for e in suite.tokenizers} | {e.label for e in suite.tokenizers}
         entries += [TokenizerEntry(name=n) for n in tokenizer_names if n not in known]
     entries = expand_globs(entries)
-    data_entries = [(d.source, d.limit) for d in suite.data]
-    if data:
-        data_entries = [(d, None) for d in data]
+    data_entries = [(d.source, d.limit, d.split_options()) for d in suite.data]
+    if data:  # sources named on the command line take the suite's stratified split form, if it has one
+        split = next((d.split_options() for d in suite.data if d.split), None)
+        data_entries = [(d, None, split) for d in data]
     jobs = []
     for entry in entries:
         takes = encode_option_names(entry.name)
@@ -66,8 +70,8 @@ def plan_jobs(suite: Suite, tokenizer_names: list[str] | None = None, data: list
         for point in entry.points():
             load = {k: v for k, v in point.items() if k not in takes}
             encode = {**fixed, **{k: v for k, v in point.items() if k in takes}}
-            for source, limit in data_entries:
-                jobs.append(Job(entry, load, encode, source, limit))
+            for source, limit, split in data_entries:
+                jobs.append(Job(entry, load, encode, source, limit, split))
     return jobs
 
 
@@ -95,7 +99,7 @@ def expand_globs(entries: list[TokenizerEntry]) -> list[TokenizerEntry]:
         for v in variants(e.name):
             if v.name not in named and v.weights is not None and is_available(v.weights):
                 named.add(v.name)
-                out.append(replace(e, name=v.name, label=v.name))
+                out.append(e.model_copy(update={"name": v.name, "label": v.name}))
     return out
 
 
@@ -122,17 +126,3 @@ class ModelCache:
             self.key, self.model = key, self.load(job.entry, job.load_options)
         assert self.model is not None
         return self.model
-
-
-def check_protocols(suite: Suite) -> None:
-    """Every protocol a suite names exists: a typo stops the run before its first job, as `SuiteInvalid`.
-
-    A suite read by `parse_suite` passed the same check already; one built or changed in Python did not.
-    """
-    from .suite_check import SuiteInvalid, protocol_problems
-
-    # an empty name is no protocol (the suite's, or the tokenizer's native one), as at run time
-    named = {"protocol": suite.protocol or None,
-             "tokenizers": [{"protocol": e.protocol or None} for e in suite.tokenizers]}
-    if problems := protocol_problems(named):
-        raise SuiteInvalid(problems, suite.path)

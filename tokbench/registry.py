@@ -71,6 +71,8 @@ class Family:
     build_options: Mapping[str, Any] | None = None
     encode_options: Mapping[str, Any] = field(default_factory=dict)
     code: str = ""
+    # distributions whose version can change this family's numbers, beyond environment.CORE_PACKAGES
+    packages: tuple[str, ...] = ()
     convolutional: bool = False
     # Names outside the table that the family understands (`jpeg-q30`): name -> Variant, or None.
     variant_for_name: Callable[[str], Variant | None] | None = None

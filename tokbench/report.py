@@ -16,8 +16,40 @@ from typing import Any
 import pandas as pd
 
 from .core import TokbenchError
-from .runner import read_rows, short_reason, write_json
+from .presentation import CODEC_FAMILIES, markdown_table, rate_curves, sweep_label
+from .runfolder import (
+    IMAGES_DIR,
+    JOB_SKIPPED,
+    JOB_SUMMARY,
+    REPORT_DIR,
+    REPORT_HTML,
+    REPORT_MD,
+    ROWS_FILE,
+    ROWS_PARQUET,
+    RUN_RECORD,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+    SUMMARY_TEX,
+    job_dir,
+    read_rows,
+    sample_image,
+    sample_positions,
+    short_reason,
+    write_json,
+)
 from .text_report import text_figures, text_section
+from .understanding_report import tradeoff_plot, understanding_section
+from .viewer import (
+    SampleJob,
+    column_titles,
+    sample_group,
+    table_html,
+    viewer_data,
+    viewer_section_html,
+    write_assets,
+)
+from .viewer import head_html as viewer_head_html
+from .viewer import script_html as viewer_script_html
 
 # Columns of the main table: (result key, header, unit). Values are formatted by their unit.
 MAIN_COLUMNS = [
@@ -37,6 +69,8 @@ MAIN_COLUMNS = [
     ("semantic_similarity", "sem. sim.", "index"),
     ("zeroshot_top1", "0-shot top-1", "percent"),  # the metric reports % already
     ("zeroshot_top1_recon", "0-shot top-1 recon", "percent"),
+    ("knn_top1_k20", "k-NN top-1", "percent"),  # DINO weighted k-NN on the token features, k = 20
+    ("linear_probe_top1", "lin. probe top-1", "percent"),
     ("clip_score", "CLIP-score", "score"),
     ("text_acc", "text acc", "fraction"),  # word accuracy 0..1, shown as %
     ("text_acc_orig", "text acc orig", "fraction"),
@@ -49,7 +83,7 @@ MAIN_COLUMNS = [
 ]
 # Which way is better, for marking the best value of each column (rate columns are the axis, not a score).
 HIGHER_IS_BETTER = {"psnr", "ssim", "ms_ssim", "psnr_llamagen", "ssim_llamagen", "semantic_similarity", "zeroshot_top1",
-                    "zeroshot_top1_recon", "clip_score", "text_acc", "text_ned", "codebook_usage", "code_perplexity",
+                    "zeroshot_top1_recon", "knn_top1_k20", "linear_probe_top1", "clip_score", "text_acc", "text_ned", "codebook_usage", "code_perplexity",
                     "encode_images_per_s",
                     "decode_images_per_s"}
 LOWER_IS_BETTER = {"lpips", "lpips_vgg", "rfid", "rfid_torch_fidelity", "rfid_pytorch_fid", "peak_memory_mb"}
@@ -75,7 +109,6 @@ def format_value(value: Any, unit: str) -> str:
         return str(value)
 
 
-CODEC_FAMILIES = {"codec"}
 CONTINUOUS_NOTE = (
     "continuous latents (no codebook): bpp counts C*h*w latent values at the stated storage precision "
     "(tokbench convention, no quantisation or entropy coding), not comparable to VQ bits"
@@ -103,25 +136,21 @@ def continuous_rate_lines(df: pd.DataFrame) -> list[str]:
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The run record and one entry per job (summary, or skip record, or 'not run')."""
-    run_path = run_dir / "run.json"
+    run_path = run_dir / RUN_RECORD
     if not run_path.is_file():
-        raise TokbenchError(f"{run_dir} is not a tokbench run folder (no run.json); give the --out folder of "
+        raise TokbenchError(f"{run_dir} is not a tokbench run folder (no {RUN_RECORD}); give the --out folder of "
                             "a `tokbench run`")
     run = json.loads(run_path.read_text())
     jobs = []
     for job_id in run.get("jobs", []):
-        d = run_dir / "jobs" / job_id
-        for name in ("summary.json", "skipped.json"):
+        d = job_dir(run_dir, job_id)
+        for name in (JOB_SUMMARY, JOB_SKIPPED):
             if (d / name).is_file():
                 jobs.append(json.loads((d / name).read_text()))
                 break
         else:
             jobs.append({"job": job_id, "status": "not run", "reason": "interrupted before this job"})
     return run, jobs
-
-
-def _params(job: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (job.get("params") or {}).items())
 
 
 def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
@@ -131,7 +160,7 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         spec = j.get("spec", {})
         rec = {
-            "job": j["job"], "tokenizer": j["label"], "params": _params(j), "family": spec.get("family"),
+            "job": j["job"], "tokenizer": j["label"], "params": sweep_label(j), "family": spec.get("family"),
             "data": j["data"]["name"], "images": j.get("images_evaluated"), "skipped_images": j.get("images_skipped"),
             "resolution": j.get("resolution"), "eval_resolution": j.get("eval_resolution"),
             "protocol": j.get("protocol"), "dtype": j.get("dtype"),
@@ -198,22 +227,11 @@ def published_table(jobs: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         for key, value in (j.get("published") or {}).items():
             measured = (j.get("results") or {}).get(key)
-            rows.append({"tokenizer": j["label"] + (f" ({_params(j)})" if _params(j) else ""), "metric": key,
+            rows.append({"tokenizer": j["label"] + (f" ({sweep_label(j)})" if sweep_label(j) else ""), "metric": key,
                          "published": value, "measured": "" if measured is None else f"{measured:.4g}",
                          "difference": "" if measured is None else f"{measured - value:+.4g}",
                          "source": " ".join(str(j.get("published_source", "")).split())})
     return pd.DataFrame(rows)
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_(none)_\n"
-    header = "| " + " | ".join(df.columns) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    lines = [header, sep]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in r.values) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _protocol_notes(jobs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
@@ -233,13 +251,6 @@ def _protocol_notes(jobs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[st
 # Figures
 
 
-def _curves(df: pd.DataFrame, x: str, y: str):
-    for (label, data), g in df.groupby(["tokenizer", "data"], sort=False):
-        g = g.dropna(subset=[x, y]).sort_values(x)
-        if len(g):
-            yield f"{label}" + (f" ({data})" if df["data"].nunique() > 1 else ""), g
-
-
 def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bpp") -> bool:
     """Quality against bits per pixel (or tokens), one curve per tokenizer; codecs dashed."""
     import matplotlib
@@ -251,7 +262,7 @@ def rate_distortion_plot(df: pd.DataFrame, metric: str, path: Path, x: str = "bp
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     any_continuous = False
-    for label, g in _curves(df, x, metric):
+    for label, g in rate_curves(df, x, metric):
         codec = g["family"].iloc[0] in CODEC_FAMILIES
         if x == "bpp" and _continuous(g.iloc[0]):  # own marker and line: a storage convention, not code bits
             any_continuous = True
@@ -326,8 +337,8 @@ def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, c
     columns = [v[len(v) // 2] for v in by_label.values()][:max_columns]
     if not columns:
         return False
-    first = run_dir / "jobs" / columns[0]["job"] / "images"
-    originals = sorted(first.glob("*_original.png"))
+    first = job_dir(run_dir, columns[0]["job"]) / IMAGES_DIR
+    originals = sample_positions(first)
     if not originals:
         return False
     label_h = 28
@@ -335,12 +346,12 @@ def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, c
     h = label_h + 2 * cell * len(originals)
     canvas = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(canvas)
-    titles = ["original"] + [f"{c['label']} {_params(c)}".strip() for c in columns]
+    titles = ["original"] + [f"{c['label']} {sweep_label(c)}".strip() for c in columns]
     for i, t in enumerate(titles):
         draw.text((i * cell + 4, 8), t[:26], fill="black")
-    for r, orig in enumerate(originals):
-        stem = orig.name.replace("_original.png", "")
-        cells = [orig] + [run_dir / "jobs" / c["job"] / "images" / f"{stem}_recon.png" for c in columns]
+    for r, stem in enumerate(originals):
+        cells = [sample_image(first, int(stem), "original")] + [
+            sample_image(job_dir(run_dir, c["job"]) / IMAGES_DIR, int(stem), "recon") for c in columns]
         for i, p in enumerate(cells):
             if not p.is_file():
                 continue
@@ -375,22 +386,22 @@ def write_report(run_dir: str | Path) -> Path:
 
 def _write_report(run_dir: Path) -> Path:
     run, jobs = load_run(run_dir)
-    out = run_dir / "report"
+    out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     df = summary_frame(jobs)
-    df.to_csv(out / "summary.csv", index=False)
-    write_json(out / "summary.json", jobs)
+    df.to_csv(out / SUMMARY_CSV, index=False)
+    write_json(out / SUMMARY_JSON, jobs)
 
     all_rows = []
     for j in jobs:
         if j.get("status") == "ok":
-            for row in read_rows(run_dir / "jobs" / j["job"] / "rows.jsonl"):
-                all_rows.append({"job": j["job"], "tokenizer": j["label"], "params": _params(j), **row})
+            for row in read_rows(job_dir(run_dir, j["job"]) / ROWS_FILE):
+                all_rows.append({"job": j["job"], "tokenizer": j["label"], "params": sweep_label(j), **row})
     if all_rows:
-        pd.DataFrame.from_records(all_rows).to_parquet(run_dir / "rows.parquet", index=False)
+        pd.DataFrame.from_records(all_rows).to_parquet(run_dir / ROWS_PARQUET, index=False)
 
     table = main_table(df, jobs) if not df.empty else pd.DataFrame()
-    skipped = pd.DataFrame([{"tokenizer": j.get("label", j["job"]), "params": _params(j), "status": j["status"],
+    skipped = pd.DataFrame([{"tokenizer": j.get("label", j["job"]), "params": sweep_label(j), "status": j["status"],
                              "reason": (j.get("reason") or "").strip()} for j in jobs if j.get("status") != "ok"])
     metric_skips: dict[str, str] = {}
     for j in jobs:
@@ -415,6 +426,11 @@ def _write_report(run_dir: Path) -> Path:
     if reconstruction_grid(run_dir, jobs, out / "grid.png"):
         figures.append(("grid.png", "reconstructions (bottom of each pair: zoomed centre crop, same region)"))
     figures += text_figures(run_dir, run, df, jobs, out)
+    if tradeoff_plot(jobs, out / "tradeoff.png"):
+        figures.append(("tradeoff.png", "understanding (k-NN top-1) against reconstruction, one point per tokenizer"))
+    write_assets(out)  # the viewer: index.html's script and stylesheet, heat maps (tokbench/viewer.py)
+    samples = viewer_data(out, [SampleJob(j, run_dir, *sample_group(j), seed=int(run.get("suite", {}).get("seed") or 0))
+                                for j in jobs if j.get("status") == "ok"])
 
     versions = run.get("versions", {})
     device = run.get("device", {})
@@ -440,6 +456,7 @@ def _write_report(run_dir: Path) -> Path:
     if any(k.endswith("_llamagen") for k in metric_notes):
         md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
     md += text_section(df) if not df.empty else ""
+    md += understanding_section(jobs)
     published = published_table(jobs)
     if not published.empty:
         md += "\n## Published vs measured\n\n" + markdown_table(published)
@@ -455,16 +472,16 @@ def _write_report(run_dir: Path) -> Path:
         md += f"\n{bad_files} unreadable images were skipped (listed in each job's summary.json).\n"
     if figures:
         md += "\n## Figures\n\n" + "".join(f"![{cap}]({name})\n\n" for name, cap in figures)
-    (out / "report.md").write_text(md)
+    (out / REPORT_MD).write_text(md)
 
     if not table.empty:
         latex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}",
                        table.drop(columns=["protocol"]).to_latex(index=False, escape=True))
-        (out / "summary.tex").write_text(
+        (out / SUMMARY_TEX).write_text(
             f"% tokbench {versions.get('tokbench')}, suite {suite.get('name')}; protocols: "
             + "; ".join(f"{k}: {v}" for k, v in sorted(metric_notes.items())) + "\n" + latex)
     else:
-        (out / "summary.tex").write_text("% no results\n")
+        (out / SUMMARY_TEX).write_text("% no results\n")
 
     page = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -474,17 +491,20 @@ def _write_report(run_dir: Path) -> Path:
         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
         "th{background:#f4f4f4}#results td{text-align:right}#results td:nth-child(-n+4){text-align:left}"
         "#skipped td:last-child{max-width:60em}img{max-width:100%;margin:1em 0}.note{color:#555;font-size:13px}"
-        "</style>",
+        "</style>", viewer_head_html(),
         "</head><body>",
         f"<h1>tokbench report: {html.escape(str(suite.get('name')))}</h1>",
         "<ul class='note'>" + "".join(f"<li>{html.escape(h[2:])}</li>" for h in header if h.startswith("- ")) + "</ul>",
         "<h2>Results</h2>",
-        _bold(table.to_html(index=False, table_id="results", border=0)) if not table.empty else "<p>(no results)</p>",
+        table_html(table, "results", column_titles(list(table.columns), metric_notes),
+                   {"protocol": [prep_notes.get(p, "") for p in table["protocol"]]})
+        if not table.empty else "<p>(no results)</p>",
         "<p class='note'><b>bold</b>: the best value of each column on its data set. [brackets]: published values "
         "cited by the suite. PSNR*/SSIM*: LlamaGen protocol (see Protocols).</p>",
         (f"<p class='note'>† {html.escape(CONTINUOUS_NOTE)}:<br>"
          + "<br>".join(html.escape(line[2:]) for line in continuous_rate_lines(df)) + "</p>")
         if continuous_rate_lines(df) else "",
+        viewer_section_html(samples),
         ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
          if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"
@@ -499,6 +519,6 @@ def _write_report(run_dir: Path) -> Path:
         page.append("<h2>Figures</h2>")
         page += [f"<figure><img src='{name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}"
                  "</figcaption></figure>" for name, cap in figures]
-    page.append("</body></html>")
-    (out / "index.html").write_text("\n".join(page))
+    page.append(viewer_script_html() + "</body></html>")
+    (out / REPORT_HTML).write_text("\n".join(page))
     return out

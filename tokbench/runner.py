@@ -21,19 +21,26 @@ images on one rank), `runfolder` (atomic files, rows, state, merging ranks, the 
 A job's status is `ok` (every requested metric computed, or left out only because its network's
 weights or the tokenizer's decoder are missing), `skipped` (the tokenizer's weights are not on this
 machine) or `failed` (anything else: no image could be evaluated, the data set is gone, a metric raised,
-an error in the tokenizer).
+an error in the tokenizer, counted images gone from a data set that changed).
+
+A job records the identity of its data set (`data.dataset_identity`: names, sizes and modification
+times) with its progress. Resumed on a data set that changed, it matches the images it counted by
+name, size and modification time: new images are evaluated, nothing is counted twice; where counted
+images are gone or changed the job fails with the command that starts afresh. A run that cannot write
+its folder (a full disk, no permission) stops with a `StoreError`, its progress saved as far as the disk
+allowed; SIGTERM stops it as Ctrl-C does (`evaluation`). Sample images (for the grids) missing from
+a job's folder, say after a kill, are made again on resume.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import time
 import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,83 +48,62 @@ import torch
 
 from .allocator import keep_freed_memory
 from .core import MetricUnavailable, TokbenchError, Tokenizer, is_options_mismatch
-from .data import DataUnavailable, ImageDataset, LoaderCache, open_dataset
+from .data import (
+    DataUnavailable,
+    ImageDataset,
+    LoaderCache,
+    dataset_identity,
+    file_fingerprints,
+    list_identity,
+    open_dataset,
+    split_counts,
+    with_train_split,
+)
 from .distributed import Context, load_states, reduce_states, shard
-from .evaluation import JobFailed, evaluate_shard, merge_values, resize_for_eval  # noqa: F401
+from .environment import device_description, git_revision, package_versions, resolve_device
+from .evaluation import (  # noqa: F401
+    JobFailed,
+    encode_decode,
+    evaluate_shard,
+    merge_values,
+    resize_for_eval,
+    save_examples,
+)
 from .metrics.base import BenchMetric, build_metric
-from .plan import Job, ModelCache, check_protocols, encode_option_names, plan_jobs
+from .plan import Job, ModelCache, encode_option_names, plan_jobs
 from .registry import family_of, load_tokenizer
 from .runfolder import (
+    IMAGES_DIR,
+    JOB_RECORD,
+    JOB_SKIPPED,
+    JOB_SUMMARY,
+    JOBS_DIR,
     LOCK_FILE,
     LOCK_INFO,
+    RUN_RECORD,
+    STORAGE_FAILED,
+    CorruptFile,
+    Fingerprint,
     JobState,
     JobStore,
+    StoreError,
+    describe_os_error,
     environment_changes,
+    match_counted,
     move_aside,
+    moved_state,
+    read_json,
     read_rows,
+    sample_image,
+    set_aside,
+    short_reason,
     write_json,
     writer_lock,
 )
+from .runfolder import job_dir as job_folder
 from .suite import Suite, TokenizerEntry
+from .suite_check import check_built_suite
 from .weights import WeightsUnavailable, no_downloads
-
-PACKAGES = ("torch", "torchvision", "torchmetrics", "transformers", "timm", "open_clip_torch", "lpips",
-            "clean-fid", "pillow", "numpy", "scikit-image")
-
-
-# ----------------------------------------------------------------------------------------------
-# Environment record
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "tokbench": _tokbench_version()}
-    for p in PACKAGES:
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "not installed"
-    return out
-
-
-def _tokbench_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def git_revision() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if rev.returncode != 0:
-        return None
-    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def device_description(device: torch.device) -> dict[str, Any]:
-    d: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads(),
-                         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                         "host_allocator": keep_freed_memory()}
-    if device.type == "cuda":
-        d["gpu"] = torch.cuda.get_device_name(device)
-        d["cuda"] = torch.version.cuda
-    return d
 
 
 def _download_policy(allowed: bool):
@@ -134,12 +120,19 @@ class Runner:
         self.ctx = Context.from_env(device)
         self.device = self.ctx.device(device)
         self._datasets: dict[tuple[str, int | None], ImageDataset | str] = {}
+        self._identities: dict[int, tuple[list[Fingerprint], str]] = {}  # id(ds) -> (fingerprints, identity)
+        self._started = False  # a job has begun: a failure to write now cuts a run short
         self._loaders = LoaderCache()  # image-loading workers shared by consecutive jobs on the same images
 
     # -- run record ------------------------------------------------------------------------
     def _write_run_record(self, jobs: list[Job]) -> None:
-        path = self.out / "run.json"
-        old = json.loads(path.read_text()) if path.is_file() else {}
+        path = self.out / RUN_RECORD
+        try:
+            old = read_json(path) if path.is_file() else {}
+        except CorruptFile:
+            if not self.fresh:  # what made the folder's numbers is unknown: they cannot be resumed into
+                raise
+            old = {"unreadable": True}
         now_device, now_versions = device_description(self.device), package_versions()
         changes = environment_changes(old, {"device": now_device, "versions": now_versions}) if old else []
         if old and (changes or self.fresh):
@@ -147,7 +140,7 @@ class Runner:
             dest = move_aside(self.out, old.get("created"), keep=(LOCK_FILE, LOCK_INFO))
             why = "--fresh" if self.fresh else f"it was made with {'; '.join(changes)}"
             self.log(f"{self.out}: moved the previous run to {dest} ({why}); measuring again here")
-            (self.out / "jobs").mkdir()
+            (self.out / JOBS_DIR).mkdir()
             old = {}
         record = {
             "suite": self.suite.as_dict(),
@@ -161,11 +154,14 @@ class Runner:
         }
         write_json(path, record)
 
-    def dataset(self, source: str, limit: int | None) -> ImageDataset:
-        key = (source, limit)
+    def dataset(self, source: str, limit: int | None, split: dict[str, Any] | None = None) -> ImageDataset:
+        key = (source, limit, json.dumps(split, sort_keys=True) if split else None)
         if key not in self._datasets:
             try:
-                self._datasets[key] = open_dataset(source, limit, seed=self.suite.seed)
+                ds = open_dataset(source, limit, seed=self.suite.seed)
+                if split:
+                    ds = replace(with_train_split(ds, **split), unlisted=ds.unlisted, sidecar_skips=ds.sidecar_skips)
+                self._datasets[key] = ds
             except DataUnavailable as e:
                 self._datasets[key] = str(e)
         ds = self._datasets[key]
@@ -173,11 +169,18 @@ class Runner:
             raise DataUnavailable(ds)
         return ds
 
+    def identity(self, ds: ImageDataset) -> tuple[list[Fingerprint], str]:
+        """The data set's fingerprints (id, size, mtime per image) and identity, looked up once per run."""
+        if id(ds) not in self._identities:
+            prints = file_fingerprints(ds)
+            self._identities[id(ds)] = (prints, dataset_identity(ds, prints))
+        return self._identities[id(ds)]
+
     # -- main loop -------------------------------------------------------------------------
     def run(self, tokenizer_names: list[str] | None = None, data: list[str] | None = None,
             prefetch: list[str] | None = None) -> list[dict[str, Any]]:
         """The jobs, after fetching `prefetch`'s missing weights (`first_run`) where the hub is reachable."""
-        check_protocols(self.suite)
+        check_built_suite(self.suite)  # a suite built in Python meets the same registry pass as a parsed one
         jobs = plan_jobs(self.suite, tokenizer_names, data)
         try:
             if prefetch:
@@ -188,6 +191,8 @@ class Runner:
                 self.out.mkdir(parents=True, exist_ok=True)
             with writer_lock(self.out, self.log):
                 return self._run_jobs(jobs)
+        except OSError as e:  # the run folder cannot be written: one line, and whether anything was measured
+            raise StoreError(describe_os_error(e), cut_short=self._started) from None
         finally:
             self._loaders.close()
             self.ctx.close()
@@ -195,7 +200,7 @@ class Runner:
     def _run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
         torch.manual_seed(self.suite.seed)
         if self.ctx.is_main:  # only rank 0 writes the folder's own files
-            (self.out / "jobs").mkdir(exist_ok=True)
+            (self.out / JOBS_DIR).mkdir(exist_ok=True)
             self._write_run_record(jobs)
         self.ctx.barrier()
         summaries = []
@@ -203,13 +208,14 @@ class Runner:
         with _download_policy(self.suite.download):
             for i, job in enumerate(jobs, 1):
                 job_id = job.id(self.suite)
-                job_dir = self.out / "jobs" / job_id
-                done = job_dir / "summary.json"
-                if done.is_file():
-                    summaries.append(json.loads(done.read_text()))
+                job_dir = job_folder(self.out, job_id)
+                done = job_dir / JOB_SUMMARY
+                if done.is_file() and (summary := self._completed(done, job)) is not None:
+                    summaries.append(summary)
                     if self.ctx.is_main:
-                        self.log(f"[{i}/{len(jobs)}] {job_id}: already done")
+                        self.log(f"[{i}/{len(jobs)}] {job_id}: already done{self._changed_since(job, summary)}")
                     continue
+                self._started = True
                 tok = models.get(job)
                 summary = self._run_job(job, job_dir, tok)
                 summaries.append(summary)
@@ -217,6 +223,29 @@ class Runner:
                     self.log(f"[{i}/{len(jobs)}] {job_id}: {summary['status']}"
                              + (f" ({short_reason(summary.get('reason', ''))})" if summary["status"] != "ok" else ""))
         return summaries
+
+    def _completed(self, path: Path, job: Job) -> dict[str, Any] | None:
+        """A finished job's summary; None where it cannot be read (the job is counted again, the file kept)."""
+        try:
+            return read_json(path)
+        except CorruptFile as e:
+            self.ctx.barrier()  # every rank has read it before rank 0 moves it
+            if self.ctx.is_main:
+                kept = set_aside(path)
+                self.log(f"  {e}; kept as {kept.name}; counting the job again")
+            return None
+
+    def _changed_since(self, job: Job, summary: dict[str, Any]) -> str:
+        """A note where a finished job's data set has changed since it was measured."""
+        then = (summary.get("data") or {}).get("identity")
+        try:
+            now = self.identity(self.dataset(job.data_source, job.data_limit, job.data_split))[1]
+        except DataUnavailable:
+            return ""
+        if then is None or then == now:
+            return ""
+        return (f" (on {job.data_source} as it was: the data set has changed since, and its numbers are of the "
+                "earlier images; re-run the same command with --fresh to measure it as it is now)")
 
     def _load(self, entry: TokenizerEntry, load_options: dict[str, Any]) -> Tokenizer | Exception:
         takes_at_encode = encode_option_names(entry.name)
@@ -241,7 +270,7 @@ class Runner:
         # Skips are not written as summary.json: a re-run retries them (weights may have arrived).
         if self.ctx.is_main:
             job_dir.mkdir(parents=True, exist_ok=True)
-            write_json(job_dir / "skipped.json", summary)
+            write_json(job_dir / JOB_SKIPPED, summary)
         return summary
 
     def _run_job(self, job: Job, job_dir: Path, tok: Tokenizer | Exception) -> dict[str, Any]:
@@ -253,7 +282,7 @@ class Runner:
             return self._skip(job_dir, job, reason if isinstance(tok, JobFailed) else f"{type(tok).__name__}: {reason}",
                               status="failed")
         try:
-            ds = self.dataset(job.data_source, job.data_limit)
+            ds = self.dataset(job.data_source, job.data_limit, job.data_split)
         except DataUnavailable as e:  # checked before the run; gone since (an unmounted disk)
             return self._skip(job_dir, job, f"data: {e}", status="failed")
         spec = tok.spec
@@ -283,18 +312,25 @@ class Runner:
             if m.needs_decode and not spec.supports_decode:
                 metric_skips[name] = f"{spec.name} has no decoder; {name} needs reconstructions"
                 continue
+            if (why := m.unavailable_for(tok)) is not None:  # e.g. a probe on a codec: no features
+                metric_skips[name] = why
+                continue
             m.persistent(True)
             m._to_sync = False  # noqa: SLF001 - rank 0 reduces the ranks' saved states itself (JobStore)
             metrics[name] = m.to(self.device)
 
         store, ctx = JobStore(job_dir), self.ctx
+        listing, identity = self.identity(ds)
         if ctx.is_main:
             job_dir.mkdir(parents=True, exist_ok=True)
-            (job_dir / "skipped.json").unlink(missing_ok=True)
+            (job_dir / JOB_SKIPPED).unlink(missing_ok=True)
         record = {
             "job": job_dir.name, "tokenizer": job.entry.name, "label": job.entry.label,
             "params": job.params, "options": job.entry.options, "spec": spec.as_dict(),
-            "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit},
+            "data": {"source": job.data_source, "name": ds.name, "images": len(ds), "limit": job.data_limit,
+                     "identity": identity,
+                     "list_identity": list_identity(listing),  # names and sizes only: compare across machines
+                     **({"split": job.data_split, "split_counts": split_counts(ds)} if job.data_split else {})},
             "resolution": resolution, "protocol": protocol, "eval_resolution": eval_resolution,
             "protocol_description": get_protocol(protocol).description, "dtype": spec.dtype,
             "batch_size": suite.batch_size, "world_size": ctx.world,
@@ -302,36 +338,114 @@ class Runner:
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
             "published": job.entry.published, "published_source": job.entry.published_source,
         }
-        attempt = None
+
+        def reduce(name: str, states: list[dict[str, Any]]) -> dict[str, Any]:
+            return reduce_states(metrics[name], states) if name in metrics else states[-1]
+
+        attempt, refusal = None, None
         if ctx.is_main:
-            write_json(job_dir / "job.json", record)
+            write_json(job_dir / JOB_RECORD, record)
             # parts of earlier attempts (any world size) merged; rows not accounted for by a state dropped
-            prior = store.consolidate(lambda name, states: reduce_states(metrics[name], states) if name in metrics
-                                      else states[-1])
-            if prior.done:
+            prior, refusal = self._follow_data_change(job, store, self._prior_state(store, reduce), listing,
+                                                      identity, reduce)
+            if prior.done and refusal is None:
                 self.log(f"  resuming {job_dir.name}: {len(prior.done)} of {len(ds)} images already counted")
+            if left_out := len(ds.unlisted) + len(ds.sidecar_skips):
+                self.log(f"  {job.data_source}: {left_out} file{'s' * (left_out != 1)} left out (unreadable "
+                         f"entries, captions or annotations; listed in {JOB_SUMMARY})")
             attempt = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
-        attempt = ctx.broadcast(attempt)  # also: no rank reads state.pt before rank 0 has merged it
+        # also: no rank reads state.pt before rank 0 has merged it
+        attempt, refusal = ctx.broadcast((attempt, refusal))
+        if refusal is not None:
+            return self._skip(job_dir, job, refusal, status="failed")
         prior = JobState.load(store.state) or JobState()
+        prior.identity, prior.listing = identity, listing
         for name in prior.metric_skips:
             metrics.pop(name, None)
         metric_skips.update(prior.metric_skips)
         mine = shard([p for p in range(len(ds)) if p not in prior.done], ctx.rank, ctx.world)
         # rank 0 carries what earlier attempts counted; other ranks save only their own share
-        own = prior if ctx.is_main else JobState(metric_skips=dict(metric_skips))
+        own = prior if ctx.is_main else JobState(metric_skips=dict(metric_skips), identity=identity, listing=listing)
         if ctx.is_main:
             for name, sd in prior.metrics.items():
                 if name in metrics:
                     load_states(metrics[name], sd)
+            self._remake_samples(job, tok, ds, store, prior, protocol, resolution, eval_resolution,
+                                 record["channels_last"])
         error = evaluate_shard(ctx, suite, self.device, self.progress, job, tok, ds, store, attempt, mine, own,
                                metrics, metric_skips, protocol, resolution, eval_resolution, self._loaders,
                                channels_last=record["channels_last"])
         errors = [e for e in ctx.gather(error) if e]
-        summary = self._finish_job(job, job_dir, store, record, metrics, errors) if ctx.is_main else None
+        if stopped := next((e for e in errors if e.startswith(STORAGE_FAILED)), None):
+            # every rank saved what it could; the run stops here and resumes once the disk takes writes again
+            raise StoreError(stopped.removeprefix(STORAGE_FAILED), cut_short=True)
+        summary = self._finish_job(job, job_dir, store, record, metrics, errors, ds) if ctx.is_main else None
         return ctx.broadcast(summary)
 
+    def _prior_state(self, store: JobStore, reduce: Callable) -> JobState:
+        """The job's saved progress, its rank parts merged in. Progress that cannot be read is moved aside
+        (kept) and the job counted again: nothing it holds can be trusted to be counted once."""
+        try:
+            return store.consolidate(reduce)
+        except CorruptFile as e:
+            kept = store.set_aside()
+            self.log(f"  {e}; moved this job's saved progress to {kept} and counting its images again")
+            return store.consolidate(reduce)
+
+    def _follow_data_change(self, job: Job, store: JobStore, prior: JobState, listing: list[Fingerprint],
+                            identity: str, reduce: Callable) -> tuple[JobState, str | None]:
+        """`prior` moved to the current data set where it changed since it was counted (images added,
+        or the same files at other positions): (state, None). (prior, why) where counted images are gone
+        or were changed: their numbers are in the sums and cannot be taken out, so the job cannot go on."""
+        if not prior.done or prior.identity in (None, identity):
+            return prior, None
+        change = match_counted(prior, listing)
+        if change.refused:
+            return prior, (f"the data set {job.data_source} changed since this job's images were counted: "
+                           f"{change.describe()}. The numbers counted so far cannot be taken apart, so this job "
+                           f"cannot go on: re-run the same command with --fresh to measure everything again (the "
+                           f"previous run is moved to a dated sibling, nothing is deleted), or restore the images")
+        moved = moved_state(prior, change, listing, identity)
+        for png in (store.folder / IMAGES_DIR).glob("*.png"):  # samples of positions that now hold another image
+            stem = png.name.split("_", 1)[0]
+            if stem.isdigit():
+                pos, was = int(stem), prior.files.get(int(stem))
+                if was is None or pos >= len(listing) or listing[pos][0] != was[0]:
+                    png.unlink()  # made again from the image now at that position (`_remake_samples`)
+        store.save(store.state, moved)
+        self.log(f"  {store.folder.name}: the data set {job.data_source} changed since this job started "
+                 f"({change.describe()}); the {len(moved.done)} images already counted are kept (matched by "
+                 "name, size and modification time), the others are evaluated")
+        return store.consolidate(reduce), None
+
+    def _remake_samples(self, job: Job, tok: Tokenizer, ds: ImageDataset, store: JobStore, prior: JobState,
+                        protocol: str, resolution: int, eval_resolution: int | None, channels_last: bool) -> None:
+        """Sample images (the report's grids) of counted images whose PNGs are missing or unreadable (a
+        run stopped between a batch's rows and its PNGs, a data set that changed): made again."""
+        folder = store.folder / IMAGES_DIR
+        skipped = {s["index"] for s in prior.skipped}
+        kinds = ("original", "recon") if tok.spec.supports_decode else ("original",)
+        wanted = [p for p in sorted(prior.done) if p < self.suite.grid_images and p not in skipped
+                  and not all(_readable_png(sample_image(folder, p, k)) for k in kinds)]
+        if not wanted:
+            return
+        folder.mkdir(exist_ok=True)
+        loader = self._loaders.get(ds, protocol, resolution, self.suite.batch_size, self.suite.num_workers,
+                                   pin_memory=self.device.type == "cuda")
+        with torch.inference_mode():
+            for batch in loader.batches(wanted):
+                if not len(batch.records):
+                    continue
+                images = batch.images.to(self.device)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                _, recon, _, _ = encode_decode(tok, images, job.encode_options, self.device)
+                if eval_resolution:  # as the pass saves them: reconstructions at the evaluation size
+                    _, recon = resize_for_eval(images, recon, eval_resolution)
+                save_examples(folder, batch.index, images, recon, self.suite.grid_images)
+
     def _finish_job(self, job: Job, job_dir: Path, store: JobStore, record: dict[str, Any],
-                    metrics: dict[str, BenchMetric], errors: list[str]) -> dict[str, Any]:
+                    metrics: dict[str, BenchMetric], errors: list[str], ds: ImageDataset) -> dict[str, Any]:
         """Rank 0, once every rank is through its share: merge the ranks' rows and states, compute."""
         state = store.consolidate(lambda name, states: reduce_states(metrics[name], states) if name in metrics
                                   else states[-1])
@@ -340,7 +454,8 @@ class Runner:
         for name, m in metrics.items():
             m.reset()
             load_states(m, state.metrics.get(name, {}))
-        skipped = state.skipped
+        # entries of the folder that could not be listed as images count with the unreadable ones
+        skipped = state.skipped + [{"index": None, **u} for u in ds.unlisted]
         evaluated = len(read_rows(store.rows))
         if evaluated == 0:
             first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
@@ -358,10 +473,23 @@ class Runner:
         summary = {**record, "status": "ok", "results": results, "metric_protocols": metric_protocols,
                    "metric_skips": state.metric_skips, "images_evaluated": evaluated,
                    "images_skipped": len(skipped), "skipped_files": skipped,
-                   "device": device_description(self.device)}
-        write_json(job_dir / "summary.json", summary)
+                   "sidecars_skipped": len(ds.sidecar_skips), "skipped_sidecars": ds.sidecar_skips,
+                   "device": device_description(self.device),
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # when these numbers were made (compare)
+        write_json(job_dir / JOB_SUMMARY, summary)
         store.state.unlink(missing_ok=True)
         return summary
+
+def _readable_png(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:  # noqa: BLE001 - missing, cut short, not a PNG: made again
+        return False
+
 
 def uses_channels_last(name: str, setting: bool | str) -> bool:
     """Whether tokenizer `name` runs in channels_last under the suite's `channels_last` (true, false, or
@@ -392,15 +520,6 @@ def takes_option(name: str, option: str) -> bool:
     does not resolve, is given it: its loader then says what is wrong)."""
     family = family_of(name)
     return family is None or family.options is None or option in family.options
-
-
-def short_reason(reason: str) -> str:
-    """First line of a skip reason, plus the line that says how to fix it (the fetch command)."""
-    lines = [ln.strip() for ln in (reason or "").splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    fix = next((ln for ln in lines[1:] if "tokbench fetch" in ln), None)
-    return lines[0] + (f"; {fix}" if fix else "")
 
 
 def metric_key(name: str, options: dict[str, Any]) -> str:

@@ -3,38 +3,54 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .core import TokbenchError
+from .options import DType, PositiveInt
 
 DEFAULT_METRICS = ("psnr", "ssim", "bpp", "codebook", "speed")
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 
 
-@dataclass
-class TokenizerEntry:
-    """One tokenizer of a suite; `sweep` maps an option to the values to run (each value is a job)."""
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizerEntry(_Strict):
+    """One tokenizer of a suite; `sweep` maps an option to the values to run (each value is a job).
+    `published`: numbers to print beside the measured ones; by default the variant's own (one copy)."""
 
     name: str
     label: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
-    sweep: dict[str, list[Any]] = field(default_factory=dict)
-    resolution: int | None = None
-    eval_resolution: int | None = None
+    options: dict[str, Any] = {}
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    resolution: PositiveInt | None = None
+    eval_resolution: PositiveInt | None = None
     protocol: str | None = None
     weights: str | None = None
-    config: Any = None
-    published: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] | str | None = None
+    published: dict[str, float] = {}
     published_source: str = ""
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str | None = None, /, **fields: Any) -> None:
+        super().__init__(**({"name": name} if name is not None else {}), **fields)
+
+    @model_validator(mode="after")
+    def _label_defaults_to_name(self) -> TokenizerEntry:
         self.label = self.label or self.name
-        for k, v in self.sweep.items():
-            if not isinstance(v, list) or not v:
-                raise TokbenchError(f"suite tokenizer {self.name!r}: sweep {k!r} must be a non-empty list, got {v!r}")
+        return self
 
     def points(self) -> list[dict[str, Any]]:
         """The cartesian product of the sweep, as option dicts ([{}] without a sweep)."""
@@ -42,54 +58,130 @@ class TokenizerEntry:
         return [dict(zip(keys, vals)) for vals in itertools.product(*(self.sweep[k] for k in keys))]
 
 
-@dataclass
-class DataEntry:
+class Split(_Strict):
+    """A stratified split of a labelled source: the fraction of each class that trains the probes."""
+
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    seed: int = 0
+
+
+class DataEntry(_Strict):
+    """A data source. For the probes (knn, linear_probe) a labelled source needs a training split: `train`, a
+    separate labelled source (with at most `train_per_class` images of each class), or `split`, a stratified
+    split of the source itself (`{train: 0.5, seed: 0}`: the fraction of each class that trains)."""
+
     source: str
-    limit: int | None = None
+    limit: PositiveInt | None = None
+    train: str | None = None  # a separate labelled training set for the probes
+    train_per_class: PositiveInt | None = None
+    split: Split | None = None  # or a stratified split of `source` itself
+
+    def __init__(self, source: str | None = None, /, **fields: Any) -> None:
+        super().__init__(**({"source": source} if source is not None else {}), **fields)
+
+    @model_validator(mode="after")
+    def _one_split_form(self) -> DataEntry:
+        if self.train and self.split:
+            raise ValueError("give either `train` (a separate training set) or `split` (a split of source), not both")
+        if self.train_per_class and not self.train:
+            raise ValueError("`train_per_class` limits a `train` set; this entry has none")
+        return self
+
+    def split_options(self) -> dict[str, Any] | None:
+        """The keyword arguments of `data.with_train_split` (None without a training split)."""
+        if self.train:
+            return {"train": self.train, "train_per_class": self.train_per_class}
+        if self.split:
+            return {"fraction": float(self.split.train), "seed": int(self.split.seed)}
+        return None
 
 
-@dataclass
-class Suite:
-    name: str
-    tokenizers: list[TokenizerEntry]
-    data: list[DataEntry]
-    metrics: list[tuple[str, dict[str, Any]]]
+def _shorthand(key: str) -> Any:
+    """A list item given as a bare string stands for `{key: item}` (`- jpeg-q75`, `- samples`)."""
+
+    def expand(items: Any) -> Any:
+        return [{key: x} if isinstance(x, str) else x for x in items] if isinstance(items, list) else items
+
+    return expand
+
+
+def _metric_pairs(items: Any) -> Any:
+    """`psnr` and `{lpips: {net: vgg}}` as (name, options) pairs; other shapes are left for the metric check."""
+    if not isinstance(items, list):
+        return items
+    out = []
+    for x in items:
+        if isinstance(x, str):
+            out.append((x, {}))
+        elif isinstance(x, dict) and len(x) == 1 and isinstance(next(iter(x.values())), (dict, type(None))):
+            (name, opts), = x.items()
+            out.append((name, dict(opts or {})))
+        elif isinstance(x, (tuple, list)) and len(x) == 2:
+            out.append(tuple(x))
+        else:
+            out.append(x)
+    return out
+
+
+class Suite(_Strict):
+    """A benchmark suite: the one schema of the YAML files and of suites built in Python. Field types and
+    ranges are checked here; what depends on the registries (tokenizer, metric and protocol names, the
+    options each family takes, data sources) is the second pass, `suite_check.registry_problems`."""
+
+    name: str = "suite"
     description: str = ""
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "float32"
+    tokenizers: Annotated[list[TokenizerEntry], Field(min_length=1), BeforeValidator(_shorthand("name"))]
+    data: Annotated[list[DataEntry], BeforeValidator(_shorthand("source"))] = [DataEntry("samples")]
+    metrics: Annotated[list[tuple[str, dict[str, Any]]], BeforeValidator(_metric_pairs)] = [
+        (m, {}) for m in DEFAULT_METRICS]
+    batch_size: PositiveInt = 8
+    device: Device = "auto"
+    dtype: DType = "float32"
     seed: int = 0
     protocol: str | None = None
-    resolution: int = 256  # for tokenizers without a native one (codecs)
-    eval_resolution: int | None = None  # resize inputs and reconstructions before the metrics (LlamaGen 384->256)
+    resolution: PositiveInt = 256  # for tokenizers without a native one (codecs)
+    eval_resolution: PositiveInt | None = None  # resize inputs and reconstructions before the metrics (384->256)
     download: bool = True
-    grid_images: int = 4
-    num_workers: int | None = None
-    checkpoint_seconds: float = 30.0
+    grid_images: Annotated[int, Field(ge=0)] | None = None  # the older name of save_samples
+    # the originals and reconstructions of the first N images of each job, saved as lossless PNG
+    # (jobs/<job>/images/) for the report's viewer and grid
+    save_samples: Annotated[int, Field(ge=0)] | None = Field(default=None, validate_default=True)
+    num_workers: Annotated[int, Field(ge=0)] | None = None
+    checkpoint_seconds: Annotated[float, Field(ge=0)] = 30.0
     # models and input batches in channels_last memory format (GPU convolutions): true, false, or "auto"
     # for the families that declare themselves convolutional (registry.Family.convolutional)
-    channels_last: bool | str = False
+    channels_last: bool | Literal["auto"] = False
     compile: bool = False  # torch.compile the encode and decode of module-backed tokenizers
-    prefetch: list[str] = field(default_factory=list)  # fetched first when the hub is reachable (first_run)
-    path: str | None = None
+    prefetch: list[str] = []  # fetched first when the hub is reachable (first_run)
+    path: str | None = None  # the file it was read from (recorded; not written in a suite file)
+
+    @field_validator("save_samples", mode="after")
+    @classmethod
+    def _one_sample_count(cls, value: int | None, info: ValidationInfo) -> int:
+        older = info.data.get("grid_images")
+        if value is not None and older is not None and value != older:
+            raise ValueError(f"grid_images ({older}) is the older name of save_samples; give one of them")
+        return value if value is not None else older if older is not None else 4
+
+    @model_validator(mode="after")
+    def _grid_images_is_save_samples(self) -> Suite:
+        self.grid_images = self.save_samples  # one number under both names
+        return self
+
+    @field_validator("data", mode="after")
+    @classmethod
+    def _samples_when_empty(cls, data: list[DataEntry]) -> list[DataEntry]:
+        return data or [DataEntry("samples")]
+
+    @field_validator("metrics", mode="after")
+    @classmethod
+    def _default_metrics_when_empty(cls, metrics: list[tuple[str, dict[str, Any]]]) -> list:
+        return metrics or [(m, {}) for m in DEFAULT_METRICS]
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self.model_dump()
         d["metrics"] = [{n: o} if o else n for n, o in self.metrics]
         return d
-
-
-def _metric_list(raw: Any) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for item in raw or DEFAULT_METRICS:
-        if isinstance(item, str):
-            out.append((item, {}))
-        elif isinstance(item, dict) and len(item) == 1:
-            (name, opts), = item.items()
-            out.append((name, dict(opts or {})))
-        else:
-            raise TokbenchError(f"suite metric entries are names or {{name: {{options}}}}, got {item!r}")
-    return out
 
 
 def parse_suite(data: dict[str, Any], path: str | None = None, open_data: bool = False,
@@ -111,32 +203,9 @@ def parse_suite(data: dict[str, Any], path: str | None = None, open_data: bool =
                                        where="--tokenizers")
     if problems:
         raise SuiteInvalid(problems, path)
-    known = set(Suite.__dataclass_fields__) - {"path"}
-    unknown = set(data) - known
-    if unknown:
-        raise TokbenchError(f"unknown suite keys {sorted(unknown)} in {path or 'suite'}; known: {sorted(known)}")
-    toks = []
-    for t in data.get("tokenizers") or []:
-        t = {"name": t} if isinstance(t, str) else dict(t)
-        try:
-            toks.append(TokenizerEntry(**t))
-        except TypeError as e:
-            raise TokbenchError(f"bad tokenizer entry {t!r} in {path or 'suite'}: {e}") from None
-    if not toks:
-        raise TokbenchError(f"suite {path or ''} lists no tokenizers")
-    data_entries = []
-    for d in data.get("data") or ["samples"]:
-        d = {"source": d} if isinstance(d, str) else dict(d)
-        data_entries.append(DataEntry(**d))
-    fields = {k: v for k, v in data.items() if k not in ("tokenizers", "data", "metrics")}
-    return Suite(
-        name=fields.pop("name", Path(path).stem if path else "suite"),
-        tokenizers=toks,
-        data=data_entries,
-        metrics=_metric_list(data.get("metrics")),
-        path=path,
-        **fields,
-    )
+    fields = {k: v for k, v in data.items() if v is not None or k not in ("data", "metrics", "name")}
+    fields.setdefault("name", Path(path).stem if path else "suite")
+    return Suite.model_validate({**fields, "path": path})
 
 
 def read_suite_file(path: str | Path) -> Any:

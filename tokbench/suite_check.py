@@ -1,9 +1,10 @@
 """A suite checked before anything runs: every problem at once, with its field path and value.
 
-Two layers: a pydantic schema for types and ranges of every field, then checks against what tokbench
-knows (metric names and their options, tokenizer names and globs, the options and sweeps each family
-accepts as its `Family.options` declares them, preprocessing protocols, data sources). `check_suite`
-raises `SuiteInvalid` listing all of them; nothing has been written by then.
+Two layers: the suite's own pydantic schema (`suite.Suite`: types and ranges of every field, declared
+once), then checks against what tokbench knows (metric names and their options, tokenizer names and
+globs, the options and sweeps each family declares, preprocessing protocols, data sources).
+`check_suite` raises `SuiteInvalid` listing all of them; nothing has been written by then. A suite
+built in Python is validated by its constructor and meets the second pass in `check_built_suite`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
-from .core import TokbenchError
 from .building import option_type
-from .options import DType, PositiveInt
+from .core import TokbenchError
 
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 
@@ -32,51 +32,6 @@ class SuiteInvalid(TokbenchError):
                          "nothing was run:\n" + "\n".join(lines))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TokenizerModel(_Strict):
-    name: str
-    label: str = ""
-    options: dict[str, Any] = {}
-    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
-    resolution: PositiveInt | None = None
-    eval_resolution: PositiveInt | None = None
-    protocol: str | None = None
-    weights: str | None = None
-    config: dict[str, Any] | str | None = None
-    published: dict[str, float] = {}
-    published_source: str = ""
-
-
-class DataModel(_Strict):
-    source: str
-    limit: PositiveInt | None = None
-
-
-class SuiteModel(_Strict):
-    name: str | None = None
-    description: str = ""
-    tokenizers: Annotated[list[str | TokenizerModel], Field(min_length=1)]
-    data: list[str | DataModel] | None = None
-    metrics: list[str | dict[str, dict[str, Any] | None]] | None = None
-    batch_size: PositiveInt = 8
-    device: Device = "auto"
-    dtype: DType = "float32"
-    seed: int = 0
-    protocol: str | None = None
-    resolution: PositiveInt = 256
-    eval_resolution: PositiveInt | None = None
-    download: bool = True
-    grid_images: Annotated[int, Field(ge=0)] = 4
-    num_workers: Annotated[int, Field(ge=0)] | None = None
-    checkpoint_seconds: Annotated[float, Field(ge=0)] = 30.0
-    channels_last: bool | Literal["auto"] = False
-    compile: bool = False
-    prefetch: list[str] = []
-
-
 # Metric modules without networks: building one is instant, so its option values are checked by building it.
 _CHEAP_METRIC_MODULES = ("tokbench.metrics.pixel", "tokbench.metrics.rate", "tokbench.metrics.speed")
 
@@ -89,17 +44,21 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 
 def _is_branch(part: Any) -> bool:
-    """A union member's tag in a pydantic error location (`str`, `TokenizerModel`, `dict[...]`)."""
-    return isinstance(part, str) and (part in ("str", "TokenizerModel", "DataModel") or part.startswith("dict["))
+    """A union member's tag in a pydantic error location (`str`, `dict[...]`)."""
+    return isinstance(part, str) and (part == "str" or part.startswith("dict["))
 
 
 def _schema_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    from .suite import Suite
+
     try:
-        SuiteModel.model_validate(raw)
+        Suite.model_validate(raw)
     except ValidationError as e:
         problems = []
         for err in e.errors():
             loc = err["loc"]
+            if loc and loc[0] == "metrics":
+                continue  # the shape of each metric entry is reported by the metric check, with its name
             # a list item typed `str | Model` fails both members: report the one that fits its shape
             branch = next((i for i, p in enumerate(loc) if _is_branch(p)), None)
             if branch is not None:
@@ -141,7 +100,8 @@ def _metric_problems(raw: Any) -> list[tuple[str, Any, str]]:
             (name, opts), = item.items()
             opts = opts or {}
             if not isinstance(opts, dict):
-                continue  # the schema reported it
+                problems.append((f"metrics[{i}].{name}", opts, "a metric's options are a mapping {option: value}"))
+                continue
         else:
             problems.append((f"metrics[{i}]", item, "a metric is a name or {name: {options}}"))
             continue
@@ -225,7 +185,7 @@ def protocol_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
     found += [(f"tokenizers[{i}].protocol", t.get("protocol")) for i, t in enumerate(raw.get("tokenizers") or [])
               if isinstance(t, dict)]
     return [(where, p, f"unknown preprocessing protocol; known: {', '.join(sorted(known))}")
-            for where, p in found if isinstance(p, str) and p not in known]
+            for where, p in found if isinstance(p, str) and p and p not in known]  # "": the tokenizer's own
 
 
 def data_problems(entries: list[Any], where: str = "data", open_them: bool = False) -> list[tuple[str, Any, str]]:
@@ -245,6 +205,37 @@ def data_problems(entries: list[Any], where: str = "data", open_them: bool = Fal
                 open_dataset(source, None)
             except DataUnavailable as e:
                 problems.append((at, source, str(e)))
+        train = entry.get("train") if isinstance(entry, dict) else None
+        if isinstance(train, str):
+            if (why := source_syntax_problem(train)) is not None:
+                problems.append((f"{where}[{i}].train", train, why))
+            elif open_them:
+                try:
+                    open_dataset(train, None)
+                except DataUnavailable as e:
+                    problems.append((f"{where}[{i}].train", train, str(e)))
+    return problems
+
+
+# Metrics that fit on a training split: every data entry of a suite that asks for one must name a split.
+TRAINED_METRICS = ("knn", "linear_probe")
+
+
+def split_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Data entries without a training split in a suite whose metrics need one (knn, linear_probe)."""
+    names = {m if isinstance(m, str) else next(iter(m), None) for m in raw.get("metrics") or []
+             if isinstance(m, (str, dict))}
+    wanted = sorted(names & set(TRAINED_METRICS))
+    if not wanted:
+        return []
+    problems = []
+    for i, entry in enumerate(raw.get("data") or ["samples"]):
+        if isinstance(entry, dict) and (entry.get("train") or entry.get("split")):
+            continue
+        at = f"data[{i}]" if isinstance(entry, str) else f"data[{i}].source"
+        source = entry if isinstance(entry, str) else entry.get("source") if isinstance(entry, dict) else entry
+        problems.append((at, source, f"{', '.join(wanted)} need a training split: write the entry as {{source: ..., "
+                         "split: {train: 0.5, seed: 0}} or {source: ..., train: OTHER_LABELLED_SOURCE}"))
     return problems
 
 
@@ -252,12 +243,24 @@ def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> N
     """Raise `SuiteInvalid` listing every problem of a suite given as its YAML mapping."""
     if not isinstance(raw, dict):
         raise SuiteInvalid([("(suite)", type(raw).__name__, "a suite must be a YAML mapping")], path)
-    problems = _schema_problems(raw)
-    problems += tokenizer_problems(raw.get("tokenizers"))
+    problems = _schema_problems(raw) + registry_problems(raw, open_data)
+    if problems:
+        raise SuiteInvalid(problems, path)
+
+
+def check_built_suite(suite: Any) -> None:
+    """The registry pass for a `Suite` built in Python (its constructor checked the schema)."""
+    if problems := registry_problems(suite.as_dict()):
+        raise SuiteInvalid(problems, suite.path)
+
+
+def registry_problems(raw: dict[str, Any], open_data: bool = False) -> list[tuple[str, Any, str]]:
+    """Everything a suite names that tokbench must know: tokenizers, metrics, protocols, data sources."""
+    problems = tokenizer_problems(raw.get("tokenizers"))
     if isinstance(raw.get("prefetch"), list):
         problems += [(w.replace("].name", "]"), v, m) for w, v, m in tokenizer_problems(raw["prefetch"], "prefetch")]
     problems += _metric_problems(raw.get("metrics"))
     problems += protocol_problems(raw)
     problems += data_problems(raw.get("data"), open_them=open_data)
-    if problems:
-        raise SuiteInvalid(problems, path)
+    problems += split_problems(raw)
+    return problems

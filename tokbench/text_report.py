@@ -14,6 +14,9 @@ from typing import Any
 
 import pandas as pd
 
+from .presentation import CODEC_FAMILIES, markdown_table, rate_curves, sweep_label
+from .runfolder import IMAGES_DIR, job_dir, sample_image
+
 _BUCKET = re.compile(r"^text_acc_h([0-9.e-]+)-([0-9.e-]+)$")
 
 
@@ -35,14 +38,13 @@ def text_accuracy_plot(df: pd.DataFrame, path: Path) -> bool:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from .report import CODEC_FAMILIES, _curves
 
     found = buckets(df)
     if not found or "bpp" not in df.columns:
         return False
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.8), dpi=120, squeeze=False)
     for ax, (lo, hi, col) in zip(axes[0], found):
-        for label, g in _curves(df, "bpp", col):
+        for label, g in rate_curves(df, "bpp", col):
             codec = g["family"].iloc[0] in CODEC_FAMILIES
             ax.plot(g["bpp"], g[col], "--" if codec else "-", marker="." if codec else "o", label=label)
         orig = col.replace("text_acc_", "text_acc_orig_")
@@ -91,7 +93,6 @@ def crops_figure(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]],
     from PIL import Image, ImageDraw
 
     from .core import TokbenchError
-    from .report import _params
 
     found = buckets(df)
     ok = [j for j in jobs if j.get("status") == "ok" and any(k.startswith("text_acc") for k in j.get("results", {}))]
@@ -109,8 +110,7 @@ def crops_figure(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]],
     for pos, box, _ in words:
         row = []
         for k, j in enumerate([ok[0]] + ok):
-            name = f"{pos:05d}_original.png" if k == 0 else f"{pos:05d}_recon.png"
-            p = run_dir / "jobs" / j["job"] / "images" / name
+            p = sample_image(job_dir(run_dir, j["job"]) / IMAGES_DIR, pos, "original" if k == 0 else "recon")
             if not p.is_file():
                 row.append(None)
                 continue
@@ -123,7 +123,7 @@ def crops_figure(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]],
     label_w, title_h = 90, 40
     canvas = Image.new("RGB", (label_w + sum(widths), title_h + len(cells) * (cell_h + 6)), "white")
     draw = ImageDraw.Draw(canvas)
-    titles = ["original"] + [f"{j['label']} {_params(j)}".strip() for j in ok]
+    titles = ["original"] + [f"{j['label']} {sweep_label(j)}".strip() for j in ok]
     x = label_w
     for c, t in enumerate(titles):
         draw.text((x, 4), t[:24], fill="black")
@@ -148,7 +148,6 @@ def crops_figure(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]],
 def text_section(df: pd.DataFrame) -> str:
     """Markdown: word accuracy of reconstructions per text-size bucket (originals in the header row),
     and the overall drop; empty where the run has no text results."""
-    from .report import markdown_table
 
     found = buckets(df)
     if not found:

@@ -5,6 +5,9 @@
   (EXIF rotation applied), x0/y0 inclusive, x1/y1 exclusive (continuous pixel edges).
 - `text-synth[:options]` renders words in the DejaVu fonts that matplotlib ships onto the sample
   photographs, deterministically from the suite's seed, into a cache folder of such annotated images.
+  `lang=zh` / `lang=ja` render Chinese / Japanese words in a Noto CJK font (Debian's `fonts-noto-cjk`,
+  or a font file named by `TOKBENCH_CJK_FONT`); without one the data set is unavailable, with the
+  install command, and the jobs on it are skipped.
 - `tokbench-text:PATH` reads TokBench's released text set (wjf5203/TokBench, Hugging Face
   `Junfeng5/TokBench`): `PATH/annotations/text_<set>.json` with images under `PATH/images/text_data/<set>/`.
 
@@ -75,8 +78,8 @@ def read_annotations(image: str | os.PathLike) -> tuple[TextBox, ...] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:  # not UTF-8: a clear reason, not a traceback
         raise BadAnnotation(f"cannot read {path}: {e}") from None
     return parse_boxes(data, str(path))
 
@@ -113,8 +116,8 @@ def tokbench_records(root: str | os.PathLike) -> list[tuple[str, str, tuple[Text
     for f in files:
         name = f.stem[5:]
         try:
-            images = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            images = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadAnnotation(f"cannot read {f}: {e}") from None
         for k, img in enumerate(images):
             try:
@@ -145,8 +148,34 @@ WORDS = (
     "2024", "1987", "365", "42", "7150", "80", "128", "9046", "555", "31", "B12", "A4", "Route66", "M25",
     "K9", "Gate7", "X19", "Bus42", "3rd", "5th", "PH7", "Room204", "Apt3B", "V8", "Line4",
 )
+# Chinese (simplified) and Japanese words of signs and labels, with digits and Latin as signs mix them;
+# every Japanese word holds kana, so its script says it is Japanese (ocr.script_language).
+WORDS_ZH = (
+    "出口", "入口", "地铁站", "医院", "银行", "超市", "咖啡", "面包店", "停车场", "售票处", "公园", "图书馆",
+    "博物馆", "火车站", "机场", "酒店", "药店", "餐厅", "学校", "邮局", "北京", "上海", "广州", "深圳", "杭州",
+    "成都", "欢迎光临", "禁止吸烟", "安全出口", "营业中", "特价", "新鲜水果", "早餐", "电话", "东门", "西门",
+    "人民广场", "中山路", "长江", "春天", "3号线", "8楼", "12号", "2024年", "A区", "100元",
+)
+WORDS_JA = (
+    "ラーメン", "コーヒー", "さくら", "ありがとう", "いらっしゃいませ", "出口はこちら", "お手洗い", "きっぷうりば",
+    "のりば", "タクシー", "ホテル", "レストラン", "パン屋", "本日のおすすめ", "押してください", "止まれ",
+    "営業中です", "駐車場あります", "おにぎり", "すし", "てんぷら", "ようこそ", "東京タワー", "大阪ドーム",
+    "京都えき", "みなと", "ひだり", "みぎ", "きた口", "みなみ口", "3ばんせん", "10時から", "セール",
+    "カフェ", "バス停", "コンビニ", "やさい", "くだもの", "お弁当", "営業時間のご案内",
+)
+WORDS_BY_LANG = {"en": WORDS, "zh": WORDS_ZH, "ja": WORDS_JA}
+# Noto CJK collections hold one face per region; the region's glyph forms are the ones a reader expects.
+CJK_FACE = {"zh": "Noto Sans CJK SC", "ja": "Noto Sans CJK JP"}
+CJK_FONT_FILES = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",  # Debian/Ubuntu fonts-noto-cjk
+                  "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
+                  "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+                  "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",  # Fedora
+                  "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc")  # Arch
+CJK_FONT_INSTALL = ("install a CJK font: `sudo apt-get install fonts-noto-cjk` (Debian/Ubuntu; .ci/run does), "
+                    "or set TOKBENCH_CJK_FONT to a .ttc/.otf/.ttf file with Chinese and Japanese glyphs")
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
-TEXT_SYNTH_DEFAULTS: dict[str, Any] = {"count": 16, "heights": (0.04, 0.06, 0.09), "words": 4, "size": 512}
+TEXT_SYNTH_DEFAULTS: dict[str, Any] = {"count": 16, "heights": (0.04, 0.06, 0.09), "words": 4, "size": 512,
+                                       "lang": "en"}
 TEXT_SYNTH_VERSION = 3  # bump when rendering changes: cached folders are keyed by it
 EXCLUDED_PHOTOS = ("page.png",)  # a scanned page: its own text would sit under ours
 
@@ -160,12 +189,16 @@ def parse_options(arg: str, defaults: dict[str, Any]) -> dict[str, Any]:
             raise TokbenchError(f"text-synth option {part!r} not understood; options are "
                                 f"{', '.join(f'{k}=' for k in defaults)} (e.g. text-synth:count=8,heights=0.04/0.08)")
         try:
-            if isinstance(defaults[key], tuple):
+            if isinstance(defaults[key], str):
+                opts[key] = value
+            elif isinstance(defaults[key], tuple):
                 opts[key] = tuple(float(v) for v in value.split("/"))
             else:
                 opts[key] = int(value)
         except ValueError:
             raise TokbenchError(f"text-synth option {key}={value!r} is not a number") from None
+    if "lang" in opts and opts["lang"] not in WORDS_BY_LANG:
+        raise TokbenchError(f"text-synth lang={opts['lang']!r} is not one of {', '.join(WORDS_BY_LANG)}")
     if opts["count"] < 1 or opts["words"] < 1 or opts["size"] < 32 or not opts["heights"] or not all(
             0.005 <= h <= 0.5 for h in opts["heights"]):
         raise TokbenchError(f"text-synth options {opts} out of range: count, words >= 1, size >= 32, "
@@ -183,11 +216,42 @@ def font_path(name: str) -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
 
 
+def cjk_fonts(lang: str) -> list[tuple[str, int]]:
+    """(font file, face index) pairs that draw `lang` (`zh`, `ja`): TOKBENCH_CJK_FONT, else the Noto CJK
+    collections of Debian, Fedora or Arch, the face of the language's region where the file has several.
+    Raises `DataUnavailable` (with the install command) where there is none."""
+    from PIL import ImageFont
+
+    from .data import DataUnavailable
+
+    given = os.environ.get("TOKBENCH_CJK_FONT")
+    files = [given] if given else [f for f in CJK_FONT_FILES if Path(f).is_file()]
+    if given and not Path(given).is_file():
+        raise DataUnavailable(f"TOKBENCH_CJK_FONT={given!r} is not a file; {CJK_FONT_INSTALL}")
+    out = []
+    for f in files:
+        faces = []
+        for index in range(16):  # a collection's faces, in order; a single font has index 0 only
+            try:
+                faces.append((index, ImageFont.truetype(f, 12, index=index).getname()[0]))
+            except OSError:
+                break
+        chosen = [i for i, name in faces if name == CJK_FACE[lang]] or [i for i, _ in faces[:1]]
+        out += [(f, i) for i in chosen]
+    if not out:
+        raise DataUnavailable(f"text-synth lang={lang} needs a font with {'Chinese' if lang == 'zh' else 'Japanese'} "
+                              f"glyphs and none was found ({', '.join(CJK_FONT_FILES[:1])} ...); {CJK_FONT_INSTALL}")
+    return out
+
+
 def text_synth_folder(options: dict[str, Any], seed: int, photos: list[str]) -> Path:
     """The folder of rendered images and their `.text.json` (made once, then reused from the cache)."""
+    fonts = [] if options.get("lang", "en") == "en" else cjk_fonts(options["lang"])
     key = json.dumps({"v": TEXT_SYNTH_VERSION, "seed": seed, **{k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in options.items()},
-                      "photos": [Path(p).name for p in photos]}, sort_keys=True)
+                      "photos": [Path(p).name for p in photos],
+                      # the font is part of the data: another font renders other images
+                      **({"fonts": [[Path(f).name, i] for f, i in fonts]} if fonts else {})}, sort_keys=True)
     folder = cache_dir() / "text-synth" / hashlib.sha1(key.encode()).hexdigest()[:12]
     if (folder / "done").is_file():
         return folder
@@ -195,7 +259,7 @@ def text_synth_folder(options: dict[str, Any], seed: int, photos: list[str]) -> 
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
         for i in range(options["count"]):
-            img, boxes = render_text_image(photos, i, options, seed)
+            img, boxes = render_text_image(photos, i, options, seed, fonts)
             path = tmp / f"{i:04d}.png"
             img.save(path)
             write_annotations(path, boxes)
@@ -210,13 +274,15 @@ def text_synth_folder(options: dict[str, Any], seed: int, photos: list[str]) -> 
     return folder
 
 
-def render_text_image(photos: list[str], index: int, options: dict[str, Any], seed: int):
+def render_text_image(photos: list[str], index: int, options: dict[str, Any], seed: int,
+                      fonts: list[tuple[str, int]] | None = None):
     """Image `index` of text-synth: a square crop of a sample photograph, `size` px, with `words` words at
     each relative height (font size = height x side) on translucent plates that keep them legible.
+    `fonts`: (file, face index) for lang zh/ja (`cjk_fonts`); English draws from matplotlib's DejaVu.
     Returns (PIL RGB image, [TextBox]); box = the text with a margin inside its plate, ratio = the height."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from .data import open_image
+    from .images import open_image
 
     rng = np.random.default_rng([seed, index, TEXT_SYNTH_VERSION])
     side = options["size"]
@@ -232,8 +298,13 @@ def render_text_image(photos: list[str], index: int, options: dict[str, Any], se
     for height in sorted(options["heights"], reverse=True):  # big words first: they are hardest to place
         px = max(4, round(height * side))
         for _ in range(options["words"]):
-            word = WORDS[int(rng.integers(len(WORDS)))]
-            font = ImageFont.truetype(str(font_path(FONTS[int(rng.integers(len(FONTS)))])), px)
+            words = WORDS_BY_LANG[options.get("lang", "en")]
+            word = words[int(rng.integers(len(words)))]
+            if fonts:
+                file, face = fonts[int(rng.integers(len(fonts)))]
+                font = ImageFont.truetype(file, px, index=face)
+            else:
+                font = ImageFont.truetype(str(font_path(FONTS[int(rng.integers(len(FONTS)))])), px)
             ascent, descent = font.getmetrics()
             pad = max(2, round(0.3 * px))
             bw = int(np.ceil(font.getlength(word))) + 2 * pad

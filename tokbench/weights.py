@@ -70,7 +70,7 @@ def weights_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _hf_cache_dir() -> str | None:
+def hf_cache_dir() -> str | None:
     """The hub cache named by the environment now (huggingface_hub reads it only once, at import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
@@ -79,7 +79,7 @@ def _hf_cache_dir() -> str | None:
     return None
 
 
-def _offline() -> bool:
+def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
@@ -154,7 +154,7 @@ def local_path(artifact: Artifact, filename: str | None = None) -> Path | None:
             from huggingface_hub import try_to_load_from_cache
 
             hit = try_to_load_from_cache(
-                artifact.repo_id, filename, revision=artifact.revision, cache_dir=_hf_cache_dir()
+                artifact.repo_id, filename, revision=artifact.revision, cache_dir=hf_cache_dir()
             )
         except Exception:  # noqa: BLE001 - a broken cache is just "not cached"
             hit = None
@@ -169,16 +169,45 @@ def local_path(artifact: Artifact, filename: str | None = None) -> Path | None:
     return None
 
 
-def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path:
-    if _offline():
-        raise WeightsUnavailable(unavailable_message(artifact, "not cached and HF_HUB_OFFLINE is set"))
+def download_refusal() -> str | None:
+    """Why nothing may be downloaded now (HF_HUB_OFFLINE, or a suite's `download: false`), or None."""
+    if offline():
+        return "not cached and HF_HUB_OFFLINE is set"
     if (why := _NO_DOWNLOADS.get()) is not None:
-        raise WeightsUnavailable(unavailable_message(artifact, f"not on this machine, and {why}"))
+        return f"not on this machine, and {why}"
+    return None
+
+
+def resolve_snapshot(repo_id: str, revision: str, patterns: list[str],
+                     unavailable: Callable[[str], Exception]) -> Path:
+    """A whole-repository snapshot (the files matching `patterns`) from the hub cache, else downloaded
+    when allowed; `unavailable(reason)` is the exception raised when neither works."""
+    from huggingface_hub import snapshot_download
+
+    def snapshot(local_only: bool) -> Path:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                      local_files_only=local_only, cache_dir=hf_cache_dir()))
+
+    try:
+        return snapshot(True)
+    except Exception:  # noqa: BLE001 - not cached (any hub error means the same here)
+        if (why := download_refusal()) is not None:
+            raise unavailable(why) from None
+        try:
+            return snapshot(False)
+        except Exception as e:  # noqa: BLE001 - network, auth, 404: one clear message
+            raise unavailable(f"download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") \
+                from None
+
+
+def _download(artifact: Artifact, filename: str | None, to: Path | None) -> Path:
+    if (why := download_refusal()) is not None:
+        raise WeightsUnavailable(unavailable_message(artifact, why))
     try:
         if artifact.repo_id:
             from huggingface_hub import hf_hub_download
 
-            kwargs = {"local_dir": to / artifact.name} if to is not None else {"cache_dir": _hf_cache_dir()}
+            kwargs = {"local_dir": to / artifact.name} if to is not None else {"cache_dir": hf_cache_dir()}
             candidates = (filename, *artifact.fallbacks) if filename == artifact.filename else (filename,)
             for candidate in candidates[:-1]:  # as open_clip's download_pretrained_from_hf: the next on any error
                 try:
@@ -248,16 +277,14 @@ def is_available(artifact: Artifact) -> bool:
     return local_path(artifact) is not None
 
 
-def fetch(artifact: Artifact | str, to: str | os.PathLike | None = None) -> list[Path]:
+def fetch(artifact: Artifact, to: str | os.PathLike | None = None) -> list[Path]:
     """Download an artifact (and, for a sharded index with a prefix, only the shards it needs).
 
-    `artifact` may be a registered name (see `artifacts()`). With `to`, files land as
+    (`catalogue.get_artifact` finds one by name.) With `to`, files land as
     `<to>/<artifact name>/<filename>`, the layout `TOKBENCH_WEIGHTS` reads; without it, in the caches.
     """
     from .checkpoint import shards_for_prefix
 
-    if isinstance(artifact, str):
-        artifact = get_artifact(artifact)
     to = Path(to).expanduser() if to is not None else None
     main = resolve(artifact, to=to)
     paths = [main] + [resolve(artifact, filename=f, to=to) for f in artifact.companions]
@@ -306,38 +333,7 @@ def register_artifact(artifact: Artifact) -> Artifact:
     return artifact
 
 
-def artifacts() -> dict[str, Artifact]:
-    """Every known artifact by name: the registered ones (metric modules register theirs on import)
-    and the weights of every tokenizer variant."""
-    from .metrics.base import metric_names
-    from .registry import variants
-
-    metric_names()  # imports every metric module once
-    from .geneval import detector, layout  # noqa: F401 - register GenEval's detector and metadata artifacts
-    known = dict(_ARTIFACTS)
-    for v in variants():
-        if isinstance(v.weights, Artifact):
-            known.setdefault(v.weights.name, v.weights)
-    return dict(sorted(known.items()))
-
-
-def get_artifact(name: str) -> Artifact:
-    """The artifact called `name`, or the weights of the tokenizer variant called `name`.
-
-    Raises a `TokbenchError` listing the known names otherwise.
-    """
-    known = artifacts()
-    if name in known:
-        return known[name]
-    from .registry import find
-
-    try:
-        _, variant = find(name)
-    except TokbenchError:
-        variant = None
-    if variant is not None and isinstance(variant.weights, Artifact):
-        return variant.weights
-    raise TokbenchError(
-        f"unknown weights artifact {name!r}; known: {', '.join(known) or '(none)'} "
-        "(or a tokenizer variant name, see `tokbench list`)"
-    )
+def registered_artifacts() -> dict[str, Artifact]:
+    """The artifacts registered so far (metric modules register theirs on import); `catalogue.artifacts`
+    is every known one."""
+    return dict(_ARTIFACTS)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..core import TokbenchError
-from ..runner import package_versions, resolve_device, write_json
+from ..environment import package_versions, resolve_device
+from ..runfolder import GEN_PER_PROMPT, GEN_RESULTS, ROWS_FILE, write_json
 from .layout import IMAGE_SUFFIXES, PromptEntry, is_geneval_layout, read_geneval_layout
 from .prompts import load_prompts
 
@@ -354,11 +355,11 @@ def run_gen_eval(
         "generation": (inputs.manifest or {}).get("sampling"), "generator": (inputs.manifest or {}).get("model"),
         "packages": package_versions(), "device": str(dev),
     }  # fmt: skip
-    write_json(out / "results.json", result)
-    with open(out / "rows.jsonl", "w") as f:
+    write_json(out / GEN_RESULTS, result)
+    with open(out / ROWS_FILE, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    write_json(out / "per_prompt.json", per_prompt)
+    write_json(out / GEN_PER_PROMPT, per_prompt)
     from .report import write_gen_report
 
     write_gen_report(out, result, rows, per_prompt, root)
@@ -491,14 +492,14 @@ class _FIDStats:
                                     f"uses {stored_mode!r}; pass --fid-mode {refd['mode']} or other statistics")  # fmt: skip
             mu_r, sigma_r, n_r, where = refd["mu"], refd["sigma"], refd["n"], str(ref_stats)
         elif ref is not None:
-            from ..data import _list_images
+            from ..data import list_images
 
             ref_root = Path(ref).expanduser()
             if not ref_root.is_dir():
                 raise TokbenchError(f"--ref {str(ref_root)!r} is not a folder of reference images")
             bad = 0
             batch: list[torch.Tensor] = []
-            for p in _list_images(ref_root):
+            for p in list_images(ref_root):
                 try:
                     batch.append(_load_image(p))
                 except TokbenchError:

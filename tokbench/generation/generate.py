@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core import TokbenchError
+from ..environment import git_revision, resolve_device
 from ..geneval.layout import official_order
-from ..runner import git_revision, resolve_device, write_json
+from ..runfolder import write_json
 from . import janus as J
 from .layout import (
     finish_prompt,

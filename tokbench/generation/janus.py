@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..core import TokbenchError, torch_dtype
-from ..weights import _NO_DOWNLOADS, Artifact, WeightsUnavailable, _hf_cache_dir, _offline, weights_dir
+from ..weights import Artifact, WeightsUnavailable, resolve_snapshot, weights_dir
 
 # transformers 5.0-5.4 feed the prompt ids instead of the image embeddings after the first step of
 # Janus image generation (transformers issue 44792, fixed in 5.5.0); Janus itself ships in 4.52.1.
@@ -123,12 +123,6 @@ def resolve_model_dir(name: str) -> tuple[Path, dict[str, Any]]:
     root = weights_dir()
     if root is not None and (root / a.name / "config.json").is_file():
         return root / a.name, {**info, "revision": None, "folder": str(root / a.name)}
-    from huggingface_hub import snapshot_download
-
-    def snapshot(local_only: bool) -> Path:
-        return Path(snapshot_download(a.repo_id, revision=a.revision, allow_patterns=_SNAPSHOT_FILES,
-                                      local_files_only=local_only, cache_dir=_hf_cache_dir()))  # fmt: skip
-
     def unavailable(reason: str) -> WeightsUnavailable:
         where = weights_dir() or Path("DIR")
         then = "" if weights_dir() else f"; then export TOKBENCH_WEIGHTS=DIR (or pass --model DIR/{a.name})"
@@ -137,17 +131,7 @@ def resolve_model_dir(name: str) -> tuple[Path, dict[str, Any]]:
             f"repository)\n  fetch it ahead of time: hf download {a.repo_id} --local-dir {where / a.name}{then}"
         )
 
-    try:
-        folder = snapshot(True)
-    except Exception:  # noqa: BLE001 - not cached (any hub error means the same here)
-        if _offline():
-            raise unavailable("not cached and HF_HUB_OFFLINE is set") from None
-        if _NO_DOWNLOADS.get() is not None:
-            raise unavailable(f"not on this machine, and {_NO_DOWNLOADS.get()}") from None
-        try:
-            folder = snapshot(False)
-        except Exception as e:  # noqa: BLE001 - network, auth, 404: one clear message
-            raise unavailable(f"download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    folder = resolve_snapshot(a.repo_id, a.revision, _SNAPSHOT_FILES, unavailable)
     # A hub snapshot folder is named by the commit it holds: the exact revision.
     return folder, {**info, "revision": folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None,
                     "folder": str(folder)}  # fmt: skip
@@ -510,7 +494,7 @@ def decode_difference(gen: JanusGenerator, tok: Any, ids: torch.Tensor, decoded:
 
 
 def environment_versions() -> dict[str, str]:
-    from ..runner import package_versions
+    from ..environment import package_versions
 
     return package_versions()
 

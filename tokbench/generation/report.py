@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ..report import markdown_table
+from ..runfolder import GEN_PER_PROMPT, GEN_RESULTS, ROWS_FILE
 
 GRID_PROMPTS = 8  # best and worst prompts shown in the grid (each)
 GRID_SAMPLES = 4
@@ -121,7 +122,7 @@ def write_gen_report(out: Path, result: dict[str, Any], rows: list[dict[str, Any
 def rebuild_report(out: str | Path) -> Path:
     """Write the report again from a gen-eval folder's files."""
     out = Path(out)
-    result = json.loads((out / "results.json").read_text())
-    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines() if x.strip()]
-    per_prompt = json.loads((out / "per_prompt.json").read_text())
+    result = json.loads((out / GEN_RESULTS).read_text())
+    rows = [json.loads(x) for x in (out / ROWS_FILE).read_text().splitlines() if x.strip()]
+    per_prompt = json.loads((out / GEN_PER_PROMPT).read_text())
     return write_gen_report(out, result, rows, per_prompt, Path(result["images_dir"]))

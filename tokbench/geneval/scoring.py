@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import TokbenchError
+from ..runfolder import SUMMARY_JSON
 from .layout import (
     Layout,
     Metadata,
@@ -150,7 +151,7 @@ def write_outputs(run: GenevalRun, out: str | os.PathLike) -> Path:
     summary.update({"label": run.label, "protocol": run.protocol, "skipped": len(run.skipped),
                     "skipped_not_a_task": len(run.skipped) - len(run.problems), "versions": _versions()})  # fmt: skip
     summary["scores"] = _keyed_scores(run)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=1) + "\n")
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label", "task", "score", "correct", "total", "detector"])

@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,9 @@ class BenchMetric(torchmetrics.Metric):
     needs_decode: bool = True
     full_state_update = False
     higher_is_better: bool | None = None
+    # Where a data entry has a training split (`split:` / `train:`), only metrics that set this see its
+    # training images (the probes); every other metric sees the evaluation images only.
+    reads_train_images: bool = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -67,22 +71,40 @@ class BenchMetric(torchmetrics.Metric):
     def protocol(self) -> dict[str, Any]:
         return {}
 
+    def unavailable_for(self, tokenizer: Tokenizer) -> str | None:
+        """Why this metric cannot measure `tokenizer` (recorded as a skip of the metric), or None."""
+        return None
+
 
 MetricFactory = Callable[..., BenchMetric]
 _METRICS: dict[str, MetricFactory] = {}
+_PACKAGES: dict[str, tuple[str, ...]] = {}
+_PROGRAMS: dict[str, Callable[[], str]] = {}
 _DISCOVERED = False
 
 
-def register_metric(name: str) -> Callable[[MetricFactory], MetricFactory]:
-    """Register a metric class or factory under the name that suites use."""
+def register_metric(
+    name: str, packages: tuple[str, ...] = (), programs: dict[str, Callable[[], str]] | None = None
+) -> Callable[[MetricFactory], MetricFactory]:
+    """Register a metric class or factory under the name that suites use. `packages`: the distributions
+    whose version can change its numbers (beyond `environment.CORE_PACKAGES`); `programs`: external
+    programs it runs, name -> a function returning their version (the tesseract binary)."""
 
     def deco(factory: MetricFactory) -> MetricFactory:
         if name in _METRICS and _METRICS[name] is not factory:
             raise TokbenchError(f"metric name {name!r} is registered twice")
         _METRICS[name] = factory
+        _PACKAGES[name] = tuple(packages)
+        _PROGRAMS.update(programs or {})
         return factory
 
     return deco
+
+
+def metric_requirements() -> tuple[tuple[str, ...], dict[str, Callable[[], str]]]:
+    """(packages, programs) that the registered metrics declare, for the environment record."""
+    _discover()
+    return tuple(sorted({p for ps in _PACKAGES.values() for p in ps})), dict(_PROGRAMS)
 
 
 def _discover() -> None:
@@ -90,11 +112,10 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    from .. import metrics
-
-    for mod in sorted(pkgutil.iter_modules(metrics.__path__), key=lambda m: m.name):
+    # every module beside this one registers its metrics on import (this package is the plug-in folder)
+    for mod in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
         if not mod.name.startswith("_") and mod.name != "base":
-            importlib.import_module(f"{metrics.__name__}.{mod.name}")
+            importlib.import_module(f"{__package__}.{mod.name}")
 
 
 def metric_names() -> list[str]:

@@ -34,7 +34,7 @@ def clip_scores(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor
     return 100 * (a * b).sum(-1)
 
 
-@register_metric("clip_score")
+@register_metric("clip_score", packages=("open_clip_torch", "transformers"))
 class CLIPScore(BenchMetric):
     """CLIP-score of reconstructions (default), originals or generated images against their captions.
 

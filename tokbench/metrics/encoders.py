@@ -273,7 +273,7 @@ def move_encoder(encoder: Any, device: torch.device) -> None:
         encoder.to(device)
 
 
-def _hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callable[[], Callable]:
+def hf_tokenizer_loader(spec: EncoderSpec, text_cfg: dict[str, Any]) -> Callable[[], Callable]:
     def load():
         import tempfile
 
@@ -365,7 +365,7 @@ def load_encoder(encoder: str | EncoderSpec, weights: str | os.PathLike | None =
     context = text_cfg.get("context_length", 77)
     # Tokenizers are built only when text is encoded: image-only metrics never need their files.
     if spec.tokenizer is not None:
-        tokenizer = _hf_tokenizer_loader(spec, text_cfg)
+        tokenizer = hf_tokenizer_loader(spec, text_cfg)
         text = f"Hugging Face tokenizer from {spec.tokenizer.repo_id}, {context} tokens (longer texts truncated)"
     else:  # open_clip's choice for the config (CLIP's BPE vocabulary ships with open_clip)
         tokenizer = partial(open_clip.get_tokenizer, spec.model)

@@ -356,7 +356,7 @@ class _InceptionMetric(BenchMetric):
         return {key: "; ".join(f"{k}: {v}" for k, v in parts.items())}
 
 
-@register_metric("rfid")
+@register_metric("rfid", packages=("clean-fid", "scipy"))
 class ReconstructionFID(_InceptionMetric):
     """FID between the originals and their reconstructions (lower is better).
 
@@ -418,7 +418,7 @@ class ReconstructionFID(_InceptionMetric):
         return out
 
 
-@register_metric("fid")
+@register_metric("fid", packages=("clean-fid", "scipy"))
 class ReferenceFID(_InceptionMetric):
     """FID of the reconstructions (or generated images) against a precomputed reference .npz.
 

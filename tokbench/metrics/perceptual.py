@@ -114,7 +114,7 @@ def build_lpips(net: str = "alex", weights: str | os.PathLike | None = None) -> 
     return _MODELS[key]
 
 
-@register_metric("lpips")
+@register_metric("lpips", packages=("lpips",))
 class LPIPS(BenchMetric):
     """LPIPS distance of each reconstruction to its original (lower is better); mean and std."""
 
@@ -169,7 +169,7 @@ class LPIPS(BenchMetric):
         }
 
 
-@register_metric("lpips_vgg")
+@register_metric("lpips_vgg", packages=("lpips",))
 def lpips_vgg(**options: Any) -> LPIPS:
     """LPIPS with the VGG-16 backbone, reported as `lpips_vgg` (so a suite can list both nets)."""
     options.setdefault("label", "lpips_vgg")

@@ -63,7 +63,7 @@ class _EncoderMetric(BenchMetric):
 # --------------------------------------------------------------------------------------------- similarity
 
 
-@register_metric("semantic-similarity")
+@register_metric("semantic-similarity", packages=("open_clip_torch", "transformers"))
 class SemanticSimilarity(_EncoderMetric):
     """Cosine similarity in [-1, 1] of image embeddings of each reconstruction and its original."""
 
@@ -153,7 +153,7 @@ def zero_shot_classifier(encoder: Any, classnames: Sequence[str], templates: Seq
 _CLASSIFIER_CACHE: dict[tuple[int, tuple[str, ...], str], tuple[Any, torch.Tensor]] = {}
 
 
-@register_metric("zeroshot")
+@register_metric("zeroshot", packages=("open_clip_torch", "transformers"))
 class ZeroShotAccuracy(_EncoderMetric):
     """Zero-shot top-1 / top-5 accuracy in % on originals and reconstructions (labels in `batch.labels`,
     -1 = unlabelled), their drop, and the top-1 agreement of reconstructions with originals.

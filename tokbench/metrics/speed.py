@@ -90,6 +90,7 @@ class Throughput(BenchMetric):
 
     name = "speed"
     needs_decode = False
+    reads_train_images = True  # timings are the tokenizer's on every image it encodes, probes' training ones too
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     load_strict,
     read_under_prefix,
 )
 from ..core import GridVQTokenizer, TokbenchError, Tokens, bits_for
+from ..features import check_stage, grid_tokens, grid_vq_input
 from ..options import DType, PositiveInt
 from ..protocols import Geometry, register_protocol, scale, shift
 from ..registry import Family, Variant
@@ -219,12 +220,8 @@ def vqgan_config(config: Mapping[str, Any] | None) -> VQGANConfig:
             "the Chameleon release has remap=None"
         )
     params.pop("remap", None)
-    unknown = sorted(set(params) - {"embed_dim", "n_embed", "ddconfig"})
-    if unknown:
-        raise TokbenchError(
-            f"unknown VQModel arguments {unknown} in the chameleon-vqgan config; expected embed_dim, n_embed, "
-            "ddconfig (the `model.params` of vqgan.yaml)"
-        )
+    refuse_unknown("VQModel arguments in the chameleon-vqgan config", params,
+                   {"embed_dim", "n_embed", "ddconfig"}, "(the `model.params` of vqgan.yaml)")
     missing = [k for k in ("embed_dim", "n_embed", "ddconfig") if k not in params]
     if missing:
         raise TokbenchError(
@@ -533,6 +530,22 @@ class ChameleonVQGANTokenizer(GridVQTokenizer):
                 "tokenizer/vqgan.ckpt, the same tokenizer with its decoder) to reconstruct images."
             )
         return super().decode(tokens)
+
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, h*w, embed_dim) float32, row-major: `pre_quant` quant_conv(encoder(x)), the quantiser input;
+        `post_quant` the codebook rows of the ids, what post_quant_conv and the decoder receive."""
+        check_stage(self, stage)
+        m = self.model
+        z = m.quant_conv(m.encoder(grid_vq_input(self, images)))
+        if stage == "post_quant":
+            b, _, h, w = z.shape
+            _, _, ids = m.quantize(z)  # as encode_ids: nearest row, first on ties
+            z = m.quantize.embedding(ids.reshape(-1)).view(b, h, w, -1).permute(0, 3, 1, 2)
+        return grid_tokens(z)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -843,6 +856,21 @@ class Emu3VQTokenizer(GridVQTokenizer):
     def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.decode(ids)
 
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, h*w, embed_dim) float32, row-major: `pre_quant` quant_conv(encoder(x repeated in time)), the
+        quantiser input, `post_quant` the codebook rows of the ids (the official `decode`'s `quant`)."""
+        check_stage(self, stage)
+        m = self.model
+        x = grid_vq_input(self, images).unsqueeze(1).repeat(1, m.config.temporal_downsample_factor, 1, 1, 1)
+        z = m.quant_conv(m.encoder(x).permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)  # (B, t, C, h, w)
+        if stage == "post_quant":
+            z = m.quantize.embedding(m.quantize(z)).permute(0, 1, 4, 2, 3)
+        return grid_tokens(z[:, 0])
+
 
 EMU3_VQ = Artifact(
     name="emu3-vision-tokenizer",
@@ -913,6 +941,7 @@ FAMILY = Family(
     default_variant=DEFAULT_VARIANT,
     build_options={"dtype": (DType, "float32"), "resolution": PositiveInt},
     code="https://github.com/facebookresearch/chameleon (chameleon/inference/vqgan.py)",
+    packages=("transformers",),
 )
 
 EMU3_FAMILY = Family(
@@ -925,5 +954,6 @@ EMU3_FAMILY = Family(
     default_variant="emu3-vision-tokenizer",
     build_options={"dtype": (DType, "float32"), "resolution": PositiveInt},
     code="https://github.com/baaivision/Emu3 (emu3/tokenizer), via transformers' Emu3VQVAE",
+    packages=("transformers",),
 )
 FAMILIES = (FAMILY, EMU3_FAMILY)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, features
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..core import TokbenchError, Tokenizer, TokenizerSpec, Tokens, check_images
 from ..options import Quality
 from ..registry import Family, Variant
@@ -120,8 +120,7 @@ def _codec_family(fmt: str, description: str) -> Family:
         config = dict(b.config)
         config.pop("format", fmt)
         quality = b.option("quality", config.pop("quality", DEFAULT_QUALITY))
-        if config:
-            raise TokbenchError(f"unknown codec settings {sorted(config)}; codecs take format, quality")
+        refuse_unknown("codec settings", config, ("format", "quality"))
         return CodecTokenizer(fmt, int(quality), name=f"{fmt}-q{int(quality)}")
 
     return Family(name=fmt, build=build, variants=variants, description=description,

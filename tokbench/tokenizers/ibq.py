@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..building import refuse_unknown
 from ..core import TokbenchError
+from ..features import check_stage, grid_tokens, grid_vq_input
 from ..options import DType, PositiveInt
 from ..registry import Variant
 from ..weights import Artifact, register_artifact
@@ -49,12 +51,8 @@ def ibq_config(config: Mapping[str, Any] | None) -> tuple[VQGANConfig, bool | No
     use_ema = args.pop("use_ema", None)
     if args.pop("remap", None) is not None:
         raise TokbenchError("IBQ remap (index remapping to a used-code list) is not supported; no release uses it")
-    unknown = sorted(set(args) - {"ddconfig", "n_embed", "embed_dim"})
-    if unknown:
-        raise TokbenchError(
-            f"unknown ibq config keys {unknown}; known: ddconfig, n_embed, embed_dim, use_ema (training-only "
-            "keywords are ignored)"
-        )
+    refuse_unknown("ibq config keys", args, {"ddconfig", "n_embed", "embed_dim", "use_ema"},
+                   "(training-only keywords are ignored)")
     dd = args.get("ddconfig")
     if isinstance(dd, Mapping):
         # IBQ's own model.py has no tanh_out / attn_type / use_linear_attn (always vanilla attention, no tanh)
@@ -83,7 +81,11 @@ class IBQModel(ChameleonVQGAN):
         The search runs in float32 whatever the model dtype, in chunks of positions; the softmax is kept
         (as upstream, whose argmax is over the probabilities) although it only matters on float ties.
         """
-        z = self.latent(x)
+        return self.ids_of(self.latent(x))
+
+    @torch.no_grad()
+    def ids_of(self, z: torch.Tensor) -> torch.Tensor:
+        """Quantiser input z (B, embed_dim, h, w) -> ids (B, h, w) (the search of `encode_ids`)."""
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         emb = self.quantize.embedding.weight.float()
@@ -99,6 +101,19 @@ class IBQTokenizer(SeedVokenTokenizer):
     Decoding goes ids -> codebook rows -> decode (the official AR `decode_to_img` path; the upstream
     `VQModel.decode_code` is broken).
     """
+
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, h*w, embed_dim) float32, row-major: `pre_quant` the quantiser input quant_conv(encoder(x)),
+        `post_quant` the codebook rows of the ids (the official `quant`, exactly the selected rows)."""
+        check_stage(self, stage)
+        z = self.model.latent(grid_vq_input(self, images))
+        if stage == "post_quant":
+            z = self.model.quantize.embedding(self.model.ids_of(z)).permute(0, 3, 1, 2)
+        return grid_tokens(z)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,6 +202,7 @@ BUILD = SeedVokenFamily(
     checkpoint_hint="an IBQ Lightning checkpoint such as imagenet256_262144.ckpt", parse=ibq_config,
     make_model=IBQModel, is_family=_is_ibq, describe=_describe, tokenizer=IBQTokenizer, preprocessing="ibq",
     default_resolution=lambda cfg: cfg.resolution, options=OPTIONS,
+    packages=("opencv-python", "opencv-python-headless"),  # the `ibq` protocol's resize
 )  # fmt: skip
 
 FAMILY = BUILD.family(

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import CheckpointError, describe_checkpoint, load_strict, read_state_dict
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
 from ..options import DType, PositiveInt
@@ -298,12 +298,9 @@ def infinity_config(config: Mapping[str, Any] | None) -> InfinityBSQConfig:
     switch that builds another model (`use_vae`, `cnn_attention: yes`, ...) and unknown keys are refused."""
     raw = dict(config or {})
     known = {f.name for f in fields(InfinityBSQConfig) if not f.name.startswith("_")}
-    unknown = sorted(set(raw) - known - _IGNORED_ARGS - set(_RELEASE_SWITCHES) - {"codebook_size"})
-    if unknown:
-        raise TokbenchError(
-            f"unknown infinity-bsq config keys {unknown}; known: {sorted(known)}, codebook_size, and the other "
-            "arguments of infinity/models/bsq_vae/vae.py::vae_model's Namespace"
-        )
+    refuse_unknown("infinity-bsq config keys", set(raw) - _IGNORED_ARGS - set(_RELEASE_SWITCHES),
+                   known | {"codebook_size"},
+                   "(and the other arguments of infinity/models/bsq_vae/vae.py::vae_model's Namespace)")
     for key, release in _RELEASE_SWITCHES.items():
         if key in raw and raw[key] != release:
             raise TokbenchError(

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     load_strict,
     read_under_prefix,
 )
-from ..core import GridVQTokenizer, TokbenchError, TokenizerSpec, bits_for
+from ..core import GridVQTokenizer, TokenizerSpec, bits_for
+from ..features import check_stage, grid_tokens, grid_vq_input
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, register_artifact
@@ -137,14 +138,9 @@ def vq_config(config: Mapping[str, Any] | None) -> VQConfig:
     fields_ = {f.name for f in dataclasses.fields(VQConfig)}
     nested = "model_args" in config or "encoder_decoder_kwargs" in config
     values: dict[str, Any] = {k: v for k, v in config.items() if k in fields_}
-    unknown = sorted(
-        k for k in config if k not in fields_ and k not in ("model_args", "encoder_decoder_kwargs")
-    )
-    if unknown and not nested:
-        raise TokbenchError(
-            f"unknown llamagen-vq config fields {unknown}; known: {sorted(fields_)} "
-            "(or nested under 'model_args' / 'encoder_decoder_kwargs')"
-        )
+    if not nested:  # beside a nested layout, other keys describe the config (seed, input, ...)
+        refuse_unknown("llamagen-vq config fields", config, fields_,
+                       "(or nested under 'model_args' / 'encoder_decoder_kwargs')")
     for section in ("model_args", "encoder_decoder_kwargs"):
         inner = dict(config.get(section) or {})
         if section == "encoder_decoder_kwargs":
@@ -152,11 +148,7 @@ def vq_config(config: Mapping[str, Any] | None) -> VQConfig:
                 if alias in inner:
                     value = inner.pop(alias)
                     inner.update({t: value for t in targets})
-        bad = sorted(set(inner) - fields_)
-        if bad:
-            raise TokbenchError(
-                f"unknown {section} fields {bad} in the llamagen-vq config; known: {sorted(fields_)}"
-            )
+        refuse_unknown(f"llamagen-vq {section} fields", inner, fields_)
         values.update(inner)
     for key in ("encoder_ch_mult", "decoder_ch_mult"):
         if key in values:
@@ -312,6 +304,19 @@ class LlamaGenVQTokenizer(GridVQTokenizer):
 
     def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.decode_code(ids.flatten(1), tuple(ids.shape[1:]))
+
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, h*w, D) float32, row-major: `pre_quant` the latent quant_conv(encoder(x)) the quantiser sees (before
+        its l2-normalisation), `post_quant` the (normalised) codebook rows of the ids, what post_quant_conv gets."""
+        check_stage(self, stage)
+        z = self.model.latent(grid_vq_input(self, images))
+        if stage == "post_quant":
+            z = self.model.quantize.get_codebook_entry(self.model.quantize.indices(z), tuple(z.shape[-2:]))
+        return grid_tokens(z)
 
 
 def _artifact(

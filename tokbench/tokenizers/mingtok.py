@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     CheckpointError,
     checkpoint_keys,
@@ -123,12 +123,8 @@ def _section(cls: type, where: str, given: Mapping[str, Any] | None, ignored: fr
     if not isinstance(given, Mapping):
         raise TokbenchError(f"mingtok config section {where!r} must be a mapping, got {type(given).__name__}")
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(given) - known - ignored)
-    if unknown:
-        raise TokbenchError(
-            f"unknown mingtok {where} keys {unknown}; known: {', '.join(sorted(known))} (training-only keys "
-            f"{', '.join(sorted(ignored))} are ignored)"
-        )
+    note = f"(training-only keys {', '.join(sorted(ignored))} are ignored)" if ignored else ""
+    refuse_unknown(f"mingtok {where} keys", set(given) - ignored, known, note)
     return cls(**{k: v for k, v in given.items() if k in known})
 
 
@@ -290,9 +286,8 @@ def mingtok_config(config: Mapping[str, Any] | None) -> MingTokConfig:
                       "the weights file", stacklevel=3)  # fmt: skip
     top = {"low_level_encoder", "semantic_decoder", "pixel_decoder", "scaling_factor", "mean", "model_dtype",
            "pretrained_checkpoint"}  # fmt: skip
-    unknown = sorted(k for k in cfg if k not in top and k not in HF_CONFIG_KEYS and not k.startswith("_"))
-    if unknown:
-        raise TokbenchError(f"unknown mingtok config keys {unknown}; known: {', '.join(sorted(top))}")
+    given = [k for k in cfg if k not in HF_CONFIG_KEYS and not k.startswith("_")]
+    refuse_unknown("mingtok config keys", given, top)
     sem = cfg.get("semantic_decoder")
     if isinstance(sem, Mapping) and sem.get("in_projection_layer") is not None:
         raise TokbenchError("mingtok semantic_decoder.in_projection_layer is not supported (upstream then builds no "

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..building import refuse_unknown
 from ..core import TokbenchError, Tokens
+from ..features import check_stage, grid_tokens, grid_vq_input
 from ..options import DType, PositiveInt
 from ..registry import Variant
 from ..weights import Artifact, register_artifact
@@ -117,12 +119,9 @@ def open_magvit2_config(config: Mapping[str, Any] | None) -> OpenMagvit2Config:
     args = {k: v for k, v in args.items() if k not in TRAINING_ARGS}
     dd = dict(args.pop("ddconfig", {}) or {})
     dd.update({k: args.pop(k) for k in list(args) if k in _DDCONFIG_KEYS})
-    unknown = sorted(set(args) - _MODEL_KEYS - _OWN_KEYS) + sorted(set(dd) - _DDCONFIG_KEYS)
-    if unknown:
-        raise TokbenchError(
-            f"unknown open-magvit2 config keys {unknown}; known: ddconfig ({sorted(_DDCONFIG_KEYS)}), "
-            f"{sorted(_MODEL_KEYS | _OWN_KEYS)} (training-only keywords are ignored)"
-        )
+    refuse_unknown("open-magvit2 config keys", args, _MODEL_KEYS | _OWN_KEYS | {"ddconfig"},
+                   "(and the ddconfig keys given flat; training-only keywords are ignored)")
+    refuse_unknown("open-magvit2 ddconfig keys", dd, _DDCONFIG_KEYS)
     # improved_model's Encoder accepts double_z and ignores it (its conv_out always gives z_channels)
     dd.pop("double_z", None)
     if class_path is not None:
@@ -419,6 +418,19 @@ class OpenMagvit2Tokenizer(SeedVokenTokenizer):
             raise TokbenchError(f"give a split (k, {cfg.bits} - k) of the {cfg.bits} bits per token, got {split}")
         return factorize_ids(self.grid_ids(tokens).flatten(1), tuple(split), cfg.bit_order)
 
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, h*w, bits) float32, row-major: `pre_quant` the encoder output that LFQ reads (no quant_conv),
+        `post_quant` its +-1 codes (the official straight-through `quant`, the decoder's input)."""
+        check_stage(self, stage)
+        z = self.model.encoder(grid_vq_input(self, images))
+        if stage == "post_quant":
+            z = self.model.codes(lfq_ids(z, self.model.config.bit_order))
+        return grid_tokens(z)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Released variants, build, family
@@ -554,5 +566,5 @@ FAMILY = BUILD.family(
 
 __all__ = [
     "OpenMagvit2Config", "OpenMagvit2", "OpenMagvit2Tokenizer", "open_magvit2_config", "lfq_ids", "lfq_codes",
-    "factorize_ids", "unfactorize_ids", "depth_to_space", "build", "FAMILY", "VARIANTS",
+    "factorize_ids", "unfactorize_ids", "depth_to_space", "FAMILY", "VARIANTS",
 ]  # fmt: skip

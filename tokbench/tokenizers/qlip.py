@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import CheckpointError, describe_checkpoint, load_strict, read_state_dict
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
 from ..options import DType
@@ -215,21 +215,14 @@ def _tower(name: str, raw: Any, defaults: Mapping[str, Any]) -> TowerConfig:
     if not isinstance(raw, Mapping):
         raise TokbenchError(f"QLIP config {name} must be a mapping, got {type(raw).__name__}")
     known = {f.name for f in fields(TowerConfig)}
-    args = dict(defaults)
-    unknown = []
-    for k, v in raw.items():
-        if k in known:
-            args[k] = v
-        elif k not in HF_GENERIC_KEYS and not k.startswith("_"):
-            unknown.append(k)
-    if unknown:
-        raise TokbenchError(f"unknown keys {sorted(unknown)} in the QLIP {name}; known: {sorted(known)}")
+    given = [k for k in raw if k not in HF_GENERIC_KEYS and not k.startswith("_")]
+    refuse_unknown(f"QLIP {name} keys", given, known)
+    args = {**defaults, **{k: v for k, v in raw.items() if k in known}}
     q = args.get("quantizer_cfg")
     if isinstance(q, Mapping) and q:
         qk = {f.name for f in fields(BSQConfig)}
-        bad = sorted(set(q) - qk - BSQ_TRAINING_KEYS)
-        if bad:
-            raise TokbenchError(f"unknown quantizer_cfg keys {bad} in the QLIP {name}; known: {sorted(qk)}")
+        refuse_unknown(f"QLIP {name} quantizer_cfg keys", set(q) - BSQ_TRAINING_KEYS, qk,
+                       "(training-only keys are ignored)")
         if "embed_dim" not in q:
             raise TokbenchError(f"the QLIP {name} quantizer_cfg needs embed_dim (bits per token), got {dict(q)}")
         args["quantizer_cfg"] = BSQConfig(**{k: v for k, v in q.items() if k in qk})
@@ -237,8 +230,8 @@ def _tower(name: str, raw: Any, defaults: Mapping[str, Any]) -> TowerConfig:
         args["quantizer_cfg"] = None
     out = TowerConfig(**args)
     if out.hidden_act not in ACTIVATIONS:
-        raise TokbenchError(f"QLIP {name} hidden_act {out.hidden_act!r} is not supported; known: "
-                            f"{sorted(ACTIVATIONS)}")
+        raise TokbenchError(f"QLIP {name} hidden_act {out.hidden_act!r} is not supported; choose one "
+                            f"of {sorted(ACTIVATIONS)}")
     return out
 
 
@@ -252,12 +245,8 @@ def qlip_config(config: Mapping[str, Any]) -> QLIPConfig:
         base.update(cfg.pop(f"{name}_dict", None) or {})
         towers[name] = base
     top = {f.name for f in fields(QLIPConfig)} - {"text", "vision", "decoder"}
-    unknown = sorted(k for k in cfg if k not in top and k not in HF_GENERIC_KEYS and not k.startswith("_"))
-    if unknown:
-        raise TokbenchError(
-            f"unknown QLIP config keys {unknown}; known: text_config, vision_config, decoder_config, "
-            f"{', '.join(sorted(top))} (and transformers' generic config keys)"
-        )
+    refuse_unknown("QLIP config keys", [k for k in cfg if k not in HF_GENERIC_KEYS and not k.startswith("_")],
+                   top | set(towers), "(and transformers' generic config keys)")
     missing = [k for k in ("vision_projection_bias", "text_projection_bias") if k not in cfg]
     if missing:
         raise TokbenchError(

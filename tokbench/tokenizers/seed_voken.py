@@ -148,6 +148,7 @@ class SeedVokenFamily:
     default_resolution: Callable[[Any], int]
     options: Mapping[str, Any]
     check: Callable[[Any, Mapping[str, torch.Tensor], Path], Any] | None = None
+    packages: tuple[str, ...] = ()
 
     def build(self, b: Build) -> SeedVokenTokenizer:
         """Build from `b.config`, load a checkpoint's EMA (default; `ema=False`: the raw ones) or seeded
@@ -201,7 +202,7 @@ class SeedVokenFamily:
         """The registry's `Family` of these releases (taming-style VQGAN convolutions), built by `build`."""
         return Family(name=self.name, build=self.build, variants=self.variants, aliases=aliases,
                       description=description, default_variant=self.default_variant, build_options=self.options,
-                      code=UPSTREAM, convolutional=True)
+                      code=UPSTREAM, packages=self.packages, convolutional=True)
 
 
 # ---------------------------------------------------------------------------------------------------

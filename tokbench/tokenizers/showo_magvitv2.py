@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import CheckpointError, describe_checkpoint, load_strict, read_state_dict
 from ..core import GridVQTokenizer, TokbenchError, check_images
 from ..options import DType, PositiveInt
@@ -163,11 +163,7 @@ def _coder(side: str, given: Any, defaults: Mapping[str, Any]) -> CoderConfig:
         raise TokbenchError(
             f"config `{side}` must be a mapping of {cls} keywords, got {type(given).__name__}"
         )
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise TokbenchError(
-            f"unknown {side} keys {unknown} in the config ({cls} takes {', '.join(defaults)})"
-        )
+    refuse_unknown(f"{side} keys", given, defaults, f"({cls} keywords)")
     kw = {**defaults, **given}
     ch_mult = _ints(kw["ch_mult"], f"{side}.ch_mult", minimum=1)
     if not ch_mult:
@@ -224,21 +220,15 @@ def showo_magvitv2_config(config: Mapping[str, Any] | MagvitV2Config | None = No
             "right config.json?"
         )
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    unknown = sorted(set(config) - {"encoder", "decoder", "quantize", *_OWN_KEYS})
-    if unknown:
-        raise TokbenchError(
-            f"unknown showo-magvitv2 config keys {unknown}; known: encoder, decoder, quantize (VQGANEncoder / "
-            f"VQGANDecoder / LFQuantizer keywords), {', '.join(_OWN_KEYS)} (keys starting with '_' are ignored)"
-        )
+    refuse_unknown("showo-magvitv2 config keys", config, {"encoder", "decoder", "quantize", *_OWN_KEYS},
+                   "(encoder / decoder / quantize: VQGANEncoder / VQGANDecoder / LFQuantizer keywords; "
+                   "keys starting with '_' are ignored)")
     encoder = _coder("encoder", config.get("encoder"), ENCODER_DEFAULTS)
     decoder = _coder("decoder", config.get("decoder"), DECODER_DEFAULTS)
     quantize = config.get("quantize") or {}
     if not isinstance(quantize, Mapping):
         raise TokbenchError(f"config `quantize` must be a mapping of LFQuantizer keywords, got {quantize!r}")
-    if unknown := sorted(set(quantize) - set(QUANTIZE_DEFAULTS)):
-        raise TokbenchError(
-            f"unknown quantize keys {unknown}; LFQuantizer takes {', '.join(QUANTIZE_DEFAULTS)}"
-        )
+    refuse_unknown("quantize keys", quantize, QUANTIZE_DEFAULTS, "(LFQuantizer keywords)")
     dim = _int({**QUANTIZE_DEFAULTS, **quantize}["codebook_dim"], "quantize.codebook_dim")
     if dim > 30:
         raise TokbenchError(f"quantize.codebook_dim {dim} is too large: the code table has 2^{dim} rows")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     checkpoint_keys,
     detect_prefix,
@@ -36,6 +36,7 @@ from ..checkpoint import (
     read_under_prefix,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
+from ..features import check_stage
 from ..options import DType
 from ..protocols import Geometry, drop_alpha, expand_geometry, expand_to_square, register_protocol, scale
 from ..registry import Family, Variant
@@ -234,6 +235,14 @@ class SiglipTokenizer(ModuleTokenizer):
             meta={"arch": self.arch, "select_layer": self.select_layer},
         )
 
+    # understanding: token features for the probes (tokbench.features); a continuous encoder has one stage
+    feature_stages = ("semantic",)
+
+    def features(self, images: torch.Tensor, stage: str = "semantic") -> torch.Tensor:
+        """(B, N, D) float32: the patch features `encode` returns (the tower's output at `select_layer`)."""
+        check_stage(self, stage)
+        return self.encode(images).features
+
 
 def _describe_model(arch: str, config: Mapping[str, Any]) -> str:
     if arch == "janus":
@@ -248,26 +257,17 @@ def _describe_model(arch: str, config: Mapping[str, Any]) -> str:
 def _check_config(arch: str, config: Mapping[str, Any]) -> None:
     if arch == "janus":
         required = ("image_size", "patch_size", "width", "layers", "heads")
-        unknown = (
-            set(config)
-            - set(JANUS_FIELDS)
-            - {"arch", "select_layer", "image_mean", "image_std", "model_name"}
-        )
+        accepted = {*JANUS_FIELDS, "arch", "select_layer", "image_mean", "image_std", "model_name"}
     else:
         required = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-        unknown = (
-            set(config)
-            - set(TRANSFORMERS_FIELDS)
-            - {"arch", "select_layer", "post_norm", "image_mean", "image_std"}
-        )
+        accepted = {*TRANSFORMERS_FIELDS, "arch", "select_layer", "post_norm", "image_mean", "image_std"}
     missing = [k for k in required if k not in config]
     if missing:
         raise TokbenchError(
             f"a {arch} SigLIP config needs {', '.join(required)}; missing {', '.join(missing)} "
             f"(got {dict(config)}). Load a released variant (`tokbench list siglip*`) or pass a full config."
         )
-    if unknown:
-        raise TokbenchError(f"unknown {arch} SigLIP config fields {sorted(unknown)}")
+    refuse_unknown(f"{arch} SigLIP config fields", config, accepted)
 
 
 def _unused_keys(arch: str, config: Mapping[str, Any]):
@@ -475,4 +475,5 @@ FAMILY = Family(
     default_variant="siglip-large-patch16-384",
     build_options={"dtype": (DType, "float32"), "preprocessing": str},
     code="transformers SiglipVisionModel; Janus: github.com/deepseek-ai/Janus (janus/models/siglip_vit.py)",
+    packages=("transformers", "timm"),
 )

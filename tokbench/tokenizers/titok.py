@@ -35,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     detect_prefix,
     load_strict,
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images, torch_dtype
+from ..features import check_stage
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact
@@ -168,13 +169,8 @@ class TiTokConfig:
                 f"finetune_decoder={finetune} with is_legacy={legacy} is not a released tokenizer: released ones are "
                 "legacy two-stage (is_legacy true, finetune_decoder true) or single-stage (both false)"
             )
-        pix = dict(MASKGIT_VQGAN)
-        pix.update(vq.get("pixel_vqgan") or {})
-        unknown = set(pix) - set(MASKGIT_VQGAN)
-        if unknown:
-            raise TokbenchError(
-                f"unknown model.vq_model.pixel_vqgan keys {sorted(unknown)}; known: {sorted(MASKGIT_VQGAN)}"
-            )
+        pix = {**MASKGIT_VQGAN, **(vq.get("pixel_vqgan") or {})}
+        refuse_unknown("model.vq_model.pixel_vqgan keys", pix, MASKGIT_VQGAN)
         pix["channel_mult"] = tuple(int(c) for c in pix["channel_mult"])
         return cls(
             image_size=int(crop),
@@ -664,6 +660,30 @@ class TiTokTokenizer(ModuleTokenizer):
         with self._autocast():
             out = self.model.decode_latents(z)
         return out.float().clamp(0.0, 1.0)
+
+    # understanding: token features for the probes (tokbench.features)
+    @property
+    def feature_stages(self) -> tuple[str, ...]:
+        return ("pre_quant", "post_quant") if self.cfg.quantize_mode == "vq" else ("post_quant",)
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str | None = None) -> torch.Tensor:
+        """(B, K, C) float32 over all K latent tokens. VQ: `pre_quant` the encoder's latent tokens (before the
+        quantiser's l2-normalisation), `post_quant` their codebook rows (normalised with use_l2_norm), what
+        the decoder receives. VAE: `post_quant` the posterior mean (the tokens `encode` returns)."""
+        stage = stage or self.feature_stages[0]
+        check_stage(self, stage)
+        if self.cfg.quantize_mode != "vq":
+            return self.encode(images).features.float()
+        check_images(images)
+        side = self.cfg.image_size
+        if tuple(images.shape[-2:]) != (side, side):
+            raise TokbenchError(f"{self.spec.name} takes {side}x{side} images, got {tuple(images.shape[-2:])}")
+        with self._autocast():
+            z = self.model.encode_latents(images.to(self.device, torch.float32))
+        if stage == "post_quant":
+            z = self.model.quantize.lookup(self.model.quantize(z))
+        return z.float()[:, :, 0].transpose(1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     load_strict,
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..features import check_stage, grid_tokens
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact
@@ -144,13 +145,8 @@ class TokenFlowConfig:
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TokenFlowConfig:
         """Validate a config dict and fill every None size with the official value for its teacher."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise TokbenchError(
-                f"unknown TokenFlow config keys {unknown}; known keys: {sorted(known)} "
-                "(official ModelArgs fields plus the explicit sizes)"
-            )
+        refuse_unknown("TokenFlow config keys", config, {f.name for f in fields(cls)},
+                       "(official ModelArgs fields plus the explicit sizes)")
         cfg = dict(config)
         teacher = cfg.get("teacher")
         if teacher not in TEACHER_DEFAULTS:
@@ -702,6 +698,23 @@ class TokenFlowTokenizer(ModuleTokenizer):
             "ids": ids,
         }
 
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant", "semantic")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, G*G, D) float32 on the last scale's grid, row-major: `pre_quant` the shared quantiser's input,
+        semantic then pixel features concatenated (D = C_sem + C_pix); `post_quant` the summed multi-scale
+        codes of both halves (the semantic half feeds the semantic decoder, the pixel half the pixel
+        decoder); `semantic` the semantic half of the codes only (the semantic codebook, D = C_sem)."""
+        check_stage(self, stage)
+        quant, _, feats = self.model.encode(self._to_model(images))
+        if stage == "pre_quant":
+            return grid_tokens(torch.cat([feats["semantic_features"], feats["pixel_features"]], 1))
+        if stage == "semantic":
+            quant = quant[:, : self.model.cfg.semantic_code_dim]
+        return grid_tokens(quant)
+
 
 def build_model(
     config: Mapping[str, Any] | TokenFlowConfig, device: str | torch.device = "cpu"
@@ -811,6 +824,7 @@ FAMILY = Family(
     build_options={"dtype": (DType, "float32"), "preprocessing": str},
     encode_options={"n_scales": PositiveInt},
     code="https://github.com/ByteVisionLab/TokenFlow (tokenflow/tokenizer/vq_model.py)",
+    packages=("open_clip_torch", "transformers"),
 )
 
 __all__ = [

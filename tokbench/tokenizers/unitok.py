@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     CheckpointError,
     _torch_load,
@@ -50,6 +50,7 @@ from ..checkpoint import (
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, check_images
+from ..features import check_stage
 from ..options import DType
 from ..protocols import (
     center_crop,
@@ -107,10 +108,7 @@ class VitaminConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VitaminConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TokbenchError(f"unknown ViTamin size fields {unknown}; known: {sorted(known)}")
+        refuse_unknown("ViTamin size fields", d, {f.name for f in fields(cls)})
         missing = [k for k in ("stem_width", "conv_dims", "embed_dim", "depth", "num_heads") if k not in d]
         if missing:
             raise TokbenchError(f"a ViTamin size mapping needs {missing} (got {dict(d)})")
@@ -175,19 +173,16 @@ class UniTokConfig:
         known = {f.name for f in fields(cls)}
         for k in [k for k in cfg if k not in known and k in ARGS_NOT_SHAPING]:  # training / data / paths
             del cfg[k]
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise TokbenchError(
-                f"unknown UniTok config keys {unknown}; known: {sorted(known)} (official Args fields, `vitamin` "
-                "sizes, causal_projection, projection_heads, text_tower)"
-            )
+        refuse_unknown("UniTok config keys", cfg, known, "(official Args fields, `vitamin` sizes, "
+                       "causal_projection, projection_heads, text_tower)")
         vit = cfg.get("vitamin")
         if vit is None:
             name = cfg.get("model", cls.model)
             if name not in VITAMIN_SIZES:
                 raise TokbenchError(
-                    f"UniTok model {name!r} has no built-in sizes (known: {sorted(VITAMIN_SIZES)}); give them as "
-                    "config['vitamin'] = {stem_width, conv_dims, conv_depths, embed_dim, depth, num_heads}"
+                    f"UniTok model {name!r} has no built-in sizes (models that have: {sorted(VITAMIN_SIZES)}); "
+                    "give them as config['vitamin'] = {stem_width, conv_dims, conv_depths, embed_dim, depth, "
+                    "num_heads}"
                 )
             vit = VITAMIN_SIZES[name]
         cfg["vitamin"] = vit if isinstance(vit, VitaminConfig) else VitaminConfig.from_dict(vit)
@@ -737,6 +732,18 @@ class UniTokTokenizer(ModuleTokenizer):
         """This model as an image-text encoder for `zeroshot` / `semantic-similarity` (`encoder=`)."""
         return UniTokClipEncoder(self)
 
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant", "semantic")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """Float32 features: `pre_quant` (B, N, vocab_width) the quantiser input, `post_quant` (B, N, D)
+        post_quant_proj of the multi-codebook codes (the decoder's input, the tokens an MLLM reads),
+        `semantic` (B, 1, embed_dim) the CLIP image embedding (un-normalised, from the codes)."""
+        check_stage(self, stage)
+        out = self.semantic(images)
+        return out["embedding"][:, None] if stage == "semantic" else out[stage]
+
 
 class UniTokClipEncoder:
     """UniTok's CLIP side with the metrics' encoder interface: `encode_image(images [0, 1]) -> (B, E)` and
@@ -932,6 +939,7 @@ FAMILY = Family(
     default_variant="unitok-large",
     build_options={"dtype": (DType, "float32"), "preprocessing": str},
     code="https://github.com/FoundationVision/UniTok (models/unitok.py @ bb8012e)",
+    packages=("open_clip_torch", "timm"),
 )
 
 __all__ = [

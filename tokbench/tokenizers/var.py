@@ -34,13 +34,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import (
     CheckpointError,
     load_strict,
     read_state_dict,
 )
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..features import check_stage, grid_tokens
 from ..options import DType, PositiveInt
 from ..protocols import (
     center_crop,
@@ -207,13 +208,8 @@ _TUPLES = ("v_patch_nums", "ch_mult")
 
 
 def _from_build_vae_var(args: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = set(BUILD_VAE_VAR_DEFAULTS)
-    unknown = sorted(set(args) - allowed)
-    if unknown:
-        raise TokbenchError(
-            f"unknown build_vae_var arguments {unknown} for the VQVAE; known: {sorted(allowed)} (the VAR "
-            "transformer's arguments such as depth do not belong in a tokenizer config)"
-        )
+    refuse_unknown("build_vae_var arguments for the VQVAE", args, BUILD_VAE_VAR_DEFAULTS,
+                   "(the VAR transformer's arguments such as depth do not belong in a tokenizer config)")
     full = {**BUILD_VAE_VAR_DEFAULTS, **args}
     return {_BUILD_VAE_VAR_NAMES.get(k, k): v for k, v in full.items()}
 
@@ -242,12 +238,10 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
         sources.append(("build_vae_var_equivalent", _from_build_vae_var(nested)))
     nested = config.pop("hard_coded_upstream", None)
     if nested is not None:
-        unknown = sorted(set(nested) - set(_HARD_CODED_NAMES))
-        if unknown:  # descriptions of constants upstream has no argument for: nothing to build differently
-            warnings.warn(
-                f"var-vqvae: ignoring hard_coded_upstream entries {unknown} (known: {sorted(_HARD_CODED_NAMES)})",
-                stacklevel=2,
-            )
+        if extra := sorted(set(nested) - set(_HARD_CODED_NAMES)):
+            # descriptions of constants upstream has no argument for: nothing to build differently
+            warnings.warn(f"var-vqvae: ignoring hard_coded_upstream entries {extra} (recognised: "
+                          f"{sorted(_HARD_CODED_NAMES)})", stacklevel=2)
         known_hc = {_HARD_CODED_NAMES[k]: v for k, v in nested.items() if k in _HARD_CODED_NAMES}
         sources.append(("hard_coded_upstream", known_hc))
     derived = {k: config.pop(k) for k in _DERIVED if k in config}
@@ -258,24 +252,22 @@ def var_config(config: Mapping[str, Any] | str | Path | None) -> VARConfig:
         bvv_keys = set(flat_bvv) | {k for k in ("ch", "share_quant_resi") if k in config}
         bvv = {k: (flat_bvv[k] if k in flat_bvv else config[k]) for k in bvv_keys}
         sources.append(("build_vae_var arguments", _from_build_vae_var(bvv)))
-    unknown = sorted({_HARD_CODED_NAMES.get(k, k) for k in config} - known)
-    if unknown and nested_layout:  # beside a nested layout (a fixture's config.json): descriptions, not arguments
-        warnings.warn(f"var-vqvae: ignoring config entries {unknown} beside the nested VQVAE arguments", stacklevel=2)
+    given = {_HARD_CODED_NAMES.get(k, k) for k in config}
+    if not nested_layout:
+        refuse_unknown("var-vqvae config keys", given, known,
+                       "(VQVAE arguments and hard-coded sizes; or build_vae_var's names "
+                       f"{sorted(BUILD_VAE_VAR_DEFAULTS)}, or the nested vqvae_kwargs / "
+                       "build_vae_var_equivalent / hard_coded_upstream of the golden fixtures)")
+    elif extra := sorted(given - known):  # beside a nested layout (a fixture's config.json): descriptions
+        warnings.warn(f"var-vqvae: ignoring config entries {extra} beside the nested VQVAE arguments",
+                      stacklevel=2)
         config = {k: v for k, v in config.items() if _HARD_CODED_NAMES.get(k, k) in known}
-    elif unknown:
-        raise TokbenchError(
-            f"unknown var-vqvae config keys {unknown}; known: VQVAE arguments and hard-coded sizes "
-            f"{sorted(known)}, build_vae_var names {sorted(BUILD_VAE_VAR_DEFAULTS)}, or the nested "
-            "vqvae_kwargs / build_vae_var_equivalent / hard_coded_upstream of the golden fixtures"
-        )
     sources.append(("config", config))
 
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for where, values in sources:
-        bad = sorted({_HARD_CODED_NAMES.get(k, k) for k in values} - known)
-        if bad:
-            raise TokbenchError(f"unknown VQVAE arguments {bad} in {where}; known: {sorted(known)}")
+        refuse_unknown(f"VQVAE arguments in {where}", {_HARD_CODED_NAMES.get(k, k) for k in values}, known)
         for key, value in values.items():
             key = _HARD_CODED_NAMES.get(key, key)  # GroupNorm_groups / GroupNorm_eps accepted anywhere
             value = tuple(int(v) for v in value) if key in _TUPLES else value
@@ -702,6 +694,20 @@ class VARTokenizer(ModuleTokenizer):
             )
         x = self.model.decode_ids(ids).float()
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # understanding: token features for the probes (tokbench.features)
+    feature_stages = ("pre_quant", "post_quant")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
+        """(B, h*w, Cvae) float32 on the last scale's grid, row-major: `pre_quant` the latent f =
+        quant_conv(encoder(x)) that the multi-scale quantiser reads, `post_quant` f_hat, the sum over every
+        scale of the upsampled, phi-refined codes: what post_quant_conv and the decoder receive."""
+        check_stage(self, stage)
+        f = self.model.latent(self._to_model(images))
+        if stage == "post_quant":
+            f = self.model.quantize.f_to_ids(f)[1]
+        return grid_tokens(f)
 
 
 # ---------------------------------------------------------------------------------------------------

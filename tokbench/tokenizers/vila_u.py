@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..building import Build
+from ..building import Build, refuse_unknown
 from ..checkpoint import CheckpointError, describe_checkpoint, load_strict, read_state_dict
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
 from ..options import DType, PositiveInt
@@ -174,9 +174,7 @@ class DecoderConfig:
         d = {k: v for k, v in d.items() if k not in _IGNORED_DDCONFIG}
         if d.pop("give_pre_end", False):
             raise TokbenchError("ddconfig give_pre_end=true returns decoder features, not images; unsupported")
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - known):
-            raise TokbenchError(f"unknown vila-u ddconfig keys {unknown}; known: {sorted(known)}")
+        refuse_unknown("vila-u ddconfig keys", d, {f.name for f in fields(cls)})
         for k in ("ch_mult", "attn_resolutions"):
             if k in d:
                 d[k] = tuple(int(v) for v in d[k])
@@ -331,13 +329,10 @@ def vila_u_config(config: Mapping[str, Any] | None, siglip: Mapping[str, Any] | 
     table entry of `pretrained_model`."""
     section, top = rqvaesiglip_section(config or {})
     ignore = _config_bookkeeping() | _TRAINING_KEYS
-    unknown = sorted(k for k in section if k not in _SECTION_KEYS and k not in ignore)
-    unknown += sorted(k for k in top if k not in _TOP_KEYS and k not in ignore)
-    if unknown:
-        raise TokbenchError(
-            f"unknown vila-u config keys {unknown}; known: rqvaesiglip: {{{', '.join(sorted(_SECTION_KEYS))}}}, "
-            f"{', '.join(sorted(_TOP_KEYS - {'hidden_size'}))} (training-only keys are ignored)"
-        )
+    refuse_unknown("vila-u rqvaesiglip keys", set(section) - ignore, _SECTION_KEYS,
+                   "(in the rqvaesiglip section or flat; training-only keys are ignored)")
+    refuse_unknown("vila-u config keys", set(top) - ignore, _TOP_KEYS | {"rqvaesiglip"},
+                   "(training-only keys are ignored)")
     rq = {**RELEASE_256["rqvaesiglip"], **{k: v for k, v in section.items() if k in _SECTION_KEYS}}
     dd = {**RELEASE_256["rqvaesiglip"]["ddconfig"], **dict(section.get("ddconfig") or {})}
     if siglip is None:
