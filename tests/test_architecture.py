@@ -132,3 +132,35 @@ def test_report_and_generation_do_not_import_the_runner():
     graph = import_graph()
     users = [m for m, deps in graph.items() if "tokbench.runner" in deps]
     assert not [m for m in users if m.startswith(("tokbench.report", "tokbench.generation", "tokbench.text_report"))]
+
+
+def test_no_reproduce_suite_repeats_a_variants_published_number():
+    import yaml
+
+    from tokbench.registry import find
+
+    repeats = []
+    for path in sorted((PACKAGE.parent / "benchmarks").rglob("*.yaml")):
+        suite = yaml.safe_load(path.read_text()) or {}
+        for entry in suite.get("tokenizers") or []:
+            if not isinstance(entry, dict) or not entry.get("published"):
+                continue
+            _, variant = find(entry["name"])
+            for key, value in entry["published"].items():
+                if variant is not None and variant.published.get(key) == value:
+                    repeats.append(f"{path.name}: {entry['name']} {key}")
+    assert repeats == []
+
+
+def test_a_suite_entry_inherits_its_variants_published_numbers_unless_it_gives_its_own():
+    from tokbench.registry import find
+    from tokbench.runner import published_numbers
+    from tokbench.suite import TokenizerEntry
+
+    _, variant = find("llamagen-vq16-c2i")
+    inherited = published_numbers(TokenizerEntry("llamagen-vq16-c2i"))
+    assert inherited == {"published": dict(variant.published), "published_source": variant.published_source}
+    assert inherited["published"]["rfid_torch_fidelity"] == 2.19
+    own = published_numbers(TokenizerEntry("llamagen-vq16-c2i", published={"psnr": 1.0}, published_source="x"))
+    assert own == {"published": {"psnr": 1.0}, "published_source": "x"}
+    assert published_numbers(TokenizerEntry("jpeg-q50")) == {"published": {}, "published_source": ""}

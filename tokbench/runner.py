@@ -71,7 +71,7 @@ from .evaluation import (  # noqa: F401
 )
 from .metrics.base import BenchMetric, build_metric
 from .plan import Job, ModelCache, encode_option_names, plan_jobs
-from .registry import family_of, load_tokenizer
+from .registry import family_of, find, load_tokenizer
 from .runfolder import (
     IMAGES_DIR,
     JOB_RECORD,
@@ -336,7 +336,7 @@ class Runner:
             "batch_size": suite.batch_size, "world_size": ctx.world,
             "channels_last": uses_channels_last(job.entry.name, suite.channels_last), "compile": suite.compile,
             "metrics": {metric_key(n, o): {"metric": n, "options": o} for n, o in suite.metrics},
-            "published": job.entry.published, "published_source": job.entry.published_source,
+            **published_numbers(job.entry),
         }
 
         def reduce(name: str, states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -520,6 +520,18 @@ def takes_option(name: str, option: str) -> bool:
     does not resolve, is given it: its loader then says what is wrong)."""
     family = family_of(name)
     return family is None or family.options is None or option in family.options
+
+
+def published_numbers(entry: TokenizerEntry) -> dict[str, Any]:
+    """The numbers to print beside the measured ones: the suite entry's, else its variant's row (the one
+    copy of each published number, with its source)."""
+    if entry.published:
+        return {"published": dict(entry.published), "published_source": entry.published_source}
+    family = family_of(entry.name)
+    _, variant = find(entry.name) if family is not None else (None, None)
+    if variant is None or not variant.published:
+        return {"published": {}, "published_source": ""}
+    return {"published": dict(variant.published), "published_source": variant.published_source}
 
 
 def metric_key(name: str, options: dict[str, Any]) -> str:

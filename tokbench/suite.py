@@ -12,6 +12,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -19,6 +20,7 @@ from pydantic import (
 
 from .core import TokbenchError
 from .options import DType, PositiveInt
+from .suite_check import SuiteInvalid, registry_problems, tokenizer_problems
 
 DEFAULT_METRICS = ("psnr", "ssim", "bpp", "codebook", "speed")
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
@@ -184,13 +186,54 @@ class Suite(_Strict):
         return d
 
 
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _is_branch(part: Any) -> bool:
+    """A union member's tag in a pydantic error location (`str`, `dict[...]`)."""
+    return isinstance(part, str) and (part == "str" or part.startswith("dict["))
+
+
+def _schema_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    try:
+        Suite.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = err["loc"]
+            if loc and loc[0] == "metrics":
+                continue  # the shape of each metric entry is reported by the metric check, with its name
+            # a list item typed `str | Model` fails both members: report the one that fits its shape
+            branch = next((i for i, p in enumerate(loc) if _is_branch(p)), None)
+            if branch is not None:
+                value: Any = raw
+                for p in loc[:branch]:
+                    value = value[p]
+                if (loc[branch] == "str") != isinstance(value, str):
+                    continue
+            problems.append((_where(tuple(p for p in loc if not _is_branch(p))), err.get("input"), err["msg"]))
+        return problems
+    return []
+
+
+def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> None:
+    """Raise `SuiteInvalid` listing every problem of a suite given as its YAML mapping."""
+    if not isinstance(raw, dict):
+        raise SuiteInvalid([("(suite)", type(raw).__name__, "a suite must be a YAML mapping")], path)
+    problems = _schema_problems(raw) + registry_problems(raw, open_data)
+    if problems:
+        raise SuiteInvalid(problems, path)
+
+
 def parse_suite(data: dict[str, Any], path: str | None = None, open_data: bool = False,
                 extra_tokenizers: list[str] | None = None) -> Suite:
     """A suite from its YAML mapping, checked first (`suite_check`: every problem at once, as
     `SuiteInvalid`). `open_data` also opens its data sources; `extra_tokenizers` (names given on the
     command line) must be the suite's own entries or known tokenizers."""
-    from .suite_check import SuiteInvalid, check_suite, tokenizer_problems
-
     problems: list = []
     try:
         check_suite(data, path, open_data=open_data)

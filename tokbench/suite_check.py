@@ -3,8 +3,8 @@
 Two layers: the suite's own pydantic schema (`suite.Suite`: types and ranges of every field, declared
 once), then checks against what tokbench knows (metric names and their options, tokenizer names and
 globs, the options and sweeps each family declares, preprocessing protocols, data sources).
-`check_suite` raises `SuiteInvalid` listing all of them; nothing has been written by then. A suite
-built in Python is validated by its constructor and meets the second pass in `check_built_suite`.
+`suite.check_suite` runs both and raises `SuiteInvalid` listing all of them; nothing has been written by
+then. A suite built in Python is validated by its constructor and meets this pass in `check_built_suite`.
 """
 
 from __future__ import annotations
@@ -34,42 +34,6 @@ class SuiteInvalid(TokbenchError):
 
 # Metric modules without networks: building one is instant, so its option values are checked by building it.
 _CHEAP_METRIC_MODULES = ("tokbench.metrics.pixel", "tokbench.metrics.rate", "tokbench.metrics.speed")
-
-
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _is_branch(part: Any) -> bool:
-    """A union member's tag in a pydantic error location (`str`, `dict[...]`)."""
-    return isinstance(part, str) and (part == "str" or part.startswith("dict["))
-
-
-def _schema_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    from .suite import Suite
-
-    try:
-        Suite.model_validate(raw)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = err["loc"]
-            if loc and loc[0] == "metrics":
-                continue  # the shape of each metric entry is reported by the metric check, with its name
-            # a list item typed `str | Model` fails both members: report the one that fits its shape
-            branch = next((i for i, p in enumerate(loc) if _is_branch(p)), None)
-            if branch is not None:
-                value: Any = raw
-                for p in loc[:branch]:
-                    value = value[p]
-                if (loc[branch] == "str") != isinstance(value, str):
-                    continue
-            problems.append((_where(tuple(p for p in loc if not _is_branch(p))), err.get("input"), err["msg"]))
-        return problems
-    return []
 
 
 def _metric_options(factory: Any) -> set[str] | None:
@@ -237,15 +201,6 @@ def split_problems(raw: dict[str, Any]) -> list[tuple[str, Any, str]]:
         problems.append((at, source, f"{', '.join(wanted)} need a training split: write the entry as {{source: ..., "
                          "split: {train: 0.5, seed: 0}} or {source: ..., train: OTHER_LABELLED_SOURCE}"))
     return problems
-
-
-def check_suite(raw: Any, path: str | None = None, open_data: bool = False) -> None:
-    """Raise `SuiteInvalid` listing every problem of a suite given as its YAML mapping."""
-    if not isinstance(raw, dict):
-        raise SuiteInvalid([("(suite)", type(raw).__name__, "a suite must be a YAML mapping")], path)
-    problems = _schema_problems(raw) + registry_problems(raw, open_data)
-    if problems:
-        raise SuiteInvalid(problems, path)
 
 
 def check_built_suite(suite: Any) -> None:
