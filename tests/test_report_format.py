@@ -105,9 +105,11 @@ def test_rate_distortion_axis_labels_are_plain_and_never_overlap(tmp_path, monke
 
 
 def _two_rows():
-    jobs = [_job({"psnr": 30.0, "lpips": 0.2, "bpp": 0.5, "encode_images_per_s": 3.0}),
+    # as the runner records them: each metric's direction for the numbers it computed (bpp has none)
+    directions = {"psnr": "higher", "lpips": "lower", "encode_images_per_s": "higher"}
+    jobs = [{**_job({"psnr": 30.0, "lpips": 0.2, "bpp": 0.5, "encode_images_per_s": 3.0}), "directions": directions},
             {**_job({"psnr": 28.0, "lpips": 0.1, "bpp": 0.25, "encode_images_per_s": 3.0}), "job": "j2",
-             "label": "other"}]
+             "label": "other", "directions": directions}]
     return jobs
 
 
@@ -144,3 +146,30 @@ def test_html_report_is_self_contained_and_aligns_text_left(tmp_path):
     assert "#results td{text-align:right}" in css  # numbers right
     tex = (report / "summary.tex").read_text()
     assert "\\textbf{" in tex and "**" not in tex
+
+
+def test_directions_come_from_the_metrics_into_the_summary_and_mark_the_best(tmp_path):
+    from tokbench.report import write_report
+    from tokbench.runner import run_suite
+    from tokbench.suite import parse_suite
+
+    suite = parse_suite({"name": "dir", "data": ["samples"], "resolution": 32, "batch_size": 2, "download": False,
+                         "metrics": ["psnr", "bpp", "codebook", "speed"],
+                         "tokenizers": [{"name": "jpeg", "sweep": {"quality": [5, 95]}}]})
+    low, high = run_suite(suite, tmp_path / "run", progress=False, log=lambda s: None)
+    for s in (low, high):
+        d = s["directions"]
+        assert d["psnr"] == "higher" and "psnr_std" not in d  # a spread has no direction
+        assert "bpp" not in d  # the rate is the axis, not a score
+        assert d["encode_images_per_s"] == "higher" and "encode_p50_ms" not in d
+    assert high["results"]["psnr"] > low["results"]["psnr"]
+    md = (write_report(tmp_path / "run") / "report.md").read_text()
+    best = f"**{high['results']['psnr']:.2f}**"
+    assert best in md and f"**{low['results']['psnr']:.2f}**" not in md
+
+
+def test_metric_directions_drop_keys_the_jobs_disagree_on():
+    from tokbench.presentation import metric_directions
+
+    jobs = [{"directions": {"psnr": "higher", "x": "lower"}}, {"directions": {"x": "higher"}}, {"status": "old"}]
+    assert metric_directions(jobs) == {"psnr": "higher"}

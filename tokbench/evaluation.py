@@ -135,6 +135,7 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
                         else None,
                         extra={"peak_memory_mb": peak_memory_mb(device), "class_names": ds.class_names,
                                "input_size": tuple(images.shape[-2:]), "text": batch.text,
+                               "faces": batch.faces,
                                "inputs": images, "dataset_size": len(ds)},
                     )
                     if all(r.label is None for r in batch.records):
@@ -218,7 +219,7 @@ def eval_part(ev: EvalBatch, split: list[str | None] | None) -> EvalBatch | None
     t = ev.tokens
     tokens = replace(t, ids=take(t.ids), features=take(t.features), lengths=take(t.lengths), bits=take(t.bits))
     share = len(rows) / len(keep)
-    extra = {k: take(v) if k in ("text", "split", "inputs") else v for k, v in ev.extra.items()}
+    extra = {k: take(v) if k in ("text", "split", "inputs", "faces") else v for k, v in ev.extra.items()}
     return replace(ev, originals=take(ev.originals), tokens=tokens, index=take(ev.index),
                    reconstructions=take(ev.reconstructions), labels=take(ev.labels), captions=take(ev.captions),
                    encode_seconds=ev.encode_seconds * share, decode_seconds=ev.decode_seconds * share, extra=extra)
@@ -292,11 +293,13 @@ def resize_for_eval(originals: torch.Tensor, recon: torch.Tensor | None,
     return resize(originals), (resize(recon).clamp(0, 1) if recon is not None else None)
 
 
-def merge_values(target: dict[str, Any], new: dict[str, Any], key: str) -> None:
+def merge_values(target: dict[str, Any], new: dict[str, Any], key: str, taken: dict[str, Any] | None = None) -> None:
     """Add a metric's named values; a name another metric of the suite already produced (the same
-    metric twice with different options) is qualified with this metric's key, never overwritten."""
+    metric twice with different options; `taken`: the results to look in, default `target`) is
+    qualified with this metric's key, never overwritten."""
+    taken = target if taken is None else taken
     for k, v in new.items():
-        target[f"{k}{key[key.index('['):]}" if k in target and "[" in key else k] = v
+        target[f"{k}{key[key.index('['):]}" if k in taken and "[" in key else k] = v
 
 
 def _scalar(v: torch.Tensor) -> float | int:

@@ -32,3 +32,15 @@ def rate_curves(df: pd.DataFrame, x: str, y: str):
         g = g.dropna(subset=[x, y]).sort_values(x)
         if len(g):
             yield f"{label}" + (f" ({data})" if df["data"].nunique() > 1 else ""), g
+
+
+def metric_directions(jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Result key -> "higher" or "lower", as each job's metrics recorded it in its summary (`directions`);
+    a key two jobs disagree on has none. Summaries written before directions were recorded give none."""
+    out: dict[str, str] = {}
+    conflicting: set[str] = set()
+    for j in jobs:
+        for key, way in (j.get("directions") or {}).items():
+            if out.setdefault(key, way) != way:
+                conflicting.add(key)
+    return {k: v for k, v in out.items() if k not in conflicting}

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .core import TokbenchError
-from .presentation import CODEC_FAMILIES, markdown_table, rate_curves, sweep_label
+from .presentation import CODEC_FAMILIES, markdown_table, metric_directions, rate_curves, sweep_label
 from .runfolder import (
     IMAGES_DIR,
     JOB_SKIPPED,
@@ -37,7 +37,7 @@ from .runfolder import (
     short_reason,
     write_json,
 )
-from .text_report import text_figures, text_section
+from .text_report import face_figures, face_section, text_figures, text_section
 from .understanding_report import tradeoff_plot, understanding_section
 from .viewer import (
     SampleJob,
@@ -174,17 +174,18 @@ def summary_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def best_rows(df: pd.DataFrame, key: str) -> set[int]:
+def best_rows(df: pd.DataFrame, key: str, directions: dict[str, str]) -> set[int]:
     """Positions of the rows holding the best value of column `key` among rows on the same data set
-    (none where the direction is not a score, or fewer than two rows have a value)."""
-    if key not in HIGHER_IS_BETTER | LOWER_IS_BETTER or key not in df.columns:
+    (none where the metric gives no direction for it, or fewer than two rows have a value).
+    `directions`: key -> "higher" / "lower", as the metrics recorded them (`metric_directions`)."""
+    if directions.get(key) not in ("higher", "lower") or key not in df.columns:
         return set()
     best: set[int] = set()
     for _, group in df.reset_index(drop=True).groupby("data", sort=False):
         values = pd.to_numeric(group[key], errors="coerce").dropna()
         if len(values) < 2 or values.nunique() < 2:
             continue
-        target = values.max() if key in HIGHER_IS_BETTER else values.min()
+        target = values.max() if directions[key] == "higher" else values.min()
         best |= set(values.index[values == target])
     return best
 
@@ -194,7 +195,8 @@ def main_table(df: pd.DataFrame, jobs: list[dict[str, Any]]) -> pd.DataFrame:
     best value of each score column (per data set) in **bold**."""
     published = {j["job"]: j.get("published") or {} for j in jobs if j.get("status") == "ok"}
     cols = [c for c in MAIN_COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
-    best = {key: best_rows(df, key) for key, _, _ in cols}
+    directions = metric_directions(jobs)
+    best = {key: best_rows(df, key, directions) for key, _, _ in cols}
     rows = []
     for i, (_, r) in enumerate(df.iterrows()):
         res = r["resolution"]
@@ -426,6 +428,7 @@ def _write_report(run_dir: Path) -> Path:
     if reconstruction_grid(run_dir, jobs, out / "grid.png"):
         figures.append(("grid.png", "reconstructions (bottom of each pair: zoomed centre crop, same region)"))
     figures += text_figures(run_dir, run, df, jobs, out)
+    figures += face_figures(run_dir, run, df, jobs, out)
     if tradeoff_plot(jobs, out / "tradeoff.png"):
         figures.append(("tradeoff.png", "understanding (k-NN top-1) against reconstruction, one point per tokenizer"))
     write_assets(out)  # the viewer: index.html's script and stylesheet, heat maps (tokbench/viewer.py)
@@ -455,7 +458,8 @@ def _write_report(run_dir: Path) -> Path:
         md += f"\n† {CONTINUOUS_NOTE}:\n\n" + "\n".join(continuous) + "\n"
     if any(k.endswith("_llamagen") for k in metric_notes):
         md += "\n`PSNR*`/`SSIM*` use the LlamaGen protocol (see Protocols): only for comparing with numbers published that way.\n"
-    md += text_section(df) if not df.empty else ""
+    md += text_section(df, jobs) if not df.empty else ""
+    md += face_section(df, jobs) if not df.empty else ""
     md += understanding_section(jobs)
     published = published_table(jobs)
     if not published.empty:

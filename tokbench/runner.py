@@ -463,14 +463,18 @@ class Runner:
                               f"unreadable{first}", status="failed")
         results: dict[str, float] = {}
         metric_protocols: dict[str, Any] = {}
+        directions: dict[str, str] = {}
         for name, m in metrics.items():
             try:
-                merge_values(results, m.compute(), name)
+                values = m.compute()
             except (TokbenchError, ValueError, RuntimeError) as e:
                 return self._skip(job_dir, job, f"metric {name} failed to compute: {type(e).__name__}: {e}",
                                   status="failed")
+            merge_values(directions, {k: v for k, v in m.directions(values).items()}, name, taken=results)
+            merge_values(results, values, name)
             merge_values(metric_protocols, m.protocol(), name)
-        summary = {**record, "status": "ok", "results": results, "metric_protocols": metric_protocols,
+        summary = {**record, "status": "ok", "results": results, "directions": directions,
+                   "metric_protocols": metric_protocols,
                    "metric_skips": state.metric_skips, "images_evaluated": evaluated,
                    "images_skipped": len(skipped), "skipped_files": skipped,
                    "sidecars_skipped": len(ds.sidecar_skips), "skipped_sidecars": ds.sidecar_skips,

@@ -71,6 +71,17 @@ class BenchMetric(torchmetrics.Metric):
     def protocol(self) -> dict[str, Any]:
         return {}
 
+    # Result keys that are spreads, counts or interval bounds: they have no better direction.
+    UNSCORED_SUFFIXES = ("_std", "_n", "_count", "_low", "_high", "_orig", "_max", "_ms")
+
+    def directions(self, results: dict[str, Any]) -> dict[str, str]:
+        """Which way is better for each number `compute` returned: "higher" or "lower" (absent: neither),
+        from `higher_is_better`; written into each job's summary, read by every report and comparison."""
+        if self.higher_is_better is None:
+            return {}
+        way = "higher" if self.higher_is_better else "lower"
+        return {k: way for k in results if not k.endswith(self.UNSCORED_SUFFIXES)}
+
     def unavailable_for(self, tokenizer: Tokenizer) -> str | None:
         """Why this metric cannot measure `tokenizer` (recorded as a skip of the metric), or None."""
         return None

@@ -72,6 +72,9 @@ class BitsPerPixel(BenchMetric):
             out["latent_storage_bits"] = float(self.latent_bits) / float(self.latent_values)
         return out
 
+    def directions(self, results: dict[str, float]) -> dict[str, str]:
+        return {}  # the rate is the axis the scores are read against, not a score itself
+
     def protocol(self):
         text = "bits per image / (H x W of the encoded input); fixed-length code N*log2(K), or file size"
         if float(self.latent_values):
@@ -128,6 +131,10 @@ class CodebookUsage(BenchMetric):
             out[f"code_perplexity{suffix}"] = 2**entropy
             out[f"code_entropy_max{suffix}"] = math.log2(k)
         return out
+
+    def directions(self, results: dict[str, float]) -> dict[str, str]:
+        # usage and perplexity: a tokenizer that uses more of its codebook; entropy's maximum is a constant
+        return {k: "higher" for k in results if k.startswith(("codebook_usage", "code_perplexity"))}
 
     def protocol(self):
         return {"codebook": "usage = codes used / K over the data set; entropy in bits of the id histogram"}

@@ -132,6 +132,10 @@ class Throughput(BenchMetric):
             out["peak_memory_mb"] = float(self.peak_mb)
         return out
 
+    def directions(self, results: dict[str, float]) -> dict[str, str]:
+        faster = {k: "higher" for k in results if k.endswith("_per_s")}
+        return {**faster, **({"peak_memory_mb": "lower"} if "peak_memory_mb" in results else {})}
+
     def protocol(self):
         return {"speed": "time per batch (CUDA events on GPUs, device-synchronised wall clock elsewhere), "
                           "one warm-up batch excluded; p50/p95 per batch from 1%-wide log bins"}
