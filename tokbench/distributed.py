@@ -107,8 +107,11 @@ def reduce_states(metric: torch.nn.Module, states: list[dict[str, Any]]) -> dict
     """Merge several `metric.state_dict()`s (ranks, or earlier parts of a resumed run) into one, with
     each state's `dist_reduce_fx`. A state still empty (size 0: a codebook histogram sized on the first
     batch, on a rank that saw no image) is left out of sums and maxima; dtypes are kept."""
+    # Not torchmetrics' public `merge_state`: it concatenates an incoming state before the local one (data-set
+    # order matters for `cat` states such as the probes' features) and cannot add a rank's still-empty
+    # histogram to a sized one. The reduction of each state is torchmetrics' own record of `dist_reduce_fx`.
     out: dict[str, Any] = {}
-    for name, fx in metric._reductions.items():  # noqa: SLF001 - torchmetrics' own record of dist_reduce_fx
+    for name, fx in metric._reductions.items():  # noqa: SLF001 - no public accessor for dist_reduce_fx
         how = _REDUCE.get(fx)
         values = [s[name] for s in states if name in s]
         if not values:
@@ -127,11 +130,8 @@ def reduce_states(metric: torch.nn.Module, states: list[dict[str, Any]]) -> dict
 
 def metric_states(metric: torch.nn.Module) -> dict[str, Any]:
     """A metric's accumulated states on the CPU (not its networks' weights): what a rank saves."""
-    out: dict[str, Any] = {}
-    for name in metric._defaults:  # noqa: SLF001 - torchmetrics' registry of add_state names
-        value = getattr(metric, name)
-        out[name] = [t.detach().cpu() for t in value] if isinstance(value, list) else value.detach().cpu()
-    return out
+    return {name: [t.detach().cpu() for t in value] if isinstance(value, list) else value.detach().cpu()
+            for name, value in metric.metric_state.items()}
 
 
 def load_states(metric: torch.nn.Module, state: dict[str, Any]) -> None:
@@ -142,6 +142,7 @@ def load_states(metric: torch.nn.Module, state: dict[str, Any]) -> None:
             setattr(metric, name, [t.to(device) for t in value])
         else:
             setattr(metric, name, value.to(device))
-    # counted as updated (torchmetrics warns on compute() otherwise) and no cached result kept
-    metric._update_count = max(1, metric._update_count)  # noqa: SLF001
+    # counted as updated (torchmetrics warns on compute() otherwise; it has no public setter) and no cached
+    # result kept (`reset` drops it too, but a caller may load into a metric it computed before)
+    metric._update_count = max(1, metric.update_count)  # noqa: SLF001
     metric._computed = None  # noqa: SLF001
