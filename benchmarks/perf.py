@@ -74,15 +74,18 @@ NOT_DISTRIBUTED = "not available: the runner is single-process"
 # One released variant per family (two sizes of LlamaGen's VQ: LlamaGen at 256, Janus-Pro at 384).
 FAMILY_VARIANTS = ("jpeg-q75", "webp-q75", "avif-q75", "llamagen-vq16-c2i", "janus-pro-1b-vq",
                    "chameleon-vqgan-anole", "emu3-vision-tokenizer", "tokenflow-clipb-32k-enhanced",
-                   "one-d-piece-l-256", "titok-l32", "siglip-large-patch16-384")
+                   "one-d-piece-l-256", "titok-l32", "siglip-large-patch16-384", "showo-magvitv2", "emu35-vq",
+                   "qlip-b-16-256", "infinity-bsq-d32", "vila-u-7b-256", "mingtok-vision")
+# Released sizes that take minutes per call and several GB on a 2-core CPU (Emu3 and Emu3.5 at 512-720 px,
+# VILA-U's 1.3B-parameter tower, MingTok's 0.7B at 512 px): measured by the GPU preset only.
+GPU_ONLY = ("emu3-vision-tokenizer", "emu35-vq", "vila-u-7b-256", "mingtok-vision")
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: few images, the neural tokenizer at 128 px, one timed call per throughput row.
     "cpu": {"cases": ["jpeg-q75:images=96", "llamagen-vq16-c2i:images=20,resolution=128"], "batch_size": 4,
             "reps": 3, "scaling_procs": 2, "scaling_images": 240, "batch_sizes": [1], "dtypes": ["float32"],
             "memory_formats": ["contiguous"],
             "warmup": 1, "iters": 1,
-            # Emu3's tokenizer at 512 px takes minutes per call and ~7 GB on a CPU: GPU preset only.
-            "tokenizers": [t for t in FAMILY_VARIANTS if t != "emu3-vision-tokenizer"]},
+            "tokenizers": [t for t in FAMILY_VARIANTS if t not in GPU_ONLY]},
     # Sized for one 10-minute command on one GPU (benchmarks/gpu_checks.sh); not yet run on a GPU.
     "gpu": {"cases": ["jpeg-q75:images=1000", "llamagen-vq16-c2i:images=1024", "titok-l32:images=1024"],
             "batch_size": 32, "reps": 3, "scaling_procs": max(2, torch.cuda.device_count()),

@@ -48,7 +48,8 @@ SIGLIP_TINY = {
 JANUS_TINY = {"arch": "janus", "image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2}
 
 # family -> (tiny config, the fixture's official checkpoint (None: made from the random build itself),
-#            side to run at (None: the spec's resolution))
+#            side to run at (None: the spec's resolution)). infinity-bsq (ids are bits, (B, N, d)) and vila-u
+# (its SigLIP config lies beside the weights) check their random builds in their own test files.
 TINY = {
     "llamagen-vq": (DATA / "llamagen_vq16/config.json", DATA / "llamagen_vq16/vq_ds16_c2i.pt", 32),
     "chameleon-vqgan": (DATA / "chameleon_vqgan/config.json", DATA / "chameleon_vqgan/vqgan.ckpt", None),
@@ -58,6 +59,10 @@ TINY = {
     "one-d-piece": (DATA / "one_d_piece/config.json", DATA / "one_d_piece/pytorch_model.bin", None),
     "open-magvit2": (DATA / "open_magvit2/config.json", DATA / "open_magvit2/imagenet_256_L.ckpt", None),
     "ibq": (DATA / "ibq/config.json", DATA / "ibq/imagenet256_262144.ckpt", None),
+    "showo-magvitv2": (DATA / "showo_magvitv2/config.json", DATA / "showo_magvitv2/pytorch_model.safetensors", 64),
+    "emu35-vq": (DATA / "emu35_vq/config.json", DATA / "emu35_vq/model.ckpt", 32),
+    "qlip": (DATA / "qlip/config.json", DATA / "qlip/model.safetensors", None),
+    "mingtok": (DATA / "mingtok/config.json", DATA / "mingtok/model.safetensors", None),
     "siglip": (SIGLIP_TINY, None, None),
     "siglip-janus": (JANUS_TINY, None, None),
 }

@@ -27,9 +27,13 @@ class UnsafeCheckpoint(CheckpointError):
     """A pickle that would run code or build arbitrary objects when loaded."""
 
 
-def _unsafe(path: Path, error: Exception) -> UnsafeCheckpoint:
+def _unsafe(path: Path, error: Exception) -> CheckpointError:
     # torch's message advises weights_only=False; keep only the part naming what the pickle wanted.
     text = str(error)
+    if "global" not in text.lower():  # a bad opcode, a cut stream: damaged or not a pickle at all, nothing unsafe
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("Unsupported")), text[:120])
+        return CheckpointError(f"{path} is not a checkpoint, or a damaged one: it does not unpickle ({first}). "
+                               "Is the download complete, and is it the right file?")
     detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln or "global" in ln.lower()), "")
     detail = detail.replace("WeightsUnpickler error:", "").strip() or "it needs more than tensors"
     return UnsafeCheckpoint(
@@ -49,7 +53,28 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+# How the files torch.load reads begin: a zip archive (torch >= 1.6) or a pickle (protocol 2 to 5).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_STARTS = tuple(bytes([0x80, p]) for p in range(2, 6))
+
+
+def _not_a_checkpoint(path: Path) -> CheckpointError | None:
+    """A clear error for a file that is neither a zip archive nor a pickle (random bytes, an HTML page)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return CheckpointError(f"could not read checkpoint {path}: {e.strerror or e}")
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_STARTS):
+        return None
+    shown = head.hex(" ") if head else "an empty file"
+    return CheckpointError(f"{path} is not a checkpoint: not a safetensors file, a torch.save zip archive or a "
+                           f"pickle (it begins {shown}). Is the download complete, and is it the right file?")
+
+
 def _torch_load(path: Path) -> object:
+    if (problem := _not_a_checkpoint(path)) is not None:
+        raise problem
     if _is_torchscript(path):
         raise CheckpointError(
             f"{path} is a TorchScript archive, not a state dict; tokbench reads state dicts only "
@@ -402,7 +427,18 @@ _SIGNATURES: tuple[tuple[Callable[[set[str]], bool], str], ...] = (
      "load it with 'ibq'"),
     (lambda ks: "quantize.embedding.weight" in ks and "encoder.mid.block_1.conv1.weight" in ks,
      "a taming VQGAN without EMA copies (quantize.embedding.weight, encoder.mid.*): e.g. 'chameleon-vqgan', "
-     "or 'ibq' with ema=False"),
+     "'emu35-vq', or 'ibq' with ema=False"),
+    (lambda ks: "quantize.power_vals" in ks and "encoder.quant_conv.weight" in ks,
+     "a Show-o / MMaDA MAGVIT-v2 (quantize.power_vals, encoder.quant_conv.*): load it with 'showo-magvitv2'"),
+    (lambda ks: any(k.startswith("quantizer.lfq.") for k in ks),
+     "an Infinity BSQ-VAE (quantizer.lfq.*): load it with 'infinity-bsq'"),
+    (lambda ks: any(k.startswith(("low_level_encoder.", "vision.low_level_encoder.")) for k in ks),
+     "a MingTok-Vision model (low_level_encoder.*): load it with 'mingtok'"),
+    (lambda ks: any(k.startswith("vision_decoder.") for k in ks) and any(k.startswith("text_model.") or
+                                                                         k.startswith("text_") for k in ks),
+     "a QLIP model (vision_decoder.*, text tower): load it with 'qlip'"),
+    (lambda ks: any(k.startswith("rqtransformer.") for k in ks) or any(".rqvaesiglip." in f".{k}" for k in ks),
+     "a VILA-U vision tower (rqtransformer.*, rqvaesiglip.*): load it with 'vila-u'"),
     (lambda ks: any(k.startswith(("vision_model.", "visual.")) for k in ks),
      "a vision-encoder checkpoint (vision_model.* / visual.*), not an image tokenizer with a decoder"),
 )  # fmt: skip

@@ -37,6 +37,10 @@ class BadAnnotation(TokbenchError):
     """An annotation file that cannot be read as text boxes."""
 
 
+class FontUnavailable(TokbenchError):
+    """No font on this machine draws the language text-synth was asked for."""
+
+
 @dataclass(frozen=True)
 class TextBox:
     """One word: its box (x0, y0, x1, y1) in pixels, its transcript, and optionally its relative size."""
@@ -180,14 +184,14 @@ TEXT_SYNTH_VERSION = 3  # bump when rendering changes: cached folders are keyed 
 EXCLUDED_PHOTOS = ("page.png",)  # a scanned page: its own text would sit under ours
 
 
-def parse_options(arg: str, defaults: dict[str, Any]) -> dict[str, Any]:
+def parse_options(arg: str, defaults: dict[str, Any], what: str = "text-synth") -> dict[str, Any]:
     """`count=8,heights=0.04/0.06,size=384` -> options (lists with '/'), checked against `defaults`."""
     opts = dict(defaults)
     for part in filter(None, (p.strip() for p in arg.split(","))):
         key, sep, value = part.partition("=")
         if not sep or key not in defaults:
-            raise TokbenchError(f"text-synth option {part!r} not understood; options are "
-                                f"{', '.join(f'{k}=' for k in defaults)} (e.g. text-synth:count=8,heights=0.04/0.08)")
+            raise TokbenchError(f"{what} option {part!r} not understood; options are "
+                                f"{', '.join(f'{k}=' for k in defaults)} (e.g. {what}:count=8)")
         try:
             if isinstance(defaults[key], str):
                 opts[key] = value
@@ -196,7 +200,11 @@ def parse_options(arg: str, defaults: dict[str, Any]) -> dict[str, Any]:
             else:
                 opts[key] = int(value)
         except ValueError:
-            raise TokbenchError(f"text-synth option {key}={value!r} is not a number") from None
+            raise TokbenchError(f"{what} option {key}={value!r} is not a number") from None
+    if what != "text-synth":
+        if opts["count"] < 1 or opts["size"] < 32:
+            raise TokbenchError(f"{what} options {opts} out of range: count >= 1, size >= 32")
+        return opts
     if "lang" in opts and opts["lang"] not in WORDS_BY_LANG:
         raise TokbenchError(f"text-synth lang={opts['lang']!r} is not one of {', '.join(WORDS_BY_LANG)}")
     if opts["count"] < 1 or opts["words"] < 1 or opts["size"] < 32 or not opts["heights"] or not all(
@@ -219,15 +227,14 @@ def font_path(name: str) -> Path:
 def cjk_fonts(lang: str) -> list[tuple[str, int]]:
     """(font file, face index) pairs that draw `lang` (`zh`, `ja`): TOKBENCH_CJK_FONT, else the Noto CJK
     collections of Debian, Fedora or Arch, the face of the language's region where the file has several.
-    Raises `DataUnavailable` (with the install command) where there is none."""
+    Raises `FontUnavailable` (with the install command) where there is none; the data set is then
+    unavailable and its jobs are skipped."""
     from PIL import ImageFont
-
-    from .data import DataUnavailable
 
     given = os.environ.get("TOKBENCH_CJK_FONT")
     files = [given] if given else [f for f in CJK_FONT_FILES if Path(f).is_file()]
     if given and not Path(given).is_file():
-        raise DataUnavailable(f"TOKBENCH_CJK_FONT={given!r} is not a file; {CJK_FONT_INSTALL}")
+        raise FontUnavailable(f"TOKBENCH_CJK_FONT={given!r} is not a file; {CJK_FONT_INSTALL}")
     out = []
     for f in files:
         faces = []
@@ -239,7 +246,7 @@ def cjk_fonts(lang: str) -> list[tuple[str, int]]:
         chosen = [i for i, name in faces if name == CJK_FACE[lang]] or [i for i, _ in faces[:1]]
         out += [(f, i) for i in chosen]
     if not out:
-        raise DataUnavailable(f"text-synth lang={lang} needs a font with {'Chinese' if lang == 'zh' else 'Japanese'} "
+        raise FontUnavailable(f"text-synth lang={lang} needs a font with {'Chinese' if lang == 'zh' else 'Japanese'} "
                               f"glyphs and none was found ({', '.join(CJK_FONT_FILES[:1])} ...); {CJK_FONT_INSTALL}")
     return out
 

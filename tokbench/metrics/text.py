@@ -215,6 +215,16 @@ class TextPreservation(BenchMetric):
         out["text_words_unread"] = self.unread.item()
         return out
 
+    def directions(self, results: dict[str, Any]) -> dict[str, str]:
+        """Accuracies and similarities of the reconstructions higher, their drops lower; the originals'
+        (the OCR's ceiling) and the counts neither."""
+        out = {}
+        for k in results:
+            if "_orig" in k or k.startswith(("text_words", "text_boxes")):
+                continue
+            out[k] = "lower" if k.endswith("_drop") else "higher"
+        return out
+
     def protocol(self) -> dict[str, Any]:
         buckets = ", ".join(f"[{a:g}, {b:g})" for a, b in zip(self.edges, self.edges[1:]))
         engine = self.ocr.engine()
