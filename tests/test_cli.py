@@ -27,6 +27,13 @@ def test_list_and_info(capsys):
     assert cli(["info", "llamagen-vq16-c2i"]) == 0
     out = capsys.readouterr().out
     assert "FoundationVision/LlamaGen" in out and "vq_ds16_c2i.pt" in out
+    assert "build options: dtype, resolution; encode options: none" in out
+    assert cli(["info", "qlip-b-16-256"]) == 0  # a non-commercial licence is said where a user looks
+    out = capsys.readouterr().out
+    assert '"licence": "CC-BY-NC-4.0' in out and "NON-COMMERCIAL" in out
+    for name in ("showo-magvitv2", "emu35-vq", "qlip-b-16-256", "infinity-bsq-d32", "vila-u-7b-256", "mingtok-vision"):
+        assert cli(["info", name]) == 0, name
+    assert "encode options: n_scales" in capsys.readouterr().out
 
 
 def test_fetch_to_dir_then_list_and_load_offline(tmp_path, monkeypatch, capsys):

@@ -221,7 +221,17 @@ KNOWN_GEOMETRY = {
     "flux1-dev-vae": (16, 8), "flux1-schnell-vae": (16, 8), "flux2-dev-vae": (128, 16), "qwen-image-vae": (16, 8),
     "dc-ae-f32c32-sana-1.0": (32, 32), "dc-ae-f64c128-in-1.0": (128, 64), "rae-dinov2-b-vitxl": (768, 16),
     "taesd": (4, 8), "taesdxl": (4, 8), "kandinsky-2.2-movq": (4, 8),
+    # Wan 2.1: 16 ch at 8x; Wan 2.2 TI2V: 48 ch at 16x; HunyuanImage 2.1: 64 ch at 32x; Cosmos CV8x8x8; KVAE
+    # 2D: 16 ch at 8x; Lumina-DiMOO (aMUSEd VQ): 16x with 64-dim codes; MoVQGAN: 32x32 of 256; MAR KL-16
+    "wan2.1-vae": (16, 8), "wan2.1-vae-original": (16, 8), "showo2-wan2.1-vae": (16, 8), "wan2.2-vae": (48, 16),
+    "wan2.2-vae-original": (48, 16), "hunyuanimage-2.1-vae": (64, 32), "cosmos-1.0-cv8x8x8": (16, 8),
+    "kvae-2d-1.0": (16, 8), "lumina-dimoo-vq": (64, 16), "movqgan-270m": (4, 8), "lumina-mgpt-2.0-movqgan": (4, 8),
+    "mar-kl16": (16, 16),
 }  # fmt: skip
+
+
+def test_every_release_is_checked_for_its_geometry():
+    assert set(KNOWN_GEOMETRY) == set(dv.RELEASE_BY_NAME)
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_GEOMETRY))
@@ -231,8 +241,9 @@ def test_release_table_builds_full_size_on_meta(name):
     assert all(p.is_meta for p in model.parameters())
     r = release.resolution
     x = torch.empty(1, 3, r, r, device="meta")
+    video = release.class_name in ("AutoencoderKLQwenImage", "AutoencoderKLWan", "AutoencoderKLCosmos")
     with torch.no_grad():
-        if release.class_name == "AutoencoderKLQwenImage":
+        if video:  # still images as one frame
             z = model.encode(x.unsqueeze(2)).latent_dist.mode()[:, :, 0]
         else:
             out = model.encode(x)
@@ -249,6 +260,15 @@ def test_release_table_builds_full_size_on_meta(name):
 def test_sd_vae_parameter_count():
     # 83,653,863: the Stable Diffusion kl-f8 autoencoder
     assert sum(p.numel() for p in dv.build_on_meta("sd-vae-ft-mse").parameters()) == 83_653_863
+
+
+@pytest.mark.parametrize("name, millions", [
+    ("movqgan-270m", 270), ("kandinsky-2.2-movq", 67),  # SBER-MoVQGAN's names: 270M and 67M parameters
+    ("wan2.1-vae", 127),  # the Wan report: Wan-VAE has 127M parameters
+])  # fmt: skip
+def test_published_parameter_counts(name, millions):
+    count = sum(p.numel() for p in dv.build_on_meta(name).parameters())
+    assert abs(count / 1e6 - millions) < 1.0, count
 
 
 def test_gated_releases_say_how_to_get_access():
@@ -412,7 +432,8 @@ def test_missing_or_unexpected_keys_are_refused(vae_dir, tmp_path):
             tokbench.load_tokenizer("diffusers-vae", weights=folder)
 
 
-@pytest.mark.parametrize("suite", ["reproduce/sd_vae.yaml", "sweeps/rate_distortion_vae.yaml"])
+@pytest.mark.parametrize("suite", ["reproduce/sd_vae.yaml", "reproduce/unified_vaes.yaml",
+                                   "sweeps/rate_distortion_vae.yaml"])
 def test_shipped_suites_name_known_tokenizers(suite, monkeypatch):
     from pathlib import Path
 

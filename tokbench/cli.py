@@ -53,8 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if isinstance(raw, dict):  # command-line settings are checked with the suite's own (nothing runs before)
         raw = {**raw, **({"device": args.device} if args.device else {}),
                **({"batch_size": args.batch_size} if args.batch_size is not None else {})}
-        if args.data:
-            raw["data"] = list(args.data)
+        if args.data:  # the suite's stratified split (for the probes) carries over to the sources named here
+            split = next((d["split"] for d in raw.get("data") or [] if isinstance(d, dict) and d.get("split")), None)
+            raw["data"] = [{"source": d, "split": split} if split else d for d in args.data]
         if args.limit is not None:
             raw["data"] = [{"source": d, "limit": args.limit} if isinstance(d, str) else {**d, "limit": args.limit}
                            for d in raw.get("data") or ["samples"]]
@@ -157,13 +158,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     family, variant = find(args.name)
     print(f"family: {family.name} ({family.description})")
     if variant is not None:
-        print(json.dumps({"variant": variant.name, "config": dict(variant.config), "options": dict(variant.options),
+        print(json.dumps({"variant": variant.name, "description": variant.description,
+                          "config": dict(variant.config), "options": dict(variant.options),
                           "weights": variant.weights.source if variant.weights else None,
+                          "licence": variant.weights.licence if variant.weights else None,
                           "resolution": variant.resolution, "paper": variant.paper,
                           "published": dict(variant.published), "published_source": variant.published_source},
                          indent=2, default=str))
     else:
         print("variants: " + ", ".join(v.name for v in family.variants))
+    print("build options: " + (", ".join(family.build_options or {}) or "none")
+          + "; encode options: " + (", ".join(family.encode_options) or "none"))
     return 0
 
 

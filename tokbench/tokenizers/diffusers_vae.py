@@ -41,6 +41,7 @@ import torch
 
 from ..building import Build
 from ..core import ModuleTokenizer, TokbenchError, TokenizerSpec, Tokens, bits_for, check_images
+from ..features import check_stage, grid_tokens
 from ..options import DType, PositiveInt
 from ..registry import Family, Variant
 from ..weights import Artifact, WeightsUnavailable, resolve
@@ -200,7 +201,7 @@ def latent_normalisation(class_name: str, config: Mapping[str, Any]) -> str:
         return "(z - latents_mean) / latents_std per channel" + (f", times {scale}" if scale != 1.0 else "")
     if mean == 0.0 and scale == 1.0:
         return "none (the latent as the encoder gives it)"
-    return f"(z - {mean}) * {scale}"
+    return f"z * {scale}" if mean == 0.0 else f"(z - {mean}) * {scale}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,9 +215,9 @@ class Release:
 
     `config` is the release's config.json (diffusers constructor arguments; fields equal to the class
     default may be omitted); `single_file` names an original-layout checkpoint, read with the config given
-    here (no download of a config) through `single_file_layout`'s key map: "ldm" (diffusers'
-    `from_single_file`), "wan" (Wan's `.pth`) or "taming" (taming/LDM `.ckpt` with encoder attention or
-    spatial norms; tokbench's map, diffusers has none that is exact). `config_complete` is False where the
+    here (no download of a config) through the key map its class and config call for
+    (`single_file_layout`: diffusers' `from_single_file` for LDM VAEs, tokbench's for Wan's `.pth` and
+    taming/LDM `.ckpt` with encoder attention or spatial norms). `config_complete` is False where the
     table leaves out data the real config.json carries (RAE's latent statistics): loading then needs that
     file. `dtype` is the precision the release is meant to run in (tokbench measures float32 unless asked);
     `pixels` the range its own code feeds the autoencoder (None: the class's).
@@ -233,7 +234,6 @@ class Release:
     description: str
     gated: bool = False
     single_file: str | None = None
-    single_file_layout: str = "ldm"
     config_complete: bool = True
     artifact_name: str | None = None
     revision: str = "main"
@@ -486,12 +486,12 @@ RELEASES = (
             "2.1's and Cosmos-Predict2's latent space", paper=WAN_PAPER),
     Release("wan2.1-vae-original", "AutoencoderKLWan", "Wan-AI/Wan2.1-T2V-1.3B", None, "Apache-2.0",
             WAN21_VAE_CONFIG, 480, "float32", "the same Wan 2.1 VAE as the original Wan2.1_VAE.pth",
-            single_file="Wan2.1_VAE.pth", single_file_layout="wan", paper=WAN_PAPER),
+            single_file="Wan2.1_VAE.pth", paper=WAN_PAPER),
     Release("showo2-wan2.1-vae", "AutoencoderKLWan", "Wan-AI/Wan2.1-T2V-1.3B", None, "Apache-2.0",
             WAN21_VAE_CONFIG, 432, "bfloat16",
             "Show-o2's generation latent space: Wan2.1_VAE.pth at Show-o2's 432 px (54x54x16 latents, which "
             "Show-o2 patchifies 2x2 and fuses with SigLIP features)", single_file="Wan2.1_VAE.pth",
-            single_file_layout="wan", artifact_name="wan2.1-vae-original",
+            artifact_name="wan2.1-vae-original",
             paper="Xie et al., Show-o2: Improved Native Unified Multimodal Models, 2025 (github.com/showlab/Show-o)"),
     Release("wan2.2-vae", "AutoencoderKLWan", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "vae", "Apache-2.0",
             WAN22_VAE_CONFIG, 704, "float32",
@@ -499,7 +499,7 @@ RELEASES = (
             "images as one frame); Wan 2.2 TI2V-5B's latent space", paper=WAN_PAPER),
     Release("wan2.2-vae-original", "AutoencoderKLWan", "Wan-AI/Wan2.2-TI2V-5B", None, "Apache-2.0",
             WAN22_VAE_CONFIG, 704, "float32", "the same Wan 2.2 VAE as the original Wan2.2_VAE.pth",
-            single_file="Wan2.2_VAE.pth", single_file_layout="wan", paper=WAN_PAPER),
+            single_file="Wan2.2_VAE.pth", paper=WAN_PAPER),
     Release("hunyuanimage-2.1-vae", "AutoencoderKLHunyuanImage", "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
             "vae", "Tencent Hunyuan Community License", HUNYUANIMAGE21_VAE_CONFIG, 2048, "bfloat16",
             "HunyuanImage 2.1's VAE: 64 channels at 32x, for its 2K images (scaling_factor 0.75289)",
@@ -521,17 +521,17 @@ RELEASES = (
             "arXiv:2510.06308"),
     Release("movqgan-270m", "VQModel", "ai-forever/MoVQGAN", None, "see the model card", MOVQGAN_270M_CONFIG, 256,
             "float32", "SBER-MoVQGAN 270M (16384 codes of 4 at 8x, spatially normalised decoder), from the "
-            "original movqgan_270M.ckpt", single_file="movqgan_270M.ckpt", single_file_layout="taming",
+            "original movqgan_270M.ckpt", single_file="movqgan_270M.ckpt",
             paper=MOVQ_PAPER, published={"rfid": 0.686, "ssim": 0.741, "psnr": 27.037},
             published_source=MOVQGAN_README),
     Release("lumina-mgpt-2.0-movqgan", "VQModel", "ai-forever/MoVQGAN", None, "see the model card",
             MOVQGAN_270M_CONFIG, 768, "float32",
             "Lumina-mGPT 2.0's image tokenizer: movqgan_270M.ckpt at its 768 px (96x96 ids)",
-            single_file="movqgan_270M.ckpt", single_file_layout="taming", artifact_name="movqgan-270m",
+            single_file="movqgan_270M.ckpt", artifact_name="movqgan-270m",
             paper="Lumina-mGPT 2.0 (Alpha-VLLM, 2025; github.com/Alpha-VLLM/Lumina-mGPT-2.0)"),
     Release("mar-kl16", "AutoencoderKL", "wusize/harmon", None, "MIT", MAR_KL16_CONFIG, 256, "float32",
             "MAR's KL-16 VAE (16 channels at 16x; MAR and Harmon generate in its latent space, times 0.2325), "
-            "from the original kl16.ckpt", single_file="kl16.ckpt", single_file_layout="taming",
+            "from the original kl16.ckpt", single_file="kl16.ckpt",
             paper="Li et al., Autoregressive Image Generation without Vector Quantization, NeurIPS 2024"),
 )  # fmt: skip
 RELEASE_BY_NAME = {r.name: r for r in RELEASES}
@@ -603,8 +603,8 @@ def _wan_key(key: str, res_blocks: int, residual: bool) -> str:
         return f"{part}.{'norm_out' if index == '0' else 'conv_out'}.{rest}"
     if name == "middle":
         index, _, rest = rest.partition(".")
-        where = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}[index]
-        return f"{part}.mid_block.{where}.{_wan_block(rest)}"
+        where = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}.get(index)
+        return f"{part}.mid_block.{where}.{_wan_block(rest)}" if where else key
     if name not in ("downsamples", "upsamples"):
         return key
     blocks = "down_blocks" if part == "encoder" else "up_blocks"
@@ -662,7 +662,9 @@ def _taming_key(key: str, levels: int) -> str:
         block, _, rest = rest.partition(".")
         if block == "attn_1":
             return f"{part}.mid_block.attentions.0.{_taming_attention(rest)}"
-        return f"{part}.mid_block.resnets.{int(block[-1]) - 1}.{_taming_resnet(rest)}"
+        if block in ("block_1", "block_2"):
+            return f"{part}.mid_block.resnets.{int(block[-1]) - 1}.{_taming_resnet(rest)}"
+        return key
     if name not in ("down", "up"):
         return key  # conv_in, conv_out
     index, _, rest = rest.partition(".")
@@ -689,7 +691,8 @@ def taming_to_diffusers(state: Mapping[str, torch.Tensor], config: Mapping[str, 
     out = {}
     for key, value in state.items():
         new = _taming_key(key, levels)
-        if re.search(r"\.(attentions\.\d+|mid_block\.attentions\.0)\.(to_q|to_k|to_v|to_out\.0)\.weight$", new):
+        attention = re.search(r"\.attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", new)
+        if attention and value.ndim == 4 and tuple(value.shape[2:]) == (1, 1):
             value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out
@@ -713,8 +716,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
-        raise TokbenchError(f"could not read {path} as a checkpoint: {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
-            from None
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise TokbenchError(
+            f"could not read {path} as a checkpoint: {type(e).__name__}: {first}; tokbench reads torch files with "
+            "weights_only=True (tensors, no arbitrary objects): if this is a trusted file in PyTorch's legacy .tar "
+            "format or a training checkpoint holding other objects, re-save its state dict once as safetensors"
+        ) from None
     while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         inner = next((state[w] for w in _WRAPPERS if isinstance(state.get(w), Mapping)), None)
         if inner is None:
@@ -753,16 +760,17 @@ def load_mapped(path: Path, config: Mapping[str, Any], layout: str) -> torch.nn.
     state = KEY_MAPS[layout](read_state_dict(path), config)
     with _quiet_diffusers():
         model = cls.from_config(full_config(class_name, config))
-    result = model.load_state_dict(state, strict=False)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
-    problems = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys), "wrongly shaped": wrong}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = {"missing": [k for k in expected if k not in state],
+                "unexpected": [k for k in state if k not in expected],
+                "wrongly shaped": [k for k, v in state.items() if k in expected and tuple(v.shape) != expected[k]]}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
         detail = "; ".join(f"{k}: {', '.join(v[:6])}" + (f" (+{len(v) - 6} more)" if len(v) > 6 else "")
                            for k, v in problems.items())  # fmt: skip
         raise TokbenchError(f"{path.name} ({layout} layout) does not fit the {class_name} config: {detail}; check "
                             "that the config belongs to these weights")
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -1140,6 +1148,29 @@ class DiffusersVAETokenizer(ModuleTokenizer):
             return x.clamp(0, 1)
         return ((x + 1) / 2).clamp(0, 1)
 
+    # understanding: token features for the probes (tokbench.features)
+    @property
+    def feature_stages(self) -> tuple[str, ...]:
+        return ("pre_quant", "post_quant") if self.kind == "vq" else ("post_quant",)
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, stage: str | None = None) -> torch.Tensor:
+        """(B, h*w, C) float32, row-major. Continuous classes: `post_quant`, the normalised latent `encode`
+        returns (the tokens; posterior mode, or the seeded sample with `sample`). VQModel: `pre_quant` the
+        quantiser input (quant_conv output), `post_quant` the codebook rows of the ids (the decoder's input)."""
+        stage = stage or self.feature_stages[0]
+        check_stage(self, stage)
+        if self.kind != "vq":
+            return self.encode(images).features
+        check_images(images)
+        self._check_size(images)
+        z = self._raw_latent(self._model_input(images))
+        if stage == "post_quant":
+            b, c, h, w = z.shape
+            _, _, (_, _, ids) = self.model.quantize(z)  # as encode
+            z = self.model.quantize.get_codebook_entry(ids.reshape(-1), (b, h, w, c))
+        return grid_tokens(z)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Build and family
@@ -1195,6 +1226,11 @@ def build(b: Build) -> DiffusersVAETokenizer:
     if resolution % f:
         raise TokbenchError(f"resolution must be a multiple of {f} (the downsample factor), got {resolution}")
     pixels = _pixel_range(class_name, release, b.option("pixel_range"))
+    stats = latent_statistics(class_name, cfg)
+    for what, values in zip(("latents_mean", "latents_std"), stats[:2] if stats else ()):
+        if isinstance(values, list) and len(values) != channels:
+            raise TokbenchError(f"the config's {what} has {len(values)} values (per frame for Cosmos) for {channels} "
+                                f"latent channels; fix config.json so the pipeline's normalisation is defined")
     side = resolution // f
     seed = int(torch.initial_seed() if seed is None else seed)
     import diffusers
@@ -1253,4 +1289,5 @@ FAMILY = Family(
     build_options={"dtype": (DType, "float32"), "resolution": PositiveInt, "sample": (bool, False), "seed": int,
                    "storage_bits": (PositiveInt, DEFAULT_STORAGE_BITS), "pixel_range": PixelRange},
     code="https://github.com/huggingface/diffusers (the releases' own classes)",
+    packages=("diffusers",),
 )
