@@ -4,6 +4,7 @@ the text section, comparisons): a sweep point's label, the curves of a rate-dist
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -44,3 +45,61 @@ def metric_directions(jobs: list[dict[str, Any]]) -> dict[str, str]:
             if out.setdefault(key, way) != way:
                 conflicting.add(key)
     return {k: v for k, v in out.items() if k not in conflicting}
+
+
+# Columns of the main table: (result key, header, unit). Values are formatted by their unit.
+MAIN_COLUMNS = [
+    ("tokens_per_image", "tokens/img", "count"),
+    ("bpp", "bpp", "bits per pixel"),
+    ("latent_values_per_pixel", "latent values/px", "values per pixel"),
+    ("psnr", "PSNR (dB)", "dB"),
+    ("ssim", "SSIM", "index"),
+    ("ms_ssim", "MS-SSIM", "index"),
+    ("lpips", "LPIPS", "index"),
+    ("lpips_vgg", "LPIPS-VGG", "index"),
+    ("rfid", "rFID", "FID"),
+    ("rfid_torch_fidelity", "rFID (ADM)", "FID"),
+    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "FID"),
+    ("psnr_llamagen", "PSNR* (dB)", "dB"),
+    ("ssim_llamagen", "SSIM*", "index"),
+    ("semantic_similarity", "sem. sim.", "index"),
+    ("zeroshot_top1", "0-shot top-1", "percent"),  # the metric reports % already
+    ("zeroshot_top1_recon", "0-shot top-1 recon", "percent"),
+    ("knn_top1_k20", "k-NN top-1", "percent"),  # DINO weighted k-NN on the token features, k = 20
+    ("linear_probe_top1", "lin. probe top-1", "percent"),
+    ("clip_score", "CLIP-score", "score"),
+    ("text_acc", "text acc", "fraction"),  # word accuracy 0..1, shown as %
+    ("text_acc_orig", "text acc orig", "fraction"),
+    ("text_ned", "text NED sim.", "index"),
+    ("codebook_usage", "code usage", "fraction"),  # 0..1, shown as %
+    ("code_perplexity", "perplexity", "score"),
+    ("encode_images_per_s", "enc img/s", "per second"),
+    ("decode_images_per_s", "dec img/s", "per second"),
+    ("peak_memory_mb", "peak MiB", "MiB"),
+]
+UNIT_FORMATS = {
+    "count": "{:.0f}", "bits per pixel": "{:.4f}", "dB": "{:.2f}", "index": "{:.4f}", "FID": "{:.3f}",
+    "percent": "{:.2f}%", "fraction": "{:.1%}", "score": "{:.2f}", "MiB": "{:.0f}", "values per pixel": "{:.4f}",
+}
+
+
+def format_value(value: Any, unit: str) -> str:
+    """A number as the report prints it in `unit` (see UNIT_FORMATS); '' for missing values. Rates
+    keep three significant digits (CPU rows are well under 1 image/s) without an exponent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    try:
+        if unit == "per second":
+            v = float(value)
+            if v == 0 or abs(v) >= 100:
+                return f"{v:.0f}"
+            return f"{v:.{2 - math.floor(math.log10(abs(v)))}f}"
+        return UNIT_FORMATS[unit].format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+CONTINUOUS_NOTE = (
+    "continuous latents (no codebook): bpp counts C*h*w latent values at the stated storage precision "
+    "(tokbench convention, no quantisation or entropy coding), not comparable to VQ bits"
+)

@@ -7,7 +7,6 @@ can redo it at any later time. Each number is shown with the protocol it was mea
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from pathlib import Path
@@ -16,7 +15,16 @@ from typing import Any
 import pandas as pd
 
 from .core import TokbenchError
-from .presentation import CODEC_FAMILIES, markdown_table, metric_directions, rate_curves, sweep_label
+from .presentation import (
+    CODEC_FAMILIES,
+    CONTINUOUS_NOTE,
+    MAIN_COLUMNS,
+    format_value,
+    markdown_table,
+    metric_directions,
+    rate_curves,
+    sweep_label,
+)
 from .runfolder import (
     IMAGES_DIR,
     JOB_SKIPPED,
@@ -30,7 +38,9 @@ from .runfolder import (
     SUMMARY_CSV,
     SUMMARY_JSON,
     SUMMARY_TEX,
+    CorruptFile,
     job_dir,
+    read_json,
     read_rows,
     sample_image,
     sample_positions,
@@ -38,7 +48,7 @@ from .runfolder import (
     write_json,
 )
 from .text_report import face_figures, face_section, text_figures, text_section
-from .understanding_report import tradeoff_plot, understanding_section
+from .understanding_report import tradeoff_plot, understanding_html, understanding_section
 from .viewer import (
     SampleJob,
     column_titles,
@@ -50,69 +60,6 @@ from .viewer import (
 )
 from .viewer import head_html as viewer_head_html
 from .viewer import script_html as viewer_script_html
-
-# Columns of the main table: (result key, header, unit). Values are formatted by their unit.
-MAIN_COLUMNS = [
-    ("tokens_per_image", "tokens/img", "count"),
-    ("bpp", "bpp", "bits per pixel"),
-    ("latent_values_per_pixel", "latent values/px", "values per pixel"),
-    ("psnr", "PSNR (dB)", "dB"),
-    ("ssim", "SSIM", "index"),
-    ("ms_ssim", "MS-SSIM", "index"),
-    ("lpips", "LPIPS", "index"),
-    ("lpips_vgg", "LPIPS-VGG", "index"),
-    ("rfid", "rFID", "FID"),
-    ("rfid_torch_fidelity", "rFID (ADM)", "FID"),
-    ("rfid_pytorch_fid", "rFID (pytorch-fid)", "FID"),
-    ("psnr_llamagen", "PSNR* (dB)", "dB"),
-    ("ssim_llamagen", "SSIM*", "index"),
-    ("semantic_similarity", "sem. sim.", "index"),
-    ("zeroshot_top1", "0-shot top-1", "percent"),  # the metric reports % already
-    ("zeroshot_top1_recon", "0-shot top-1 recon", "percent"),
-    ("knn_top1_k20", "k-NN top-1", "percent"),  # DINO weighted k-NN on the token features, k = 20
-    ("linear_probe_top1", "lin. probe top-1", "percent"),
-    ("clip_score", "CLIP-score", "score"),
-    ("text_acc", "text acc", "fraction"),  # word accuracy 0..1, shown as %
-    ("text_acc_orig", "text acc orig", "fraction"),
-    ("text_ned", "text NED sim.", "index"),
-    ("codebook_usage", "code usage", "fraction"),  # 0..1, shown as %
-    ("code_perplexity", "perplexity", "score"),
-    ("encode_images_per_s", "enc img/s", "per second"),
-    ("decode_images_per_s", "dec img/s", "per second"),
-    ("peak_memory_mb", "peak MiB", "MiB"),
-]
-# Which way is better, for marking the best value of each column (rate columns are the axis, not a score).
-HIGHER_IS_BETTER = {"psnr", "ssim", "ms_ssim", "psnr_llamagen", "ssim_llamagen", "semantic_similarity", "zeroshot_top1",
-                    "zeroshot_top1_recon", "knn_top1_k20", "linear_probe_top1", "clip_score", "text_acc", "text_ned", "codebook_usage", "code_perplexity",
-                    "encode_images_per_s",
-                    "decode_images_per_s"}
-LOWER_IS_BETTER = {"lpips", "lpips_vgg", "rfid", "rfid_torch_fidelity", "rfid_pytorch_fid", "peak_memory_mb"}
-UNIT_FORMATS = {
-    "count": "{:.0f}", "bits per pixel": "{:.4f}", "dB": "{:.2f}", "index": "{:.4f}", "FID": "{:.3f}",
-    "percent": "{:.2f}%", "fraction": "{:.1%}", "score": "{:.2f}", "MiB": "{:.0f}", "values per pixel": "{:.4f}",
-}
-
-
-def format_value(value: Any, unit: str) -> str:
-    """A number as the report prints it in `unit` (see UNIT_FORMATS); '' for missing values. Rates
-    keep three significant digits (CPU rows are well under 1 image/s) without an exponent."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    try:
-        if unit == "per second":
-            v = float(value)
-            if v == 0 or abs(v) >= 100:
-                return f"{v:.0f}"
-            return f"{v:.{2 - math.floor(math.log10(abs(v)))}f}"
-        return UNIT_FORMATS[unit].format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
-CONTINUOUS_NOTE = (
-    "continuous latents (no codebook): bpp counts C*h*w latent values at the stated storage precision "
-    "(tokbench convention, no quantisation or entropy coding), not comparable to VQ bits"
-)
 
 
 def _continuous(r: Any) -> bool:
@@ -140,13 +87,16 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not run_path.is_file():
         raise TokbenchError(f"{run_dir} is not a tokbench run folder (no {RUN_RECORD}); give the --out folder of "
                             "a `tokbench run`")
-    run = json.loads(run_path.read_text())
+    run = read_json(run_path)  # cut or edited by hand: one line naming it (CorruptFile), not a traceback
     jobs = []
     for job_id in run.get("jobs", []):
         d = job_dir(run_dir, job_id)
         for name in (JOB_SUMMARY, JOB_SKIPPED):
             if (d / name).is_file():
-                jobs.append(json.loads((d / name).read_text()))
+                try:  # the other jobs are still reported; a re-run measures this one again
+                    jobs.append(read_json(d / name, "re-run the same `tokbench run` command to measure this job again"))
+                except CorruptFile as e:
+                    jobs.append({"job": job_id, "status": "not run", "reason": str(e)})
                 break
         else:
             jobs.append({"job": job_id, "status": "not run", "reason": "interrupted before this job"})
@@ -371,10 +321,6 @@ def reconstruction_grid(run_dir: Path, jobs: list[dict[str, Any]], path: Path, c
 # ----------------------------------------------------------------------------------------------
 
 
-def _bold(html_text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html_text)
-
-
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report/{report.md, summary.csv, summary.tex, index.html, *.png} and
     RUN_DIR/rows.parquet (all per-image rows). Returns the report folder."""
@@ -509,6 +455,7 @@ def _write_report(run_dir: Path) -> Path:
          + "<br>".join(html.escape(line[2:]) for line in continuous_rate_lines(df)) + "</p>")
         if continuous_rate_lines(df) else "",
         viewer_section_html(samples),
+        understanding_html(jobs),
         ("<h2>Published vs measured</h2>" + published.to_html(index=False, table_id="published", border=0)
          if not published.empty else ""),
         "<h2>Protocols</h2><ul class='note'>"

@@ -62,6 +62,7 @@ ROWS_PARQUET = "rows.parquet"
 # heat maps (viewer/diff/<run>/<job>/<position>.png) and, in a comparison, copies of the runs' samples
 # (viewer/samples/<run>/<job>/*.png) so the comparison folder opens without the run folders.
 VIEWER_DIR, VIEWER_DIFF_DIR, VIEWER_SAMPLES_DIR = "viewer", "diff", "samples"
+VIEWER_SCREENSHOT = "viewer.png"  # report/viewer.png: a screenshot of the viewer (`viewer.screenshot`), committed
 # A comparison folder (`tokbench compare RUN_DIR... --out DIR`): index.html (REPORT_HTML), these, figures, viewer/
 COMPARISON_MD, COMPARISON_CSV, COMPARISON_TEX = "comparison.md", "comparison.csv", "comparison.tex"
 COMPARISON_JSON = "comparison.json"
@@ -243,10 +244,10 @@ def is_storage_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in STORAGE_ERRNOS
 
 
-def describe_os_error(e: OSError, resumable: bool = True) -> str:
-    """One line for a failed read or write: the path, what went wrong, and what to do (`resumable`: a
-    re-run of the same command goes on where this one stopped)."""
-    path = e.filename if e.filename is not None else "(unknown path)"
+def describe_os_error(e: OSError, resumable: bool = True, path: Path | str | None = None) -> str:
+    """One line for a failed read or write: the path (`path` where the error names none), what went
+    wrong, and what to do (`resumable`: a re-run of the same command goes on where this one stopped)."""
+    path = e.filename if e.filename is not None else path if path is not None else "(a file of the run folder)"
     if e.filename2 is not None:
         path = f"{path} -> {e.filename2}"
     path = str(path).removesuffix(".tmp")
@@ -281,9 +282,11 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # a failed write or fsync: name the file
+            e.filename = str(path)
         raise
 
 
@@ -365,6 +368,7 @@ class JobState:
     identity: str | None = None
     files: dict[int, Fingerprint] = field(default_factory=dict)
     listing: list[Fingerprint] | None = None
+    images: int | None = None  # how many images the data set had (`len(listing)` when saved)
 
     def fingerprint(self, position: int) -> Fingerprint | None:
         if position in self.files:
@@ -381,7 +385,8 @@ class JobState:
         known = [(p, f) for p, f in zip(done, prints) if f is not None]
         return {"done": torch.tensor(done, dtype=torch.long), "skipped": self.skipped,
                 "metrics": self.metrics, "metric_skips": self.metric_skips, "absorbed": self.absorbed,
-                "identity": self.identity, "file_positions": torch.tensor([p for p, _ in known], dtype=torch.long),
+                "identity": self.identity, "images": len(self.listing) if self.listing is not None else self.images,
+                "file_positions": torch.tensor([p for p, _ in known], dtype=torch.long),
                 "file_ids": [f[0] for _, f in known],
                 "file_stamps": torch.tensor([[f[1], f[2]] for _, f in known], dtype=torch.long).reshape(-1, 2)}
 
@@ -402,7 +407,8 @@ class JobState:
                 files = {int(p): (str(i), int(s[0]), int(s[1]))
                          for p, i, s in zip(raw["file_positions"].tolist(), raw["file_ids"], stamps)}
             return cls(done, list(raw.get("skipped", [])), dict(raw.get("metrics", {})),
-                       dict(raw.get("metric_skips", {})), list(raw.get("absorbed", [])), raw.get("identity"), files)
+                       dict(raw.get("metric_skips", {})), list(raw.get("absorbed", [])), raw.get("identity"), files,
+                       images=raw.get("images"))
         except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError,
                 IndexError, UnicodeDecodeError) as e:
             raise CorruptFile(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
@@ -417,12 +423,14 @@ class JobState:
 class DataChange:
     """How a data set differs from the one a job's saved progress counted: `moved` maps each counted
     position to the position of the same file (same id, size and modification time) now; `removed` and
-    `modified` name counted images that are gone or changed; `added` counts images not counted yet."""
+    `modified` name counted images that are gone or changed; `before` and `now` are the numbers of images
+    (before: None where the saved progress does not say)."""
 
     moved: dict[int, int]
     removed: list[str]
     modified: list[str]
-    added: int
+    before: int | None
+    now: int
 
     @property
     def refused(self) -> bool:
@@ -431,8 +439,9 @@ class DataChange:
 
     def describe(self) -> str:
         parts = []
-        if self.added:
-            parts.append(f"{self.added} image{'s' * (self.added != 1)} added")
+        if self.before is not None and self.before != self.now:
+            change = self.now - self.before
+            parts.append(f"{abs(change)} image{'s' * (abs(change) != 1)} {'added' if change > 0 else 'fewer'}")
         for what, ids in (("removed", self.removed), ("modified", self.modified)):
             if ids:
                 shown = ", ".join(ids[:3]) + (f", ... ({len(ids)} in all)" if len(ids) > 3 else "")
@@ -440,7 +449,7 @@ class DataChange:
         moved = sum(p != q for p, q in self.moved.items())
         if moved:
             parts.append(f"{moved} counted image{'s' * (moved != 1)} at other positions")
-        return "; ".join(parts) or "the same files in another order"
+        return "; ".join(parts) or "other files among those not counted yet"
 
 
 def match_counted(state: JobState, listing: list[Fingerprint]) -> DataChange:
@@ -464,8 +473,7 @@ def match_counted(state: JobState, listing: list[Fingerprint]) -> DataChange:
             modified.append(fp[0])
         else:
             moved[pos] = now
-    counted = set(moved.values())
-    return DataChange(moved, removed, modified, sum(1 for p in range(len(listing)) if p not in counted))
+    return DataChange(moved, removed, modified, state.images, len(listing))
 
 
 def moved_state(state: JobState, change: DataChange, listing: list[Fingerprint], identity: str) -> JobState:
@@ -474,7 +482,7 @@ def moved_state(state: JobState, change: DataChange, listing: list[Fingerprint],
     skipped.sort(key=lambda s: s["index"])
     return JobState({change.moved[p] for p in state.done if p in change.moved}, skipped, state.metrics,
                     state.metric_skips, state.absorbed, identity,
-                    {q: listing[q] for q in change.moved.values()})
+                    {q: listing[q] for q in change.moved.values()}, images=len(listing))
 
 
 class JobStore:
