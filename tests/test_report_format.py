@@ -26,6 +26,8 @@ EXPECTED = {
     "semantic_similarity": (0.8765, "0.8765"),
     "zeroshot_top1": (75.0, "75.00%"),  # zero-shot reports percent: 75 % is not 7500 %
     "zeroshot_top1_recon": (62.5, "62.50%"),
+    "knn_top1_k20": (41.25, "41.25%"),  # the probes report percent too
+    "linear_probe_top1": (55.5, "55.50%"),
     "clip_score": (31.4159, "31.42"),
     "text_acc": (0.8125, "81.2%"),  # word accuracy, a fraction of the words
     "text_acc_orig": (0.96875, "96.9%"),

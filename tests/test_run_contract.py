@@ -262,8 +262,10 @@ def test_every_data_source_kind_parses_in_a_suite_and_typos_are_named():
     from tokbench.suite_check import SuiteInvalid
 
     parse_suite({"tokenizers": ["jpeg-q75"], "data": ["samples", "text-synth", "text-synth:count=2", "folder:/x",
-                                                          "imagenet-val:/y", "tokbench-text:/z"]})
-    assert set(SOURCE_KINDS) == {"samples", "folder", "imagenet-val", "text-synth", "tokbench-text"}
+                                                          "imagenet-val:/y", "tokbench-text:/z", "imagenet-train:/t",
+                                                          "karpathy:/k.json"]})
+    assert set(SOURCE_KINDS) >= {"samples", "folder", "imagenet-val", "text-synth", "tokbench-text", "imagenet-train",
+                                 "karpathy"}
     with pytest.raises(SuiteInvalid) as e:
         parse_suite({"tokenizers": ["jpeg-q75"], "data": ["sample", "folder:", "samples:3"]})
     assert [(p[0], p[1]) for p in e.value.problems] == [("data[0]", "sample"), ("data[1]", "folder:"),

@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 
 from .core import TokbenchError
+from .facedata import FaceBox, PlacedFaces, faces_path, place_faces, read_faces
 from .images import BadImage, open_image, to_rgb_or_rgba  # noqa: F401 - re-exported: data's public names
 from .protocols import get_protocol, move_boxes
 from .runfolder import is_run_folder
-from .textdata import BadAnnotation, TextBox, annotation_path, read_annotations
+from .textdata import BadAnnotation, FontUnavailable, TextBox, annotation_path, read_annotations
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -51,6 +52,7 @@ class ImageRecord:
     caption: str | None = None
     text: tuple[TextBox, ...] | None = None  # words with boxes in the file's pixels (annotated data)
     split: str | None = None  # "train" or "eval" where the data entry has a training split (the probes)
+    faces: tuple[FaceBox, ...] | None = None  # faces with boxes (and keypoints) in the file's pixels (facedata)
 
 
 @dataclass
@@ -223,7 +225,12 @@ def _folder(path: str, name: str) -> ImageDataset:
         except BadAnnotation as e:  # the image still counts for the metrics that need no annotations
             text = None
             sidecars.append({"id": rel, "path": str(annotation_path(p)), "reason": f"{e}; annotations left out"})
-        records.append(ImageRecord(str(p), rel, caption=caption, text=text))
+        try:
+            faces = read_faces(p)
+        except BadAnnotation as e:  # as a bad .text.json: the image counts without its faces
+            faces = None
+            sidecars.append({"id": rel, "path": str(faces_path(p)), "reason": f"{e}; faces left out"})
+        records.append(ImageRecord(str(p), rel, caption=caption, text=text, faces=faces))
     return ImageDataset(name, f"folder:{root}", records, unlisted=unlisted, sidecar_skips=sidecars)
 
 
@@ -267,13 +274,55 @@ def _loc_val_solution(root: Path) -> dict[str, str] | None:
     return None
 
 
+KARPATHY_IMAGE_FOLDERS = ("", "images", "flickr30k-images", "flickr8k-images")
+
+
+def _karpathy(path: str) -> ImageDataset:
+    """The test split of a Karpathy-split caption file (`dataset_coco.json`, `dataset_flickr30k.json`): images
+    at `filepath/filename` (COCO: val2014/...) or `filename` beside the JSON (or in images/, flickr30k-images/),
+    each with its captions (`sentences[].raw`, one per line of `caption`), in the file's order."""
+    import json
+
+    if not path or "$" in path:
+        raise DataUnavailable(f"data path {path!r} is unset; set the environment variable it names")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataUnavailable(f"Karpathy caption file {str(file)!r} does not exist (dataset_coco.json or "
+                              "dataset_flickr30k.json)")
+    try:
+        entries = [e for e in json.loads(file.read_text())["images"] if e.get("split") == "test"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataUnavailable(f"{file} is not a Karpathy-split caption file ({{'images': [{{'split', 'filename', "
+                              f"'sentences'}}]}}): {type(e).__name__}: {e}") from None
+    records, missing = [], []
+    for e in entries:
+        rel = Path(e.get("filepath", "")) / e["filename"]
+        found = next((file.parent / d / rel for d in KARPATHY_IMAGE_FOLDERS if (file.parent / d / rel).is_file()),
+                     None)
+        if found is None:
+            missing.append(str(rel))
+            continue
+        caption = "\n".join(" ".join(s["raw"].split()) for s in e.get("sentences", []) if s.get("raw"))
+        records.append(ImageRecord(str(found), str(rel), caption=caption or None))
+    if not records:
+        first = f" (first: {missing[0]})" if missing else ""
+        raise DataUnavailable(f"none of the {len(entries)} test images of {file} was found beside it{first}")
+    return ImageDataset(file.stem, f"karpathy:{file}", records)
+
+
 def _text_synth(arg: str, seed: int) -> ImageDataset:
     from .textdata import EXCLUDED_PHOTOS, TEXT_SYNTH_DEFAULTS, parse_options, text_synth_folder
 
     photos = [r.path for r in _samples().records if Path(r.path).name not in EXCLUDED_PHOTOS]
-    folder = text_synth_folder(parse_options(arg, TEXT_SYNTH_DEFAULTS), seed, photos)
-    ds = _folder(str(folder), "text-synth")
-    return replace(ds, name="text-synth", source=f"text-synth:{arg}" if arg else "text-synth")
+    options = parse_options(arg, TEXT_SYNTH_DEFAULTS)
+    try:
+        folder = text_synth_folder(options, seed, photos)
+    except FontUnavailable as e:  # a CJK language without a CJK font: the jobs on it are skipped
+        raise DataUnavailable(str(e)) from None
+    # one name per language, so that reports keep the languages apart (text-synth, text-synth-zh, ...)
+    name = "text-synth" if options["lang"] == "en" else f"text-synth-{options['lang']}"
+    ds = _folder(str(folder), name)
+    return replace(ds, name=name, source=f"text-synth:{arg}" if arg else "text-synth")
 
 
 def _tokbench_text(path: str) -> ImageDataset:
@@ -289,10 +338,35 @@ def _tokbench_text(path: str) -> ImageDataset:
     return ImageDataset("tokbench-text", f"tokbench-text:{Path(path).expanduser()}", records)
 
 
+def _face_synth(arg: str, seed: int) -> ImageDataset:
+    from .facedata import face_synth_folder, face_synth_options
+
+    try:
+        folder = face_synth_folder(face_synth_options(arg), seed)
+    except BadAnnotation as e:
+        raise DataUnavailable(str(e)) from None
+    ds = _folder(str(folder), "face-synth")
+    return replace(ds, name="face-synth", source=f"face-synth:{arg}" if arg else "face-synth")
+
+
+def _tokbench_face(path: str) -> ImageDataset:
+    from .facedata import tokbench_face_records
+
+    if not path or "$" in path:
+        raise DataUnavailable(f"data path {path!r} is unset; set the environment variable it names")
+    try:
+        found = tokbench_face_records(path)
+    except BadAnnotation as e:
+        raise DataUnavailable(str(e)) from None
+    records = [ImageRecord(p, i, faces=faces) for p, i, faces in found]
+    return ImageDataset("tokbench-face", f"tokbench-face:{Path(path).expanduser()}", records)
+
+
 # Every data source kind and how a suite writes it (the one list that suite checks and `open_dataset` share).
 SOURCE_KINDS = {"samples": "samples", "folder": "folder:PATH", "imagenet-val": "imagenet-val:PATH",
                 "text-synth": "text-synth[:OPTIONS]", "tokbench-text": "tokbench-text:PATH",
-                "imagenet-train": "imagenet-train:PATH"}
+                "imagenet-train": "imagenet-train:PATH", "face-synth": "face-synth[:OPTIONS]",
+                "tokbench-face": "tokbench-face:PATH", "karpathy": "karpathy:PATH"}
 
 
 def source_syntax_problem(spec: str) -> str | None:
@@ -316,6 +390,10 @@ def open_dataset(spec: str, limit: int | None = None, seed: int = 0) -> ImageDat
         ds = _samples()
     elif kind == "text-synth":
         ds = _text_synth(arg, seed)
+    elif kind == "face-synth":
+        ds = _face_synth(arg, seed)
+    elif kind == "tokbench-face":
+        ds = _tokbench_face(arg)
     elif kind == "tokbench-text":
         ds = _tokbench_text(arg)
     elif kind == "folder":
@@ -328,6 +406,8 @@ def open_dataset(spec: str, limit: int | None = None, seed: int = 0) -> ImageDat
             ds.class_names = c
     elif kind == "imagenet-val":
         ds = _imagenet_val(arg)
+    elif kind == "karpathy":
+        ds = _karpathy(arg)
     elif kind == "imagenet-train":  # class sub-folders (WordNet ids), labelled as imagenet-val's
         ds = _imagenet_val(arg)
         ds.name, ds.source = "imagenet-train", f"imagenet-train:{Path(arg).expanduser()}"
@@ -409,6 +489,7 @@ class Batch:
     records: list[ImageRecord]
     skipped: list[tuple[int, str, str]]  # (position, path, reason) of unreadable files in this span
     text: list[PlacedText | None] | None = None  # per image, where the data set is annotated
+    faces: list[PlacedFaces | None] | None = None  # per image, where the data set has face annotations
 
 
 @dataclass(frozen=True)
@@ -446,9 +527,10 @@ class _ProtocolDataset(torch.utils.data.Dataset):
             img = self.fn(source, self.size)
             if img.size != (self.size, self.size):
                 raise BadImage(f"protocol returned {img.size}, expected {(self.size, self.size)}")
-            return pos, pil_to_tensor(img), None, place_text(rec, self.protocol, source.size, self.size)
+            return (pos, pil_to_tensor(img), None, place_text(rec, self.protocol, source.size, self.size),
+                    place_faces(rec.faces, self.protocol, source.size, self.size))
         except Exception as e:  # noqa: BLE001 - any failure on one image is a counted skip
-            return pos, None, f"{type(e).__name__}: {e}", None
+            return pos, None, f"{type(e).__name__}: {e}", None, None
 
 
 class _Spans:
@@ -469,8 +551,8 @@ class _Spans:
 def _collate(items):
     """(position, error, placed text) per item and the stacked good images (None if none): stacking in
     the worker lets the DataLoader pin the batch for a non-blocking copy to the GPU."""
-    good = [t for _, t, err, _ in items if err is None]
-    return [(p, err, text) for p, _, err, text in items], (torch.stack(good) if good else None)
+    good = [t for _, t, err, _, _ in items if err is None]
+    return [(p, err, text, faces) for p, _, err, text, faces in items], (torch.stack(good) if good else None)
 
 
 class BatchLoader:
@@ -505,14 +587,16 @@ class BatchLoader:
         ds, size = self.ds, self.size
         self._spans.positions = list(positions)
         for items, stacked in self.loader:
-            good = [(p, text) for p, err, text in items if err is None]
-            skipped = [(p, ds.records[p].path, err) for p, err, _ in items if err is not None]
+            good = [(p, text) for p, err, text, _ in items if err is None]
+            faces = [f for _, err, _, f in items if err is None]
+            skipped = [(p, ds.records[p].path, err) for p, err, _, _ in items if err is not None]
             yield Batch(
                 index=torch.tensor([p for p, _ in good], dtype=torch.long),
                 images=stacked if stacked is not None else torch.empty(0, 3, size, size),
                 records=[ds.records[p] for p, _ in good],
                 skipped=skipped,
                 text=[text for _, text in good] if any(ds.records[p].text is not None for p, _ in good) else None,
+                faces=faces if any(ds.records[p].faces is not None for p, _ in good) else None,
             )
 
     def close(self) -> None:

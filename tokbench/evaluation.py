@@ -193,7 +193,7 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
         if interrupt.requested:  # Ctrl-C also stops the data-loading workers, which surfaces here
             raise interrupt.stop() from None
         if is_storage_error(e):  # a full disk fails every job alike: the run stops and resumes once it is fixed
-            return STORAGE_FAILED + describe_os_error(e)  # type: ignore[arg-type]
+            return STORAGE_FAILED + describe_os_error(e, path=rows_path)  # type: ignore[arg-type]
         return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
     bar.close()
     return None

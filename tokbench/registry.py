@@ -174,12 +174,12 @@ def read_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]
     path = Path(config)
     if not path.is_file():
         raise TokbenchError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8", errors="replace")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+            from .suite import load_yaml  # no alias bombs
 
-            data = yaml.safe_load(text)
+            data = load_yaml(text, f"config file {str(path)!r}")
         else:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - parse errors of either library become one message

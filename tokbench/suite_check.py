@@ -27,9 +27,21 @@ class SuiteInvalid(TokbenchError):
 
     def __init__(self, problems: list[tuple[str, Any, str]], path: str | None = None) -> None:
         self.problems = problems
-        lines = [f"  {where}: {message} (got {value!r})" for where, value, message in problems]
+        lines = [f"  {where}: {message} (got {quote(value)})" for where, value, message in problems]
         super().__init__(f"suite {path or ''} has {len(problems)} problem{'s' * (len(problems) != 1)}; "
                          "nothing was run:\n" + "\n".join(lines))
+
+
+def quote(value: Any, limit: int = 160) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters (in bounded time, however large
+    the value: nested containers are cut at a few items and levels)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 4, 8, 8, 8, 8
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # Metric modules without networks: building one is instant, so its option values are checked by building it.

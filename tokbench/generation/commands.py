@@ -43,21 +43,24 @@ def cmd_gen_eval(args: argparse.Namespace) -> int:
             print(f"{k:45s} {v}")
     print(f"counts: {json.dumps(r['counts'])}\nreport: {out / 'report.md'} (also index.html, summary.csv, "
           "per_prompt.csv, rows.jsonl)")  # fmt: skip
-    return 0
+    from ..runfolder import short_reason
+
+    for what, why in r.get("skipped", {}).items():  # a network not on this machine: the rest was computed
+        print(f"skipped {what}: {short_reason(why)}")
+    return 1 if args.strict and r.get("skipped") else 0
 
 
 def cmd_gen_suite(args: argparse.Namespace) -> int:
     """Run a generation suite YAML: generate with each model, then gen-eval each output."""
-    import yaml
 
+    from ..suite import read_suite_file
     from .evaluate import run_gen_eval
     from .generate import run_generate
 
     path = Path(args.suite)
-    try:
-        suite: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise TokbenchError(f"cannot read generation suite {path}: {e}") from None
+    suite: dict[str, Any] = read_suite_file(path) or {}  # UTF-8, no alias bombs: one clear error
+    if not isinstance(suite, dict):
+        raise TokbenchError(f"generation suite {path} must hold a mapping, got {type(suite).__name__}")
     unknown = sorted(set(suite) - {"kind", "name", "description", "models", "out", "generate", "gen_eval"})
     if unknown:
         raise TokbenchError(f"unknown generation suite keys {unknown} in {path}; known: kind, name, description, "
@@ -117,6 +120,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--fid-mode", default="clean", help="clean (default), torch-fidelity (ADM), pytorch-fid")
     e.add_argument("--tokenizer", help="tokenizer for re-tokenisation (default: the one in manifest.json)")
     e.add_argument("--no-retokenize", action="store_true")
+    e.add_argument("--strict", action="store_true", help="exit 1 when anything was left out for want of a "
+                   "network's weights (the rest is still computed and written)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="auto")
     e.add_argument("--quiet", action="store_true")

@@ -250,8 +250,11 @@ def run_gen_eval(
     `encoders` maps a convention's "MODEL/PRETRAINED" to any object with `encode_image` / `encode_text`
     (instead of open_clip weights); `fid_extractor` replaces the Inception network (tests).
     `retokenize`: None = when the images carry codes; True = required; False = off.
+    A network whose weights are not on this machine (a CLIP backbone, Inception, the tokenizer) leaves
+    out what needs it, listed in the result's `skipped` with the fetch command; the rest is computed.
     """
     from ..metrics.encoders import describe_encoder, load_encoder, move_encoder, open_clip_spec
+    from ..weights import WeightsUnavailable
 
     inputs = collect_inputs(images, prompts)
     root = Path(images).expanduser()
@@ -260,13 +263,23 @@ def run_gen_eval(
     dev = resolve_device(device)
     conventions = [convention(c) for c in clip]
     backbones: dict[str, Any] = {}
+    missing: dict[str, str] = {}  # backbone -> why its weights could not be had (the fetch command)
     for c in conventions:
         name = f"{c.model}/{c.pretrained}"
-        if name not in backbones:
+        if name not in backbones and name not in missing:
             enc = (encoders or {}).get(name)
-            backbones[name] = enc if enc is not None else load_encoder(open_clip_spec(c.model, c.pretrained))
+            try:
+                backbones[name] = enc if enc is not None else load_encoder(open_clip_spec(c.model, c.pretrained))
+            except WeightsUnavailable as e:
+                missing[name] = str(e)
+                continue
             move_encoder(backbones[name], dev)
+    # what was left out for want of a network's weights -> why; everything else is computed
+    skipped = {c.key: missing[f"{c.model}/{c.pretrained}"] for c in conventions if f"{c.model}/{c.pretrained}" in missing}
+    conventions = [c for c in conventions if c.key not in skipped]
     div_backbone = f"{conventions[0].model}/{conventions[0].pretrained}" if conventions else None
+    if div_backbone is None and clip:
+        skipped["diversity"] = f"needs a CLIP backbone: {next(iter(skipped.values()))}"
 
     tok, tok_name = None, None
     has_codes = any(e.codes is not None for e in inputs.entries)
@@ -274,15 +287,21 @@ def run_gen_eval(
         if not has_codes:
             raise TokbenchError("re-tokenisation needs the generated code ids (codes.npy per prompt, as tokbench "
                                 "generate writes); these images have none")  # fmt: skip
-        tok, tok_name = _load_retok_tokenizer(tokenizer, inputs.manifest, dev)
+        try:
+            tok, tok_name = _load_retok_tokenizer(tokenizer, inputs.manifest, dev)
+        except WeightsUnavailable as e:
+            skipped["retokenization"] = str(e)
 
     fid_state = None
     if ref is not None or ref_stats is not None:
         from ..metrics.fid import canonical_mode, inception_extractor
 
         fid_mode = canonical_mode(fid_mode)
-        extractor = fid_extractor if fid_extractor is not None else inception_extractor(fid_mode)
-        fid_state = _FIDStats(extractor, dev)
+        try:
+            extractor = fid_extractor if fid_extractor is not None else inception_extractor(fid_mode)
+            fid_state = _FIDStats(extractor, dev)
+        except WeightsUnavailable as e:
+            skipped[f"fid ({fid_mode})"] = str(e)
 
     rows: list[dict[str, Any]] = []
     unreadable: list[str] = []
@@ -351,7 +370,7 @@ def run_gen_eval(
         "counts": {"prompts": len(inputs.entries), "images_scored": len(rows), "missing": len(inputs.missing),
                    "extra": len(inputs.extra), "unreadable": len(unreadable)},
         "missing": inputs.missing, "extra": inputs.extra, "unreadable": unreadable, "problems": inputs.problems,
-        "summary": summary, "protocols": protocols,
+        "skipped": skipped, "summary": summary, "protocols": protocols,
         "generation": (inputs.manifest or {}).get("sampling"), "generator": (inputs.manifest or {}).get("model"),
         "packages": package_versions(), "device": str(dev),
     }  # fmt: skip

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -147,7 +149,11 @@ def load_detections(path: str | os.PathLike) -> list[ImageDetections]:
         try:
             key = str(row["image_id"])
             width, height = int(row.get("width", 0)), int(row.get("height", 0))
-            dets = row.get("detections", {})
+            if "detections" not in row:  # a typo would otherwise read as "nothing detected" and score 0
+                near = difflib.get_close_matches("detections", [str(k) for k in row], n=1, cutoff=0.6)
+                raise TokbenchError(f"{where}: no \"detections\" key" + (f" ({near[0]!r} is a typo?)" if near else "")
+                                    + '; an image with nothing detected has "detections": {}')
+            dets = row["detections"]
             if not isinstance(dets, dict):
                 raise TypeError("'detections' must map class names to lists")
             by_class = {}
@@ -162,7 +168,11 @@ def load_detections(path: str | os.PathLike) -> list[ImageDetections]:
                     box = [float(v) for v in item["box"]]
                     if len(box) != 4:
                         raise TypeError(f"box {item['box']!r} must be [x0, y0, x1, y1]")
-                    insts.append(Instance(np.asarray(box, dtype=np.float32), np.float32(item["score"]), color=color))
+                    score = float(item["score"])
+                    if not all(math.isfinite(v) for v in (*box, score)):  # NaN compares false: it would pass no rule
+                        raise TokbenchError(f"{where}: a {name!r} has a box or score that is not a finite number "
+                                            f"(box {item['box']!r}, score {item['score']!r})")
+                    insts.append(Instance(np.asarray(box, dtype=np.float32), np.float32(score), color=color))
                 by_class[name] = insts
         except TokbenchError:
             raise

@@ -46,6 +46,8 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")  # order 
 RELATION_EPSILON = 1e-3  # |revised offset| below this on both axes: no relation at all
 RELATION_COSINE = 0.5  # a direction counts when its share of the (unrevised) offset exceeds this, strictly
 COUNTING_TAG = "counting"  # the tag whose images use `counting_threshold` for every class
+# The six tasks of GenEval's evaluation_metadata.jsonl: a tag outside them would be a seventh task in the overall mean.
+GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,12 @@ def check_metadata(metadata: Mapping[str, Any], where: str = "metadata") -> None
     for key in ("tag", "prompt"):
         if key not in metadata:
             raise TokbenchError(f"{where}: missing {key!r} (GenEval metadata has tag, include, [exclude,] prompt)")
+    if metadata["tag"] not in GENEVAL_TAGS:
+        import difflib
+
+        near = difflib.get_close_matches(str(metadata["tag"]), GENEVAL_TAGS, n=1)
+        raise TokbenchError(f"{where}: tag {metadata['tag']!r} is not one of GenEval's tasks "
+                            f"({', '.join(GENEVAL_TAGS)})" + (f"; did you mean {near[0]!r}?" if near else ""))
     n = 0
     for kind in ("include", "exclude"):
         clauses = metadata.get(kind, [])
