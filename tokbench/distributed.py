@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -58,7 +59,11 @@ class Context:
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(local_rank)
-            tdist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+            # The other ranks wait at a barrier while rank 0 fits a job's linear probe (minutes to tens of
+            # minutes on ImageNet): a longer wait than the 10-minute default, TOKBENCH_DIST_TIMEOUT_MIN to change it.
+            timeout = timedelta(minutes=float(os.environ.get("TOKBENCH_DIST_TIMEOUT_MIN", "120")))
+            tdist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
+                                     timeout=timeout)
             owns = True
         return cls(rank=rank, world=world, local_rank=local_rank, owns_group=owns)
 
