@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .building import RANDOM  # the one spelling of random weights
 from .core import MetricUnavailable, TokbenchError
 from .weights import Artifact, register_artifact, resolve
 
@@ -467,8 +468,8 @@ class DoctrOCR(OCRBackend):
                                 f"{sorted(DOCTR_WEIGHTS)} or give weights=PATH")
         self.arch, self.vocab, self.input_height, self.device = arch, vocab, int(input_height), device
         self.batch_size = int(batch_size)
-        self.weights_note = "random weights (plumbing test only)" if weights == "random" else "released weights"
-        if weights == "random":
+        self.weights_note = "random weights (plumbing test only)" if weights == RANDOM else "released weights"
+        if weights == RANDOM:
             torch.manual_seed(0)
         self.model = recognition.__dict__[arch](pretrained=False, vocab=VOCABS[vocab],
                                                 input_shape=(3, self.input_height, 4 * self.input_height)).eval()
