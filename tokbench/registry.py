@@ -177,7 +177,7 @@ def read_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            from .suite import load_yaml  # no alias bombs
+            from .safe_yaml import load_yaml  # no alias bombs
 
             data = load_yaml(text, f"config file {str(path)!r}")
         else:
