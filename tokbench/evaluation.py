@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from .runfolder import (
     is_storage_error,
     sample_image,
 )
-from .suite import Suite
 
 
 class JobFailed(TokbenchError):
@@ -87,17 +86,59 @@ class _InterruptAtBatchEnd:
             signal.signal(s, old)
 
 
-def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: bool, job: Job, tok: Tokenizer, ds: ImageDataset, store: JobStore, attempt: str,
-                    positions: list[int], state: JobState, metrics: dict[str, BenchMetric],
-                    metric_skips: dict[str, str], protocol: str, resolution: int,
-                    eval_resolution: int | None, loaders: LoaderCache, channels_last: bool = False) -> str | None:
+@dataclass
+class Loop:
+    """What every job of a run is evaluated under: this rank, its device, batching, the checkpoint
+    interval, how many samples to save, and the loaders whose workers the run's jobs share."""
+
+    ctx: Context
+    device: torch.device
+    progress: bool
+    batch_size: int
+    num_workers: int | None
+    checkpoint_seconds: float
+    save_samples: int
+    loaders: LoaderCache
+
+
+@dataclass
+class PreparedJob:
+    """A job ready to evaluate, fixed by the runner's preparation step before its first batch: the
+    tokenizer, the data set, the preprocessing and sizes, the metrics (those already skipped apart)."""
+
+    job: Job
+    tokenizer: Tokenizer
+    dataset: ImageDataset
+    protocol: str
+    resolution: int
+    eval_resolution: int | None
+    channels_last: bool
+    metrics: dict[str, BenchMetric]
+    metric_skips: dict[str, str]
+
+
+@dataclass
+class Shard:
+    """This rank's part of a job: where it writes (`store`, this `attempt`), which data-set positions it
+    evaluates, and the state it adds to (rank 0: what earlier attempts counted)."""
+
+    store: JobStore
+    attempt: str
+    positions: list[int]
+    state: JobState
+
+
+def evaluate_shard(loop: Loop, prep: PreparedJob, shard: Shard) -> str | None:
     """This rank's batches of one job: metrics updated, rows and state saved as it goes. Returns
     None when its share is done, else why it failed (its progress up to the last batch is saved).
-    The images come from `loaders`, whose workers the run's other jobs on the same images share."""
+    The images come from `loop.loaders`, whose workers the run's other jobs on the same images share."""
+    ctx, device, loaders = loop.ctx, loop.device, loop.loaders
+    job, tok, ds, metrics, metric_skips = prep.job, prep.tokenizer, prep.dataset, prep.metrics, prep.metric_skips
+    store, attempt, positions, state = shard.store, shard.attempt, shard.positions, shard.state
     rows_path, state_path = store.part_paths(attempt, ctx.rank)
     images_dir = store.folder / IMAGES_DIR
     images_dir.mkdir(exist_ok=True)
-    bar = Progress(progress and ctx.is_main, len(positions), store.folder.name[:40])
+    bar = Progress(loop.progress and ctx.is_main, len(positions), store.folder.name[:40])
     reset_peak_memory(device)
     warmed = False
     last_save = time.monotonic()
@@ -112,21 +153,21 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
 
     try:
         with interrupt, open(rows_path, "a") as rows_file, torch.inference_mode():
-            loader = loaders.get(ds, protocol, resolution, suite.batch_size, suite.num_workers,
+            loader = loaders.get(ds, prep.protocol, prep.resolution, loop.batch_size, loop.num_workers,
                                  pin_memory=device.type == "cuda")
             for batch in loader.batches(positions):
                 n = len(batch.records)
                 if n:
                     images = batch.images.to(device, non_blocking=True)  # from pinned memory on CUDA
-                    if channels_last:
+                    if prep.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
                     if not warmed:  # one untimed pass: lazy init, cudnn autotune, allocator
                         encode_decode(tok, images, job.encode_options, device)
                         warmed = True
                     tokens, recon, t_enc, t_dec = encode_decode(tok, images, job.encode_options, device)
                     originals = images
-                    if eval_resolution:
-                        originals, recon = resize_for_eval(images, recon, eval_resolution)
+                    if prep.eval_resolution:
+                        originals, recon = resize_for_eval(images, recon, prep.eval_resolution)
                     ev = EvalBatch(
                         originals=originals, tokens=tokens, tokenizer=tok, index=batch.index,
                         reconstructions=recon, encode_seconds=t_enc, decode_seconds=t_dec,
@@ -171,8 +212,8 @@ def evaluate_shard(ctx: Context, suite: Suite, device: torch.device, progress: b
                 in_batch = False
                 bar.update(n + len(batch.skipped))
                 if n:
-                    save_examples(images_dir, batch.index, images, recon, suite.grid_images)
-                if interrupt.requested or time.monotonic() - last_save >= suite.checkpoint_seconds:
+                    save_examples(images_dir, batch.index, images, recon, loop.save_samples)
+                if interrupt.requested or time.monotonic() - last_save >= loop.checkpoint_seconds:
                     os.fsync(rows_file.fileno())
                     save()
                     last_save = time.monotonic()

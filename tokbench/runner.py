@@ -63,6 +63,9 @@ from .distributed import Context, load_states, reduce_states, shard
 from .environment import device_description, git_revision, package_versions, resolve_device
 from .evaluation import (  # noqa: F401
     JobFailed,
+    Loop,
+    PreparedJob,
+    Shard,
     encode_decode,
     evaluate_shard,
     merge_values,
@@ -372,9 +375,11 @@ class Runner:
                     load_states(metrics[name], sd)
             self._remake_samples(job, tok, ds, store, prior, protocol, resolution, eval_resolution,
                                  record["channels_last"])
-        error = evaluate_shard(ctx, suite, self.device, self.progress, job, tok, ds, store, attempt, mine, own,
-                               metrics, metric_skips, protocol, resolution, eval_resolution, self._loaders,
-                               channels_last=record["channels_last"])
+        loop = Loop(ctx, self.device, self.progress, suite.batch_size, suite.num_workers, suite.checkpoint_seconds,
+                    suite.save_samples, self._loaders)
+        prepared = PreparedJob(job, tok, ds, protocol, resolution, eval_resolution, record["channels_last"], metrics,
+                               metric_skips)
+        error = evaluate_shard(loop, prepared, Shard(store, attempt, mine, own))
         errors = [e for e in ctx.gather(error) if e]
         if stopped := next((e for e in errors if e.startswith(STORAGE_FAILED)), None):
             # every rank saved what it could; the run stops here and resumes once the disk takes writes again
