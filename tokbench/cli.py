@@ -203,9 +203,20 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, registered one way: each command module's `add_commands(sub)` (this module's
+    benchmark commands, GenEval scoring, generation)."""
+    from .generation import commands as generation_commands
+    from .geneval import cli as geneval_commands
+
     p = argparse.ArgumentParser(prog="tokbench", description="Benchmark image tokenizers.")
     sub = p.add_subparsers(dest="command")
+    for module_add_commands in (add_commands, geneval_commands.add_commands, generation_commands.add_commands):
+        module_add_commands(sub)
+    return p
 
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """run, report, compare, list, info, fetch."""
     r = sub.add_parser("run", help="run a suite (default: benchmarks/quick.yaml) and write its report")
     r.add_argument("suite", nargs="?", help="suite YAML file")
     r.add_argument("--tokenizers", nargs="+", help="only these tokenizers (suite names or any variant name)")
@@ -249,14 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--verify", action="store_true", help="record the sha256 of each file the first time, and "
                     "check it against the record every later time (a replaced or truncated file fails)")
     fe.set_defaults(fn=cmd_fetch)
-
-    from .geneval.cli import add_parser as add_geneval_parser  # its own module: GenEval scoring
-
-    add_geneval_parser(sub)
-    from .generation.commands import add_commands  # generate, gen-eval, gen-suite
-
-    add_commands(sub)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

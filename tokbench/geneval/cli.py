@@ -11,7 +11,7 @@ from ..core import TokbenchError
 COLOR_OPTIONS = ("bgcolor", "crop", "clip_model")  # upstream `--options` of the colour classifier, not the rules
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "geneval",
         help="GenEval-style compositional scores (official rules; transformers detector for images)",
