@@ -131,21 +131,23 @@ def is_geneval_layout(root: Path) -> bool:
 
 
 def read_geneval_layout(root: Path) -> tuple[list[PromptEntry], list[str]]:
-    """The prompts of a GenEval-layout folder, and the problems found (folders without metadata...)."""
+    """The prompts of a GenEval-layout folder (read by `geneval.layout.prompt_folders`, the one reader of
+    that layout), and the problems found (folders without readable metadata or a prompt)."""
+    from ..geneval.layout import prompt_folders
+
     entries, problems = [], []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and _PROMPT_DIR.match(p.name)):
-        meta_path = d / "metadata.jsonl"
-        try:
-            meta = json.loads(meta_path.read_text().splitlines()[0])
-            prompt = str(meta["prompt"])
-        except (OSError, IndexError, ValueError, KeyError, TypeError) as e:
-            problems.append(f"{d.name}: unreadable metadata.jsonl ({type(e).__name__})")
+    for pf in prompt_folders(root):
+        if not _PROMPT_DIR.match(pf.path.name):
             continue
-        samples = d / "samples"
-        images = sorted(p for p in samples.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if samples.is_dir() else []
-        codes = d / "codes.npy"
-        entries.append(PromptEntry(id=d.name, prompt=prompt, category=str(meta.get("tag", meta.get("category", ""))),
-                                   metadata=meta, images=images, codes=codes if codes.is_file() else None))  # fmt: skip
+        meta = pf.metadata
+        if meta is None or "prompt" not in meta:
+            problems.append(f"{pf.path.name}: unreadable metadata.jsonl ({pf.problem or 'it names no prompt'})")
+            continue
+        images = [p for p in pf.samples if p.suffix.lower() in IMAGE_SUFFIXES]
+        codes = pf.path / "codes.npy"
+        entries.append(PromptEntry(id=pf.path.name, prompt=str(meta["prompt"]),
+                                   category=str(meta.get("tag", meta.get("category", ""))), metadata=meta,
+                                   images=images, codes=codes if codes.is_file() else None))  # fmt: skip
     return entries, problems
 
 

@@ -279,6 +279,40 @@ class Layout:
     skipped: list[tuple[str, str]]
 
 
+@dataclass
+class PromptFolder:
+    """One `<NNNNN>/` folder of a GenEval-layout folder as found on disk, before any rule is applied."""
+
+    path: Path
+    metadata: dict[str, Any] | None  # the parsed metadata.jsonl; None when missing or unreadable
+    problem: str  # why metadata is None ("" otherwise)
+    samples: list[Path]  # the files in samples/, sorted by name
+    has_samples_dir: bool
+
+
+def prompt_folders(root: str | os.PathLike) -> list[PromptFolder]:
+    """Every all-digit sub-folder of `root`, sorted, with its metadata and sample files: the one reader of
+    GenEval's folder layout, shared by `geneval` (scoring, `scan_layout`) and `gen-eval` (generation
+    metrics, `generation.layout.read_geneval_layout`), which each apply their own rules to what it finds."""
+    out = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name.isdigit()):
+        file, meta, problem = folder / METADATA_FILE, None, ""
+        if file.is_file():
+            try:
+                meta = json.loads(file.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    meta, problem = None, f"unreadable {METADATA_FILE} (a JSON {type(meta).__name__}, not an object)"
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                problem = f"unreadable {METADATA_FILE} ({type(e).__name__}: {e})"
+        else:
+            problem = f"no {METADATA_FILE}"
+        samples_dir = folder / SAMPLES_DIR
+        samples = sorted((p for p in samples_dir.iterdir() if p.is_file()), key=lambda p: p.name) \
+            if samples_dir.is_dir() else []
+        out.append(PromptFolder(folder, meta, problem, samples, samples_dir.is_dir()))
+    return out
+
+
 def scan_layout(root: str | os.PathLike, fallback: Metadata | None = None) -> Layout:
     """Prompt folders (all-digit names) in sorted order, each with its metadata and `samples/NNNNN.png`.
 
@@ -292,43 +326,37 @@ def scan_layout(root: str | os.PathLike, fallback: Metadata | None = None) -> La
         raise TokbenchError(f"--images {str(root)!r} is not a folder; give the folder that holds GenEval's "
                             "<00000>/metadata.jsonl and <00000>/samples/*.png")  # fmt: skip
     images, skipped = [], []
-    folders = sorted(p for p in root_path.iterdir() if p.is_dir() and p.name.isdigit())
-    for folder in folders:
-        meta, problem = _folder_metadata(folder, fallback)
-        samples_dir = folder / SAMPLES_DIR
-        names = sorted(p.name for p in samples_dir.iterdir()) if samples_dir.is_dir() else []
-        names = [n for n in names if SAMPLE_PATTERN.match(n) and (samples_dir / n).is_file()]
-        if not samples_dir.is_dir():
+    folders = prompt_folders(root_path)
+    for pf in folders:
+        meta, problem = _folder_metadata(pf, fallback)
+        names = [p.name for p in pf.samples if SAMPLE_PATTERN.match(p.name)]
+        if not pf.has_samples_dir:
             problem = problem or f"no {SAMPLES_DIR}/ folder"
         for name in names:
-            path = os.path.join(str(root), folder.name, SAMPLES_DIR, name)
+            path = os.path.join(str(root), pf.path.name, SAMPLES_DIR, name)
             if meta is None:
                 skipped.append((path, problem))
             else:
-                images.append(LayoutImage(image_id(folder.name, name.split(".")[0]), path, meta))
+                images.append(LayoutImage(image_id(pf.path.name, name.split(".")[0]), path, meta))
         if problem and not names:
-            skipped.append((str(folder), problem))
+            skipped.append((str(pf.path), problem))
     if not folders:
         raise TokbenchError(f"{root} has no prompt folders (<00000>/ with metadata.jsonl and samples/); is it the "
                             "GenEval image folder?")  # fmt: skip
     return Layout(images, skipped)
 
 
-def _folder_metadata(folder: Path, fallback: Metadata | None) -> tuple[dict[str, Any] | None, str]:
-    file = folder / METADATA_FILE
-    if file.is_file():
+def _folder_metadata(pf: PromptFolder, fallback: Metadata | None) -> tuple[dict[str, Any] | None, str]:
+    """The metadata a folder's samples are scored against, or (None, why they are skipped)."""
+    problem = pf.problem
+    if pf.metadata is not None:
         try:
-            meta = json.loads(file.read_text(encoding="utf-8"))
-            if reason := not_a_task(meta):
+            if reason := not_a_task(pf.metadata):
                 return None, reason  # the folder says what it is: no fallback prompt replaces it
-            check_metadata(meta, where=str(file))
-            return meta, ""
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            problem = f"unreadable {METADATA_FILE} ({type(e).__name__}: {e})"
+            check_metadata(pf.metadata, where=str(pf.path / METADATA_FILE))
+            return pf.metadata, ""
         except TokbenchError as e:
             problem = str(e)
-    else:
-        problem = f"no {METADATA_FILE}"
-    if fallback is not None and (meta := fallback.for_prompt(int(folder.name))) is not None:
+    if fallback is not None and (meta := fallback.for_prompt(int(pf.path.name))) is not None:
         return meta, ""
     return None, problem
