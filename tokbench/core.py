@@ -247,10 +247,9 @@ class GridVQTokenizer(ModuleTokenizer):
     def decode_grid(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.decode_ids(ids)
 
-    @torch.inference_mode()
-    def encode(self, images: torch.Tensor, **options: Any) -> Tokens:
-        if options:
-            raise TokbenchError(f"{self.spec.name}.encode takes no options, got {sorted(options)}")
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images (B, 3, H, W) in [0, 1], sides divisible by the downsample factor, as the model sees
+        them: x * 2 - 1 in the model's dtype."""
         check_images(images)
         h, w = images.shape[-2:]
         f = self.downsample
@@ -259,7 +258,12 @@ class GridVQTokenizer(ModuleTokenizer):
                 f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
                 f"preprocess to {self.spec.resolution}x{self.spec.resolution} (protocol '{self.spec.preprocessing}')"
             )
-        x = (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
+        return (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> Tokens:
+        x = self.model_input(images)  # checked first: a wrong input is a clear error, not an AttributeError
+        h, w = images.shape[-2:]
         ids = self.encode_grid(x)
         return Tokens(
             ids=ids.reshape(ids.shape[0], -1),

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..building import Build
 from ..checkpoint import CheckpointError, describe_checkpoint, has_lit_ema, load_strict, read_state_dict
-from ..core import GridVQTokenizer, TokbenchError, bits_for, check_images
+from ..core import GridVQTokenizer, TokbenchError, bits_for
 from ..options import DType, PositiveInt
 from ..protocols import Geometry, drop_alpha, register_protocol, scale
 from ..registry import Family, Variant
@@ -443,24 +443,13 @@ class Emu35Tokenizer(GridVQTokenizer):
 
     feature_stages = ("pre_quant", "post_quant")
 
-    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images)
-        h, w = images.shape[-2:]
-        f = self.downsample
-        if h % f or w % f:
-            raise TokbenchError(
-                f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
-                f"preprocess with protocol '{self.spec.preprocessing}' (sides multiples of 16)"
-            )
-        return (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
-
     @torch.inference_mode()
     def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
         """Token features (B, h*w, embed_dim), float32, row-major: `pre_quant` = quant_conv(encoder(x)),
         `post_quant` = the codebook rows of the ids."""
         if stage not in self.feature_stages:
             raise TokbenchError(f"{self.spec.name} has feature stages {list(self.feature_stages)}, got {stage!r}")
-        z = self.model.latent(self._model_input(images))
+        z = self.model.latent(self.model_input(images))
         if stage == "post_quant":
             z = self.model.quantize.codes(self.model.quantize.ids(z))
         return z.flatten(2).transpose(1, 2).float()

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..building import Build, refuse_unknown
 from ..checkpoint import CheckpointError, describe_checkpoint, load_strict, read_state_dict
-from ..core import GridVQTokenizer, TokbenchError, check_images
+from ..core import GridVQTokenizer, TokbenchError
 from ..options import DType, PositiveInt
 from ..protocols import register_protocol, resize_crop, short_side_crop_geometry
 from ..registry import Family, Variant
@@ -440,17 +440,6 @@ class ShowoMagvitV2Tokenizer(GridVQTokenizer):
 
     feature_stages = ("pre_quant", "post_quant")
 
-    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images)
-        h, w = images.shape[-2:]
-        f = self.downsample
-        if h % f or w % f:
-            raise TokbenchError(
-                f"{self.spec.name} needs image sides divisible by {f} (its downsample factor), got {h}x{w}; "
-                f"preprocess to {self.spec.resolution}x{self.spec.resolution} (protocol '{self.spec.preprocessing}')"
-            )
-        return (images.to(self.device, torch.float32) * 2 - 1).to(self.dtype)
-
     @torch.inference_mode()
     def features(self, images: torch.Tensor, stage: str = "pre_quant") -> torch.Tensor:
         """Token features (B, h*w, D) float32 at `stage`: `pre_quant`, the encoder output after its quant_conv
@@ -459,7 +448,7 @@ class ShowoMagvitV2Tokenizer(GridVQTokenizer):
             raise TokbenchError(
                 f"{self.spec.name} has feature stages {', '.join(self.feature_stages)}; got {stage!r}"
             )
-        z = self.model.latent(self._model_input(images))
+        z = self.model.latent(self.model_input(images))
         if stage == "post_quant":
             z = self.model.quantize.codes(self.model.quantize.indices(self.model.quantize.quantize(z)))
         return z.flatten(2).transpose(1, 2).float()
