@@ -244,26 +244,28 @@ def is_storage_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in STORAGE_ERRNOS
 
 
-def describe_os_error(e: OSError, resumable: bool = True, path: Path | str | None = None) -> str:
+def describe_os_error(e: OSError, path: Path | str | None = None) -> str:
     """One line for a failed read or write: the path (`path` where the error names none), what went
-    wrong, and what to do (`resumable`: a re-run of the same command goes on where this one stopped)."""
+    wrong, and what to do."""
     path = e.filename if e.filename is not None else path if path is not None else "(a file of the run folder)"
     if e.filename2 is not None:
         path = f"{path} -> {e.filename2}"
     path = str(path).removesuffix(".tmp")
-    again = "; then re-run the same command to resume" if resumable else "; then run it again"
+    again = "; then re-run the same command (a run goes on where it stopped)"
+    out = "give --out a folder"
     fixes = {
-        errno.ENOSPC: "the disk is full: free some space (or give --out a folder on another disk)" + again,
-        getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is used up: free some space" + again,
-        errno.EFBIG: "the file is larger than this file system allows: give --out a folder on another disk",
-        errno.EROFS: "the file system is read-only: give --out a folder on a writable disk (for `tokbench report`, "
-                     "copy the run folder to one)",
-        errno.EACCES: "no permission: give --out a folder you can write to, or fix the permissions" + again,
-        errno.EPERM: "not permitted: give --out a folder you can write to, or fix the permissions" + again,
-        errno.EEXIST: "a file stands where a folder is needed: give --out a folder (it is made if missing)",
-        errno.ENOTDIR: "a file stands where a folder is needed: give --out a folder (it is made if missing)",
+        errno.ENOSPC: f"the disk is full: free some space (or {out} on another disk){again}",
+        getattr(errno, "EDQUOT", errno.ENOSPC): f"the disk quota is used up: free some space{again}",
+        errno.EFBIG: f"the file is larger than this file system allows: {out} on another disk",
+        errno.EROFS: f"the file system is read-only: {out} on a writable disk (for `tokbench report`, copy the "
+                     "run folder to one)",
+        errno.EACCES: f"no permission: {out} you can write to, or fix the permissions{again}",
+        errno.EPERM: f"not permitted: {out} you can write to, or fix the permissions{again}",
+        errno.EEXIST: f"a file stands where a folder is needed: {out} (it is made if missing)",
+        errno.ENOTDIR: f"a file stands where a folder is needed: {out} (it is made if missing)",
         errno.EISDIR: "a folder stands where a file is needed: move it away",
-        errno.EIO: "the disk reported an input/output error: check it" + again,
+        errno.ENOENT: "no such file or folder: check the path",
+        errno.EIO: f"the disk reported an input/output error: check it{again}",
     }
     what = e.strerror or type(e).__name__
     return f"{path}: {what}; {fixes.get(e.errno, 'fix this' + again)}"
@@ -550,6 +552,7 @@ class JobStore:
             state.done |= part.done
             state.files.update(part.files)
             state.identity = state.identity or part.identity
+            state.images = state.images if state.images is not None else part.images
             state.skipped += part.skipped
             state.metric_skips.update(part.metric_skips)
             for name in set(state.metrics) | set(part.metrics):

@@ -430,7 +430,7 @@ class Runner:
         folder = store.folder / IMAGES_DIR
         skipped = {s["index"] for s in prior.skipped}
         kinds = ("original", "recon") if tok.spec.supports_decode else ("original",)
-        wanted = [p for p in sorted(prior.done) if p < self.suite.grid_images and p not in skipped
+        wanted = [p for p in sorted(prior.done) if p < self.suite.save_samples and p not in skipped
                   and not all(_readable_png(sample_image(folder, p, k)) for k in kinds)]
         if not wanted:
             return
@@ -447,7 +447,7 @@ class Runner:
                 _, recon, _, _ = encode_decode(tok, images, job.encode_options, self.device)
                 if eval_resolution:  # as the pass saves them: reconstructions at the evaluation size
                     _, recon = resize_for_eval(images, recon, eval_resolution)
-                save_examples(folder, batch.index, images, recon, self.suite.grid_images)
+                save_examples(folder, batch.index, images, recon, self.suite.save_samples)
 
     def _finish_job(self, job: Job, job_dir: Path, store: JobStore, record: dict[str, Any],
                     metrics: dict[str, BenchMetric], errors: list[str], ds: ImageDataset) -> dict[str, Any]:

@@ -27,9 +27,15 @@ class SuiteInvalid(TokbenchError):
 
     def __init__(self, problems: list[tuple[str, Any, str]], path: str | None = None) -> None:
         self.problems = problems
-        lines = [f"  {where}: {message} (got {quote(value)})" for where, value, message in problems]
+        lines = [f"  {_cut(where, 200)}: {_cut(message, 600)} (got {quote(value)})" for where, value, message in problems]
         super().__init__(f"suite {path or ''} has {len(problems)} problem{'s' * (len(problems) != 1)}; "
                          "nothing was run:\n" + "\n".join(lines))
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (a message that quotes a huge value must stay a line)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def quote(value: Any, limit: int = 160) -> str:

@@ -33,7 +33,7 @@ import torch
 
 from ..core import TokbenchError
 from ..environment import package_versions, resolve_device
-from ..runfolder import GEN_PER_PROMPT, GEN_RESULTS, ROWS_FILE, write_json
+from ..runfolder import GEN_PER_PROMPT, GEN_RESULTS, ROWS_FILE, atomic_file, write_json
 from .layout import IMAGE_SUFFIXES, PromptEntry, is_geneval_layout, read_geneval_layout
 from .prompts import load_prompts
 
@@ -375,9 +375,8 @@ def run_gen_eval(
         "packages": package_versions(), "device": str(dev),
     }  # fmt: skip
     write_json(out / GEN_RESULTS, result)
-    with open(out / ROWS_FILE, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    with atomic_file(out / ROWS_FILE) as f:  # whole or not at all, as results.json
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
     write_json(out / GEN_PER_PROMPT, per_prompt)
     from .report import write_gen_report
 
