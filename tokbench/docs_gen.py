@@ -31,7 +31,8 @@ def families_markdown() -> str:
            "`tokbench list` and `tokbench info NAME` give the same rows at the command line.", "",
            "| family | variants | what it is | licences |", "|---|---|---|---|"]
     modules: dict[str, list[Any]] = {}
-    for fam in families():
+    shipped = [f for f in families() if inspect.getmodule(f.build).__name__.startswith("tokbench.tokenizers.")]
+    for fam in shipped:  # not families registered at run time by a user's code (or a test)
         names = ", ".join(f"`{v.name}`" for v in fam.variants[:12]) + (" ..." if len(fam.variants) > 12 else "")
         licences = sorted({v.weights.licence for v in fam.variants if v.weights is not None and v.weights.licence})
         out.append(f"| `{fam.name}` | {names or '(any name)'} | {_cell(fam.description)} | {_cell('; '.join(licences))} |")
