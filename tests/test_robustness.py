@@ -667,3 +667,24 @@ def test_centre_crop_offsets_are_rounded_as_torchvision_rounds_them():
     assert np.array_equal(ours, np.asarray(ref))
     g = short_side_crop_geometry(670, 500, 256, 256)
     assert g.tx == pytest.approx(-44.0) and g.ty == 0.0
+
+
+def test_geneval_iou_is_the_inclusive_pixel_iou_of_the_official_code():
+    """GenEval's NMS overlap (mmdet's `bbox_overlaps` with its +1 pixel convention), against torchvision's
+    IoU of the boxes widened by one pixel: overlapping, disjoint, touching and empty boxes. (Mutation
+    testing left its clamps at 0 unchecked: no fixture case has disjoint boxes under NMS.)"""
+    from torchvision.ops import box_iou
+
+    from tokbench.geneval.rules import compute_iou
+
+    rng = np.random.default_rng(0)
+    corners = np.sort(rng.uniform(0, 60, (60, 2, 2)), axis=1)
+    boxes = np.concatenate([corners[:, 0], corners[:, 1]], 1)  # x0, y0, x1, y1
+    pairs = list(zip(boxes[:30], boxes[30:])) + [(np.array([0, 0, 9, 9]), np.array([20, 20, 29, 29])),  # disjoint
+                                                 (np.array([0, 0, 9, 9]), np.array([10, 0, 19, 9])),  # touching
+                                                 (np.array([5, 5, 14, 24]), np.array([5, 5, 14, 24]))]  # the same
+    for a, b in pairs:
+        widened = torch.tensor(np.stack([a, b]) + [0, 0, 1, 1], dtype=torch.float64)
+        got = compute_iou(a, b)
+        assert isinstance(got, np.float32) and got == pytest.approx(float(box_iou(widened[:1], widened[1:])), abs=1e-6)
+    assert compute_iou(np.array([3, 3, 2, 2]), np.array([3, 3, 2, 2])) == 0  # both empty: no union, no overlap
