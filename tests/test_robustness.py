@@ -688,3 +688,48 @@ def test_geneval_iou_is_the_inclusive_pixel_iou_of_the_official_code():
         got = compute_iou(a, b)
         assert isinstance(got, np.float32) and got == pytest.approx(float(box_iou(widened[:1], widened[1:])), abs=1e-6)
     assert compute_iou(np.array([3, 3, 2, 2]), np.array([3, 3, 2, 2])) == 0  # both empty: no union, no overlap
+
+
+def test_metric_states_of_every_reduction_merge_exactly_and_in_order():
+    """`reduce_states` on each `dist_reduce_fx` (sum, max, min, cat of lists and of tensors), a state absent
+    from every part, parts given in rank order, a rank's unsized state, and shapes that do not merge;
+    then `load_states` puts them into a metric that computes from them. (Mutation testing found the `cat`
+    path and the absent state unchecked outside torchrun.)"""
+    from torchmetrics import Metric
+
+    from tokbench.core import TokbenchError
+    from tokbench.distributed import load_states, reduce_states
+
+    class Every(Metric):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("absent", torch.zeros(2), dist_reduce_fx="sum")  # first: no part has it
+            self.add_state("total", torch.zeros(3, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("peak", torch.zeros(3), dist_reduce_fx="max")
+            self.add_state("low", torch.zeros(3), dist_reduce_fx="min")
+            self.add_state("feats", [], dist_reduce_fx="cat")
+            self.add_state("ids", torch.zeros(0, dtype=torch.long), dist_reduce_fx="cat")
+
+        def update(self) -> None:
+            pass
+
+        def compute(self) -> torch.Tensor:
+            return torch.cat(self.feats).sum() + self.total.sum()
+
+    rng = torch.Generator().manual_seed(0)
+    parts = [{"total": torch.rand(3, generator=rng, dtype=torch.float64), "peak": torch.rand(3, generator=rng),
+              "low": torch.rand(3, generator=rng), "feats": [torch.full((2,), float(r)), torch.full((1,), 10.0 + r)],
+              "ids": torch.tensor([r, 10 + r])} for r in range(3)]
+    parts[1]["total"] = torch.zeros(0, dtype=torch.float64)  # a rank that saw no image: its sum is unsized
+    merged = reduce_states(Every(), parts)
+    assert "absent" not in merged
+    assert torch.equal(merged["total"], parts[0]["total"] + parts[2]["total"]) and merged["total"].dtype == torch.float64
+    assert torch.equal(merged["peak"], torch.stack([p["peak"] for p in parts]).amax(0))
+    assert torch.equal(merged["low"], torch.stack([p["low"] for p in parts]).amin(0))
+    assert [t.tolist() for t in merged["feats"]] == [[0.0, 0.0], [10.0], [1.0, 1.0], [11.0], [2.0, 2.0], [12.0]]
+    assert [t.tolist() for t in merged["ids"]] == [[0, 10], [1, 11], [2, 12]]  # rank order: data-set order
+    metric = Every()
+    load_states(metric, merged)
+    assert float(metric.compute()) == pytest.approx(39.0 + float(merged["total"].sum()))
+    with pytest.raises(TokbenchError, match="cannot merge state 'peak'"):
+        reduce_states(Every(), [{"peak": torch.zeros(3)}, {"peak": torch.zeros(4)}])
