@@ -23,6 +23,12 @@ from .runfolder import IMAGES_DIR, ROWS_FILE, job_dir, read_rows, sample_image
 _BUCKET = re.compile(r"^text_acc_h([0-9.e-]+)-([0-9.e-]+)$")
 
 
+def saved_samples(suite: dict[str, Any]) -> int:
+    """How many sample images each job of a recorded run saved (run folders written before the option was
+    renamed record only `grid_images`)."""
+    return int(suite.get("save_samples", suite.get("grid_images")) or 0)
+
+
 def buckets(df: pd.DataFrame) -> list[tuple[float, float, str]]:
     """(low, high, column) of every word-accuracy bucket the run measured, smallest first."""
     out = []
@@ -89,7 +95,7 @@ def _small_words(run: dict[str, Any], job: dict[str, Any], low: float, high: flo
     ds = open_dataset(data["source"], data.get("limit"), seed=suite.get("seed", 0))
     side = job["resolution"]
     out = []
-    for pos in job.get("_worst_first") or range(min(len(ds), suite.get("grid_images", 0))):
+    for pos in job.get("_worst_first") or range(min(len(ds), saved_samples(suite))):
         rec = ds.records[pos]
         if rec.text is None:
             continue
@@ -185,7 +191,7 @@ def _label_font(texts: list[str]):
 def worst_first(run_dir: Path, run: dict[str, Any], jobs: list[dict[str, Any]], key: str) -> list[int]:
     """Positions of the saved example images, the lowest mean of the per-image row `key` over `jobs`
     first (the worst cases: words that the reconstructions lose, faces that change)."""
-    shown = int(run.get("suite", {}).get("grid_images") or 0)
+    shown = saved_samples(run.get("suite", {}))
     scores: dict[int, list[float]] = {}
     for j in jobs:
         for row in read_rows(job_dir(run_dir, j["job"]) / ROWS_FILE):
