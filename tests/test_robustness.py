@@ -321,19 +321,20 @@ def test_sigterm_under_torchrun_saves_every_ranks_part(tmp_path):
 def test_an_undecodable_caption_or_annotation_is_a_listed_skip_of_it_alone(tmp_path):
     from tokbench.data import open_dataset
 
-    data = _folder(tmp_path / "data", ["img0.png", "img1.png", "img2.png"])
+    data = _folder(tmp_path / "data", ["img0.png", "img1.png", "img2.png", "img3.png"])
     (data / "img0.txt").write_bytes("un caf\xe9 au lait".encode("latin-1"))
+    (data / "img3.faces.json").write_bytes('[{"box": [0, 0, 5, 5], "note": "caf\xe9"}]'.encode("latin-1"))
     (data / "img1.txt").write_text("a dog on a sofa")
     (data / "img2.text.json").write_bytes(b'[{"box": [0, 0, 5, 5], "text": "\xff\xfe"}]')
     ds = open_dataset(f"folder:{data}")
-    assert [r.caption for r in ds.records] == [None, "a dog on a sofa", None]
-    assert [(s["id"], Path(s["path"]).name) for s in ds.sidecar_skips] == [("img0.png", "img0.txt"),
-                                                                            ("img2.png", "img2.text.json")]
+    assert [r.caption for r in ds.records] == [None, "a dog on a sofa", None, None]
+    assert [(s["id"], Path(s["path"]).name) for s in ds.sidecar_skips] == [
+        ("img0.png", "img0.txt"), ("img2.png", "img2.text.json"), ("img3.png", "img3.faces.json")]
     assert "is not UTF-8 text (byte 0xe9 at offset 6); caption left out" in ds.sidecar_skips[0]["reason"]
     assert "annotations left out" in ds.sidecar_skips[1]["reason"]
     (summary,) = _run(_suite(data), tmp_path / "run")
-    assert summary["images_evaluated"] == 3 and summary["sidecars_skipped"] == 2  # the images still count
-    assert [s["id"] for s in summary["skipped_sidecars"]] == ["img0.png", "img2.png"]
+    assert summary["images_evaluated"] == 4 and summary["sidecars_skipped"] == 3  # the images still count
+    assert [s["id"] for s in summary["skipped_sidecars"]] == ["img0.png", "img2.png", "img3.png"]
 
 
 def test_a_suite_file_that_is_not_utf8_is_a_clear_exit_2(tmp_path, capsys):

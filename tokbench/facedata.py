@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .textdata import BadAnnotation, cache_dir, parse_options
+from .textdata import BadAnnotation, cache_dir, parse_options, read_sidecar, sidecar_path
 
 FACES_SUFFIX = ".faces.json"
 
@@ -58,8 +58,7 @@ class PlacedFaces:
 
 def faces_path(image: str | os.PathLike) -> Path:
     """`photo.png` -> `photo.faces.json` beside it."""
-    p = Path(image)
-    return p.with_name(p.stem + FACES_SUFFIX)
+    return sidecar_path(image, FACES_SUFFIX)
 
 
 def parse_faces(entries: Any, where: str) -> tuple[FaceBox, ...]:
@@ -88,14 +87,7 @@ def parse_faces(entries: Any, where: str) -> tuple[FaceBox, ...]:
 
 def read_faces(image: str | os.PathLike) -> tuple[FaceBox, ...] | None:
     """The faces of the image's `.faces.json`, or None where it has none."""
-    path = faces_path(image)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadAnnotation(f"cannot read {path}: {e}") from None
-    return parse_faces(data, str(path))
+    return read_sidecar(image, FACES_SUFFIX, parse_faces)
 
 
 def write_faces(image: str | os.PathLike, faces: list[FaceBox]) -> Path:
@@ -148,8 +140,8 @@ def tokbench_face_records(root: str | os.PathLike) -> list[tuple[str, str, tuple
         raise BadAnnotation(f"no TokBench face meta file ({root}/face_meta.json); download the data set "
                             "(huggingface.co/datasets/Junfeng5/TokBench) and give its folder")
     try:
-        images = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        images = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadAnnotation(f"cannot read {meta}: {e}") from None
     image_dir = next((d for d in (root / "images" / "face_data", root / "images", meta.parent)
                       if d.is_dir() and any(d.iterdir())), root)

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,28 @@ class TextBox:
     ratio: float | None = None
 
 
+def sidecar_path(image: str | os.PathLike, suffix: str) -> Path:
+    """`photo.png` -> `photo<suffix>` beside it (`.text.json`, `.faces.json`)."""
+    p = Path(image)
+    return p.with_name(p.stem + suffix)
+
+
+def read_sidecar(image: str | os.PathLike, suffix: str, parse: Callable[[Any, str], tuple]) -> tuple | None:
+    """`parse(json, where)` of the image's sidecar file, or None where it has none; a file that cannot be
+    read, is not UTF-8 or not JSON is a `BadAnnotation` naming it (a counted skip, not a traceback)."""
+    path = sidecar_path(image, suffix)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadAnnotation(f"cannot read {path}: {e}") from None
+    return parse(data, str(path))
+
+
 def annotation_path(image: str | os.PathLike) -> Path:
     """`photo.png` -> `photo.text.json` beside it."""
-    p = Path(image)
-    return p.with_name(p.stem + ANNOTATION_SUFFIX)
+    return sidecar_path(image, ANNOTATION_SUFFIX)
 
 
 def parse_boxes(entries: Any, where: str) -> tuple[TextBox, ...]:
@@ -78,14 +97,7 @@ def parse_boxes(entries: Any, where: str) -> tuple[TextBox, ...]:
 
 def read_annotations(image: str | os.PathLike) -> tuple[TextBox, ...] | None:
     """The boxes of the image's `.text.json`, or None where it has none."""
-    path = annotation_path(image)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:  # not UTF-8: a clear reason, not a traceback
-        raise BadAnnotation(f"cannot read {path}: {e}") from None
-    return parse_boxes(data, str(path))
+    return read_sidecar(image, ANNOTATION_SUFFIX, parse_boxes)
 
 
 def write_annotations(image: str | os.PathLike, boxes: list[TextBox]) -> Path:
