@@ -210,3 +210,88 @@ def test_wrong_images_folder_fails_before_loading_models(tmp_path, capsys):
     (tmp_path / "00000" / "samples").mkdir(parents=True)
     assert main(["geneval", "--images", str(tmp_path)]) == 2  # no weights here, yet the message is about the images
     assert "no image to score" in capsys.readouterr().err
+
+
+def test_masks_are_resized_with_half_pixel_centres_like_mmdet(tmp_path):
+    """The two mask resizes (to the padded input, then from its valid part to the image) are bilinear with
+    align_corners=False, as mmdet's `F.interpolate` calls; OpenCV's INTER_LINEAR (the same half-pixel
+    convention) is the reference. (Mutation testing: align_corners=True passed the hand-worked cases, whose
+    masks are already at the image size.)"""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    logits = torch.tensor(rng.normal(0, 3, (2, 3, 4)), dtype=torch.float32)
+    valid, padded, size = (5, 7), (6, 8), (10, 13)
+    out = instance_postprocess(torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]]), logits, valid=valid, padded=padded,
+                               size=size, max_per_image=2)  # fmt: skip
+    for label, score, _, mask in out:
+        m = cv2.resize(logits[label].numpy(), (padded[1], padded[0]), interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m[: valid[0], : valid[1]], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(mask, m > 0)
+        prob = float(torch.softmax(torch.tensor([4.0, 0.0, 0.0]), 0)[0])
+        mean = (1 / (1 + np.exp(-m)) * (m > 0)).sum() / ((m > 0).sum() + 1e-6)
+        assert score == pytest.approx(prob * mean, rel=1e-5)
+
+
+class _OneDog:
+    """A detector that finds one dog in every image it is given, and counts the images."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, image):
+        self.seen += 1
+        return {"dog": [Instance(np.array([0, 0, image.width // 2, image.height // 2]), 0.9)]}
+
+    def describe(self):
+        return {"backend": "one dog"}
+
+
+class _Red:
+    def classify(self, image, classname, instances):
+        return ["red"] * len(instances)
+
+    def describe(self):
+        return {"backend": "always red"}
+
+
+def test_score_images_goes_on_after_an_unreadable_image_and_falls_back_to_the_prompt_list(tmp_path):
+    """`score_images` with a folder whose first image cannot be read (the rest are still scored), folders
+    without metadata.jsonl taking line i of the given prompt list (line 0 included; a folder past its end is
+    skipped), progress counted over the folder's images, and the protocol naming where metadata came from."""
+    from tokbench.geneval import score_images
+    from tokbench.geneval.layout import Metadata
+
+    dog = {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}
+    red = {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}], "prompt": "a photo of a red dog"}
+    two = {"tag": "counting", "include": [{"class": "dog", "count": 2}], "prompt": "a photo of two dogs"}
+    images = tmp_path / "images"
+    _layout(images, [(None, 2), (two, 1), (None, 1)])
+    (images / "00000" / "samples" / "00000.png").write_bytes(b"not a png")
+    fallback = Metadata(prompts=[dog, red], source="prompts.jsonl")
+    detector, calls = _OneDog(), []
+    run = score_images(images, detector, _Red(), metadata=fallback, progress=lambda i, n: calls.append((i, n)))
+    assert [(Path(r["filename"]).parent.parent.name, Path(r["filename"]).name, r["tag"], r["correct"])
+            for r in run.rows] == [("00000", "00001.png", "single_object", True), ("00001", "00000.png", "counting", False)]
+    assert detector.seen == 2 and calls == [(2, 3), (3, 3)]
+    assert [(Path(p).relative_to(images).as_posix(), why.split(" (")[0]) for p, why in run.skipped] == [
+        ("00002/samples/00000.png", "no metadata.jsonl"), ("00000/samples/00000.png", "unreadable image")]
+    assert run.protocol["metadata"] == "prompts.jsonl (for folders without metadata.jsonl)"
+    assert run.protocol["detector"] == {"backend": "one dog"} and run.protocol["colors"] == {"backend": "always red"}
+    assert {"label", "rules", "options", "note"} <= set(run.protocol) and "not the official" in run.protocol["note"]
+    alone = score_images(images, _OneDog(), _Red())  # no prompt list: only the folder with its own metadata
+    assert [r["tag"] for r in alone.rows] == ["counting"] and alone.protocol["metadata"] == "per folder"
+
+
+def test_official_metadata_takes_a_prompt_list_and_refuses_per_image_metadata(tmp_path):
+    from tokbench.geneval import official_metadata
+
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    line = {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}
+    prompts.write_text(json.dumps(line) + "\n" + json.dumps({**line, "prompt": "a dog"}) + "\n")
+    meta = official_metadata(prompts, download=False)
+    assert [m["prompt"] for m in meta.prompts] == ["a photo of a dog", "a dog"] and meta.source == str(prompts)
+    per_image = tmp_path / "per_image.jsonl"
+    per_image.write_text(json.dumps({**line, "image_id": "00000/00000"}) + "\n")
+    with pytest.raises(TokbenchError, match="holds per-image metadata, not GenEval's prompt list"):
+        official_metadata(per_image, download=False)

@@ -688,6 +688,7 @@ def test_geneval_iou_is_the_inclusive_pixel_iou_of_the_official_code():
         widened = torch.tensor(np.stack([a, b]) + [0, 0, 1, 1], dtype=torch.float64)
         got = compute_iou(a, b)
         assert isinstance(got, np.float32) and got == pytest.approx(float(box_iou(widened[:1], widened[1:])), abs=1e-6)
+        assert compute_iou(np.append(a, 0.9), np.append(b, 0.3)) == got  # mmdet rows carry the score fifth
     assert compute_iou(np.array([3, 3, 2, 2]), np.array([3, 3, 2, 2])) == 0  # both empty: no union, no overlap
 
 

@@ -221,15 +221,6 @@ def write_results(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) ->
     return path
 
 
-def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    rows = read_jsonl(path, "results")
-    for n, r in enumerate(rows, 1):
-        missing = [k for k in ("tag", "correct", "metadata") if k not in r]
-        if missing:
-            raise TokbenchError(f"{path}:{n}: results row lacks {missing}; expected GenEval's results.jsonl fields")
-    return rows
-
-
 def summarize(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """What upstream's `summary_scores.py` computes: image and prompt accuracy, per-task means (tasks in order of
     first appearance), and the overall score = unweighted mean of the task means; `printed` = its printout."""
