@@ -71,6 +71,29 @@ class BenchMetric(torchmetrics.Metric):
     def protocol(self) -> dict[str, Any]:
         return {}
 
+    def add_moment_states(self) -> None:
+        """States of a per-image mean and standard deviation: float64 `total`, `total_sq` and a `count`,
+        merged across ranks by summing (the names are those of saved states: keep them)."""
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def add_moments(self, values: torch.Tensor) -> None:
+        """Add per-image values (any shape) to the moment states, in float64."""
+        v = values.detach().double().flatten().to(self.total.device)
+        self.total += v.sum()
+        self.total_sq += v.pow(2).sum()
+        self.count += v.numel()
+
+    def moments(self, key: str) -> dict[str, float]:
+        """{key: mean, key_std: population standard deviation} of the values added, or {key: nan} when none were."""
+        n = int(self.count)
+        if n == 0:
+            return {key: float("nan")}
+        mean = float(self.total) / n
+        var = max(float(self.total_sq) / n - mean**2, 0.0)  # float64 sums: no cancellation at metric scales
+        return {key: mean, f"{key}_std": var**0.5}
+
     # Result keys that are spreads, counts or interval bounds: they have no better direction.
     UNSCORED_SUFFIXES = ("_std", "_n", "_count", "_low", "_high", "_orig", "_max", "_ms")
 

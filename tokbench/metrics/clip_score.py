@@ -69,10 +69,8 @@ class CLIPScore(BenchMetric):
             raise TokbenchError("clip_score takes either an encoder object or weights for a model, not both")
         # Kept out of the module tree so that saved metric states hold sums, not network weights.
         self._encoder = [encoder]
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_moment_states()
         self.add_state("total_raw", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _images(self, batch: EvalBatch) -> torch.Tensor:
         if self.images == "originals":
@@ -101,22 +99,18 @@ class CLIPScore(BenchMetric):
             txt = encoder.encode_text([batch.captions[i] for i in keep]).to(images.device)
         raw = clip_scores(img, txt)
         clamped = raw.clamp_min(0)
-        self.total = self.total + clamped.sum()
-        self.total_sq = self.total_sq + (clamped * clamped).sum()
+        self.add_moments(clamped)
         self.total_raw = self.total_raw + raw.sum()
-        self.count = self.count + len(keep)
         rows = torch.full((images.shape[0],), float("nan"), dtype=torch.float64)
         rows[keep] = clamped.cpu()
         self.last_rows = {"clip_score": rows}
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
+        out = self.moments("clip_score")
         n = int(self.count)
-        if n == 0:
-            return {"clip_score": float("nan")}
-        mean = float(self.total) / n
-        var = max(float(self.total_sq) / n - mean**2, 0.0)
-        return {"clip_score": mean, "clip_score_std": var**0.5,
-                "clip_score_torchmetrics": max(float(self.total_raw) / n, 0.0), "clip_score_images": float(n)}  # fmt: skip
+        if n:
+            out.update({"clip_score_torchmetrics": max(float(self.total_raw) / n, 0.0), "clip_score_images": float(n)})
+        return out
 
     def protocol(self) -> dict[str, Any]:
         d = describe_encoder(self._encoder[0])

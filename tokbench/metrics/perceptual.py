@@ -136,9 +136,7 @@ class LPIPS(BenchMetric):
         self.name = self.label
         # Kept out of the module tree so that saved metric states hold sums, not network weights.
         self._model = [model if model is not None else build_lpips(self.net, weights)]
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_moment_states()
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         if batch.reconstructions is None:
@@ -148,18 +146,11 @@ class LPIPS(BenchMetric):
         y = batch.reconstructions.float().clamp(0, 1) * 2 - 1
         with torch.no_grad():
             v = model(x, y).flatten().double()
-        self.total = self.total + v.sum()
-        self.total_sq = self.total_sq + (v * v).sum()
-        self.count = self.count + v.numel()
+        self.add_moments(v)
         self.last_rows = {self.label: v.cpu()}
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
-        n = int(self.count)
-        if n == 0:
-            return {self.label: float("nan")}
-        mean = float(self.total) / n
-        var = max(float(self.total_sq) / n - mean**2, 0.0)
-        return {self.label: mean, f"{self.label}_std": var**0.5}
+        return self.moments(self.label)
 
     def protocol(self) -> dict[str, Any]:
         art = BACKBONES[self.net]

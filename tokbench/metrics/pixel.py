@@ -162,9 +162,7 @@ class _MeanOverImages(BenchMetric):
         if protocol not in PROTOCOLS:
             raise TokbenchError(f"{self.name}: unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
         self.mode = protocol
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_moment_states()
         self.add_state("infinite", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     @property
@@ -180,19 +178,14 @@ class _MeanOverImages(BenchMetric):
             y = quantise_llamagen(y)
         v = self.per_image(x, y).double()
         finite = torch.isfinite(v)
-        self.total += v[finite].sum().to(self.total.device)
-        self.total_sq += v[finite].pow(2).sum().to(self.total.device)
-        self.count += int(finite.sum())
+        self.add_moments(v[finite])
         self.infinite += int((~finite).sum())
         self.last_rows = {self.label: v.cpu()}
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
-        n = int(self.count)
-        if n == 0:
+        if int(self.count) == 0:
             return {self.label: float("inf") if int(self.infinite) else float("nan")}
-        mean = float(self.total) / n
-        var = max(float(self.total_sq) / n - mean**2, 0.0)
-        out = {self.label: mean, f"{self.label}_std": var**0.5}
+        out = self.moments(self.label)
         if int(self.infinite):  # identical pairs (PSNR = inf) are left out of the mean, and counted
             out[f"{self.label}_identical"] = float(self.infinite)
         return out

@@ -74,9 +74,7 @@ class SemanticSimilarity(_EncoderMetric):
     def __init__(self, encoder: str | Any = DEFAULT_ENCODER, weights: str | None = None, **kwargs: Any) -> None:
         super().__init__(encoder, weights, **kwargs)
         self.key = "semantic_similarity" + self.suffix
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_moment_states()
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         if batch.reconstructions is None:
@@ -84,18 +82,11 @@ class SemanticSimilarity(_EncoderMetric):
         a = self.embed(batch.originals)
         b = self.embed(batch.reconstructions)
         cos = (a * b).sum(-1).double()
-        self.total += cos.sum().to(self.total.device)
-        self.total_sq += cos.pow(2).sum().to(self.total.device)
-        self.count += cos.numel()
+        self.add_moments(cos)
         self.last_rows = {self.key: cos.cpu()}
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
-        n = int(self.count)
-        if n == 0:
-            return {self.key: float("nan")}
-        mean = float(self.total) / n
-        var = max(float(self.total_sq) / n - mean**2, 0.0)
-        return {self.key: mean, f"{self.key}_std": var**0.5}
+        return self.moments(self.key)
 
     def protocol(self) -> dict[str, Any]:
         d = describe_encoder(self.encoder)
