@@ -57,8 +57,9 @@ def test_truncated_and_non_images_raise(tmp_path):
             open_image(tmp_path / name)
 
 
-def test_resize_crop_equals_torchvision():
-    img = Image.fromarray(_rgb(90, 130))
+@pytest.mark.parametrize("h,w", [(90, 130), (131, 90), (77, 77)])
+def test_resize_crop_equals_torchvision(h, w):
+    img = Image.fromarray(_rgb(h, w))
     ours = get_protocol("resize-crop").fn(img, 64)
     ref = T.Compose([T.Resize(64, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(64)])(img)
     assert np.array_equal(np.asarray(ours), np.asarray(ref))
@@ -76,6 +77,10 @@ def test_adm_center_crop_matches_guided_diffusion_arithmetic():
     a = np.asarray(ref)
     top, left = (a.shape[0] - 64) // 2, (a.shape[1] - 64) // 2
     assert np.array_equal(np.asarray(out), a[top : top + 64, left : left + 64])
+    # a short side of exactly twice the target is halved (>=), then resized by a factor of 1
+    img = Image.fromarray(_rgb(128, 200))
+    half = np.asarray(img.resize((100, 64), resample=Image.BOX))
+    assert np.array_equal(np.asarray(get_protocol("adm-center-crop").fn(img, 64)), half[:, 18:82])
 
 
 def test_every_protocol_returns_target_size():

@@ -81,18 +81,22 @@ def test_every_registered_protocol_moves_boxes():
     from tokbench.protocols import protocols
 
     assert {h[0] for h in HAND} <= set(protocols())
-    for name, proto in sorted(protocols().items()):
-        assert proto.geometry is not None, name
-        src, box = (640, 480), (200.0, 150.0, 360.0, 250.0)
-        kept, boxes = move_boxes([box], name, src, 256)
-        if not kept:  # a crop that cuts this box: it is dropped, as the protocol says
-            continue
-        img = Image.new("RGB", src, "black")
-        img.paste((255, 255, 255), tuple(int(v) for v in box))
-        out = np.asarray(proto.fn(img, 256).convert("L")) > 191
-        ys, xs = np.nonzero(out)
-        np.testing.assert_allclose((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), boxes[0], atol=1.5,
-                                   err_msg=name)
+    # landscape, portrait (the other branch of every short-side rule), a square at exactly twice the
+    # target, and one large enough for two of adm-center-crop's BOX halvings
+    for src in ((640, 480), (300, 700), (512, 512), (1100, 1030)):
+        w, h = src
+        box = (round(0.36 * w), round(0.4 * h), round(0.6 * w), round(0.58 * h))
+        for name, proto in sorted(protocols().items()):
+            assert proto.geometry is not None, name
+            kept, boxes = move_boxes([box], name, src, 256)
+            if not kept:  # a crop that cuts this box: it is dropped, as the protocol says
+                continue
+            img = Image.new("RGB", src, "black")
+            img.paste((255, 255, 255), box)
+            out = np.asarray(proto.fn(img, 256).convert("L")) > 191
+            ys, xs = np.nonzero(out)
+            np.testing.assert_allclose((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), boxes[0], atol=1.5,
+                                       err_msg=f"{name} {src}")
 
 
 def test_boxes_cut_by_the_crop_are_dropped_and_counted():
@@ -103,6 +107,9 @@ def test_boxes_cut_by_the_crop_are_dropped_and_counted():
     assert placed.texts == ("in",) and placed.dropped == 2
     placed = place_text(rec, "pad-square", (640, 480), 256)  # padding cuts nothing
     assert placed.dropped == 0 and len(placed.boxes) == 3
+    corner = ImageRecord("x.png", "x", text=(TextBox((540, 400, 640, 480), "corner"),))
+    placed = place_text(corner, "resize", (640, 480), 256)  # ends exactly on the output's edges: kept
+    assert placed.texts == ("corner",) and placed.boxes[0] == pytest.approx((216.0, 213.333333, 256.0, 256.0))
 
 
 def test_annotated_folder_reaches_the_batches(tmp_path):
