@@ -83,6 +83,12 @@ def test_adm_center_crop_matches_guided_diffusion_arithmetic():
     assert np.array_equal(np.asarray(get_protocol("adm-center-crop").fn(img, 64)), half[:, 18:82])
 
 
+def test_pad_square_pads_with_grey_127_around_the_centred_image():
+    img = Image.new("RGB", (40, 20), "white")
+    out = np.asarray(get_protocol("pad-square").fn(img, 40))
+    assert (out[:8] == 127).all() and (out[-8:] == 127).all() and (out[12:28] == 255).all()
+
+
 def test_every_protocol_returns_target_size():
     img = Image.fromarray(_rgb(33, 71)).convert("RGBA")
     for name in ("adm-center-crop", "resize-crop", "resize", "pad-square"):

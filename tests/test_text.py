@@ -40,10 +40,17 @@ HAND = [
     ("resize", (640, 480), 256, (40.0, 100 * 256 / 480, 80.0, 150 * 256 / 480)),
     # canvas 640 x 640 with the image at (0, 80), then x 256/640 = 0.4
     ("pad-square", (640, 480), 256, (40.0, 72.0, 80.0, 92.0)),
+    # an odd difference: the image pasted at (0, 161 // 2 = 80) on a 641 canvas, then x 256/641
+    ("pad-square", (641, 480), 256, (100 * 256 / 641, 180 * 256 / 641, 200 * 256 / 641, 230 * 256 / 641)),
+    ("pad-square", (480, 641), 256, (180 * 256 / 641, 100 * 256 / 641, 280 * 256 / 641, 150 * 256 / 641)),
     # 1200x600: one BOX halving to 600x300 (300 < 512), bicubic to (round(600*256/300), 256) = (512, 256),
     # crop left = (512 - 256) // 2 = 128
     ("adm-center-crop", (1200, 600), 256, (400 * 512 / 1200 - 128, 100 * 256 / 600, 800 * 512 / 1200 - 128,
                                            200 * 256 / 600)),
+    # 1203x601: one halving to (601, 300) (floor), bicubic to (round(601*256/300) = 513, 256), crop left
+    # (513 - 256) // 2 = 128: x * 601/1203 * 513/601 - 128, y * 300/601 * 256/300
+    ("adm-center-crop", (1203, 601), 256, (400 * 513 / 1203 - 128, 100 * 256 / 601, 800 * 513 / 1203 - 128,
+                                           200 * 256 / 601)),
     # 650x480 -> (round(650*256/480), 256) = (347, 256) with LANCZOS; crop left = (347 - 256) // 2 = 45
     ("chameleon", (650, 480), 256, (100 * 347 / 650 - 45, 100 * 256 / 480, 200 * 347 / 650 - 45, 150 * 256 / 480)),
     # long side 640 -> 384: (384, int(480/640*384) = 288), pasted at (0, (384-288)//2 = 48)
@@ -89,12 +96,13 @@ def test_every_registered_protocol_moves_boxes():
         for name, proto in sorted(protocols().items()):
             assert proto.geometry is not None, name
             kept, boxes = move_boxes([box], name, src, 256)
-            if not kept:  # a crop that cuts this box: it is dropped, as the protocol says
-                continue
             img = Image.new("RGB", src, "black")
             img.paste((255, 255, 255), box)
             out = np.asarray(proto.fn(img, 256).convert("L")) > 191
             ys, xs = np.nonzero(out)
+            if not kept:  # dropped: the protocol's crop must really cut it (white on an edge, or none left)
+                assert not len(xs) or min(xs.min(), ys.min()) == 0 or max(xs.max(), ys.max()) == 255, (name, src)
+                continue
             np.testing.assert_allclose((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), boxes[0], atol=1.5,
                                        err_msg=f"{name} {src}")
 
@@ -107,9 +115,10 @@ def test_boxes_cut_by_the_crop_are_dropped_and_counted():
     assert placed.texts == ("in",) and placed.dropped == 2
     placed = place_text(rec, "pad-square", (640, 480), 256)  # padding cuts nothing
     assert placed.dropped == 0 and len(placed.boxes) == 3
-    corner = ImageRecord("x.png", "x", text=(TextBox((540, 400, 640, 480), "corner"),))
-    placed = place_text(corner, "resize", (640, 480), 256)  # ends exactly on the output's edges: kept
-    assert placed.texts == ("corner",) and placed.boxes[0] == pytest.approx((216.0, 213.333333, 256.0, 256.0))
+    corner = ImageRecord("x.png", "x", text=(TextBox((540, 400, 640, 480), "corner"), TextBox((0, 0, 100, 80), "top")))
+    placed = place_text(corner, "resize", (640, 480), 256)  # on the output's edges: kept
+    assert placed.texts == ("corner", "top") and placed.boxes[0] == pytest.approx((216.0, 213.333333, 256.0, 256.0))
+    assert placed.boxes[1] == pytest.approx((0.0, 0.0, 40.0, 42.666667))
 
 
 def test_annotated_folder_reaches_the_batches(tmp_path):
