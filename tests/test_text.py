@@ -206,11 +206,14 @@ class ScriptedOCR(OCRBackend):
     name = "scripted"
     readings: list[str] = []
 
+    made = 0
+
     def __init__(self, **_):
-        pass
+        ScriptedOCR.made += 1
+        self.serial = ScriptedOCR.made  # in the OCR cache's key: no reading of another instance is reused
 
     def describe(self) -> str:
-        return f"scripted {id(self)}"
+        return f"scripted {self.serial}"
 
     def _read(self, crops, lang):
         assert all(c.dtype == np.uint8 and c.ndim == 3 for c in crops)
@@ -254,52 +257,80 @@ class NoChineseOCR(ScriptedOCR):
 
 def test_metric_character_accuracy_rows_buckets_and_counts_by_hand(monkeypatch):
     """Character accuracy (1 - CER with each word's errors capped at its length), the per-image rows, the
-    drops and their directions, unread and dropped counts, ratios outside the edges clipped into the end
-    buckets, a box exactly 2 px high on the image's top edge read; all worked out by hand. (Mutation
-    testing: the character accuracy, the per-image rows and the counts were not checked.)"""
+    drops and their directions, unread and dropped counts over two batches, ratios outside the edges
+    clipped into the end buckets, the box-height ratio, a box exactly 2 px high on the image's top edge,
+    boxes given in input pixels of another size; all worked out by hand. (Mutation testing: the character
+    accuracy, the per-image rows and the counts were not checked.)"""
     monkeypatch.setitem(BACKENDS, "noChinese", NoChineseOCR)
     m = build_metric("text_preservation", backend="noChinese")  # buckets [0, 0.05), [0.05, 0.075), [0.075, 1)
     placed = [
         # HELLO (ratio 0.04: bucket 0), world (ratio 1.5: clipped into the last), hi (2 px high at y = 0)
         (((2, 10, 30, 18), (2, 20, 40, 30), (40, 0, 50, 2)), ("HELLO", "world", "hi"), (0.04, 1.5, 0.04), 0),
-        # cat (no ratio: 12.8 / 64 = 0.2, the last bucket), a Chinese word the OCR cannot read, a box under
-        # 2 px (dropped, with the 2 the protocol cut)
-        (((2, 40, 30, 52.8), (2, 2, 30, 12), (40, 40, 40.5, 50)), ("cat", "你好", "thin"), (None, 0.04, None), 2),
+        # cat (no ratio: its box is 3.84 / 64 = 0.06 high, the middle bucket), two Chinese words the OCR cannot
+        # read, a box under 2 px (dropped, with the 2 the protocol cut)
+        (((2, 40, 30, 43.84), (2, 2, 30, 12), (2, 50, 30, 60), (40, 40, 40.5, 50)), ("cat", "你好", "中文", "thin"),
+         (None, 0.04, 0.04, None), 2),
         None,
     ]
+    # boxes in the pixels of a 128 px input, the metric's images at 64 px: every box is halved
+    doubled = [None if q is None else (tuple(tuple(2 * v for v in b) for b in q[0]), *q[1:]) for q in placed]
     # original, reconstruction per read word, in order: HELLO, world, hi, cat
     ScriptedOCR.readings = ["HELLO", "HELL0", "world", "World", "hi", "hi", "cat", ""]
-    m.update(_batch(placed))
+    batch = _batch(doubled)
+    batch.extra["input_size"] = (128, 128)
+    m.update(batch)
     r = m.compute()
     assert ScriptedOCR.readings == []
     # reconstruction: HELLO -> HELL0 (1 edit), world -> World (1), hi exact, cat -> "" (3 edits, 3 letters)
     assert r["text_acc"] == 0.25 and r["text_acc_ci"] == 0.5 and r["text_ned"] == pytest.approx((0.8 + 0.8 + 1) / 4)
+    assert r["text_acc_orig"] == r["text_acc_ci_orig"] == r["text_ned_orig"] == 1.0
     assert r["text_char_acc"] == pytest.approx(1 - 5 / 15) and r["text_char_acc_orig"] == 1.0
     assert r["text_acc_h0-0.05"] == 0.5 and r["text_ned_h0-0.05"] == pytest.approx(0.9)
-    assert r["text_char_acc_h0-0.05"] == pytest.approx(1 - 1 / 7) and r["text_char_acc_h0.075-1"] == 0.5
-    assert r["text_acc_ci_h0.075-1"] == 0.5 and r["text_ned_h0.075-1"] == pytest.approx(0.4)
-    assert r["text_words_h0-0.05"] == 2 and r["text_words_h0.05-0.075"] == 0 and r["text_words_h0.075-1"] == 2
-    assert "text_acc_h0.05-0.075" not in r and "text_char_acc_h0.05-0.075" not in r  # an empty bucket: no number
-    assert r["text_acc_mean_buckets"] == 0.25 and r["text_acc_orig_mean_buckets"] == 1.0
+    assert r["text_char_acc_h0-0.05"] == pytest.approx(1 - 1 / 7) and r["text_char_acc_h0.05-0.075"] == 0.0
+    assert r["text_acc_ci_h0.075-1"] == 1.0 and r["text_ned_h0.075-1"] == pytest.approx(0.8)
+    assert r["text_char_acc_h0.075-1"] == pytest.approx(0.8)
+    assert r["text_words_h0-0.05"] == 2 and r["text_words_h0.05-0.075"] == 1 and r["text_words_h0.075-1"] == 1
+    assert r["text_acc_mean_buckets"] == pytest.approx(0.5 / 3) and r["text_acc_orig_mean_buckets"] == 1.0
     assert r["text_acc_drop"] == 0.75 and r["text_ned_drop"] == pytest.approx(1 - 0.65)
-    assert r["text_words"] == 4 and r["text_words_unread"] == 1 and r["text_boxes_dropped"] == 3
+    assert r["text_words"] == 4 and r["text_words_unread"] == 2 and r["text_boxes_dropped"] == 3
     rows = m.last_rows
     assert rows["text_acc"][:2].tolist() == pytest.approx([1 / 3, 0.0])
     assert rows["text_ned"][:2].tolist() == pytest.approx([2.6 / 3, 0.0])
     assert rows["text_char_acc"][:2].tolist() == pytest.approx([1 - 2 / 12, 0.0])
     assert rows["text_char_acc_orig"][:2].tolist() == [1.0, 1.0] and torch.isnan(rows["text_char_acc"][2])
-    assert rows["text_words"].tolist() == [3, 1, 0] and rows["text_words_unread"].tolist() == [0, 1, 0]
+    assert rows["text_words"].tolist() == [3, 1, 0] and rows["text_words_unread"].tolist() == [0, 2, 0]
     assert rows["text_boxes_dropped"].tolist() == [0, 3, 0]
     directions = m.directions(r)
     assert directions["text_acc_drop"] == directions["text_ned_drop"] == "lower"
     assert directions["text_char_acc"] == directions["text_acc_h0-0.05"] == "higher"
     assert not {"text_acc_orig", "text_words", "text_boxes_dropped", "text_words_unread"} & set(directions)
     assert "zh words unread: no Chinese model" in m.protocol()["text_preservation"]
+    # a second batch adds to every count: one-letter words, one read right and one wrong, one more cut box
+    ScriptedOCR.readings = ["A", "A", "B", "C"]
+    m.update(_batch([(((5, 44, 25, 52),), ("A",), (0.04,), 1), (((33, 5, 60, 15), (2, 30, 30, 40)), ("B", "字"),
+                                                                    (0.04, 0.04), 0)]))  # fmt: skip
+    rows = m.last_rows
+    assert rows["text_acc"].tolist() == [1.0, 0.0] and rows["text_char_acc"].tolist() == [1.0, 0.0]
+    r = m.compute()
+    assert r["text_words"] == 6 and r["text_words_unread"] == 3 and r["text_boxes_dropped"] == 4
+    assert r["text_char_acc"] == pytest.approx(1 - 6 / 17)
     # TokBench's 256 px edges start at 0.02: smaller text joins the first bucket
     m = build_metric("text_preservation", backend="noChinese", buckets=[0.02, 0.03, 0.04, 1.0])
     ScriptedOCR.readings = ["HELLO", "HELLO"]
     m.update(_batch([(((2, 10, 30, 18),), ("HELLO",), (0.01,), 0)]))
     assert m.compute()["text_words_h0.02-0.03"] == 1
+
+
+def test_metric_options_are_checked(monkeypatch):
+    monkeypatch.setitem(BACKENDS, "scripted", ScriptedOCR)
+    for lang in ("auto", "en", "zh", "ja", "ko"):
+        assert build_metric("text_preservation", backend="scripted", lang=lang).lang == lang
+    with pytest.raises(TokbenchError, match="lang='fr'"):
+        build_metric("text_preservation", backend="scripted", lang="fr")
+    assert build_metric("text_preservation", backend="scripted", buckets=[0, 1]).edges == (0.0, 1.0)
+    for bad in ([0.5], [0, 0.5, 0.5, 1], [0, 0.6, 0.5]):
+        with pytest.raises(TokbenchError, match="increasing edges"):
+            build_metric("text_preservation", backend="scripted", buckets=bad)
 
 
 def test_ned_and_character_errors_of_empty_and_capped_words():
@@ -308,8 +339,14 @@ def test_ned_and_character_errors_of_empty_and_capped_words():
     assert ned_similarity("", "") == 1.0 and ned_similarity("ab", "") == 0.0 and ned_similarity("a", "b") == 0.0
     assert ned_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
     assert char_errors("ab", "xyzw") == 2 and char_errors("", "xyz") == 0  # capped at the transcript's length
+    from tokbench.metrics.text import to_uint8
+
+    assert to_uint8(torch.tensor([-0.5, 0.5, 1.5, 0.998]).view(1, 1, 4).expand(3, 1, 4))[0, :, 0].tolist() == [
+        0, 128, 255, 254]  # clamped to [0, 1], rounded half up
     image = np.zeros((10, 10, 3), np.uint8)
     assert crop_box(image, (0.5, 0.2, 2.1, 1.9)).shape == (2, 3, 3)  # rounded outward from the top edge
+    assert crop_box(image, (3, 3, 4.9, 4.0)) is None and crop_box(image, (3, 3, 3.9, 6)) is None
+    assert crop_box(image, (3, 3, 4.9, 6)).shape == (3, 2, 3)
     assert crop_box(image, (3, 3, 4.9, 4.0)) is None and crop_box(image, (-5, 8, 30, 12)).shape == (2, 10, 3)
 
 
