@@ -155,9 +155,10 @@ def test_layout_to_results_jsonl_end_to_end(tiny_mask2former, tiny_clip, tmp_pat
     out = tmp_path / "out"
     # threshold 0 so that the random detector's low scores pass and the colour and position rules run
     rc = main(["geneval", "--images", str(images), "--out", str(out), "--detector-weights", str(tiny_mask2former),
-               "--clip-weights", str(tiny_clip), "--options", "threshold=0", f"clip_model={TINY_CLIP}", "--quiet",
+               "--clip-weights", str(tiny_clip), "--options", "threshold=0", f"clip_model={TINY_CLIP}",
                "--device", "cpu"])  # fmt: skip
     assert rc == 1  # two things skipped
+    assert "  4/4 images" in capsys.readouterr().err  # progress reaches the end, the last image unreadable
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["filename"] for r in rows] == [str(images / "00000" / "samples" / "00000.png"),
                                              str(images / "00000" / "samples" / "00001.png"),
@@ -180,6 +181,8 @@ def test_layout_to_results_jsonl_end_to_end(tiny_mask2former, tiny_clip, tmp_pat
     assert summary["label"] == "geneval_hf" and summary["total_images"] == 3
     assert "Mask2FormerForUniversalSegmentation" in summary["protocol"]["detector"]["backend"]
     assert TINY_CLIP in summary["protocol"]["colors"]["backend"]
+    # GenEval's colour defaults: the mask composited on grey #999 and cropped to the box
+    assert summary["protocol"]["colors"]["crops"] == "mask composited on #999, cropped to the box"
     assert set(summary["scores"]) == {"geneval_hf_overall", "geneval_hf_colors", "geneval_hf_position"}
     report = (out / "report.md").read_text()
     assert "`geneval_hf`" in report and "unmeasured" in report and "## Skipped (2)" in report
@@ -273,7 +276,7 @@ def test_score_images_goes_on_after_an_unreadable_image_and_falls_back_to_the_pr
     run = score_images(images, detector, _Red(), metadata=fallback, progress=lambda i, n: calls.append((i, n)))
     assert [(Path(r["filename"]).parent.parent.name, Path(r["filename"]).name, r["tag"], r["correct"])
             for r in run.rows] == [("00000", "00001.png", "single_object", True), ("00001", "00000.png", "counting", False)]
-    assert detector.seen == 2 and calls == [(2, 3), (3, 3)]
+    assert detector.seen == 2 and calls == [(1, 3), (2, 3), (3, 3)]
     assert [(Path(p).relative_to(images).as_posix(), why.split(" (")[0]) for p, why in run.skipped] == [
         ("00002/samples/00000.png", "no metadata.jsonl"), ("00000/samples/00000.png", "unreadable image")]
     assert run.protocol["metadata"] == "prompts.jsonl (for folders without metadata.jsonl)"

@@ -123,11 +123,11 @@ def score_images(images: str | os.PathLike | Layout, detector: Any, color_classi
                 image = ImageOps.exif_transpose(raw).convert("RGB")
         except (OSError, UnidentifiedImageError, ValueError) as e:
             skipped.append((item.path, f"unreadable image ({type(e).__name__}: {e})"))
-            continue
-        dets = detector(image)
-        decision = decide(dets, item.metadata, partial(color_classifier.classify, image), options)
-        rows.append(result_row(item.path, item.metadata, decision))
-        if progress is not None:
+        else:
+            dets = detector(image)
+            decision = decide(dets, item.metadata, partial(color_classifier.classify, image), options)
+            rows.append(result_row(item.path, item.metadata, decision))
+        if progress is not None:  # every image counts as done, read or not: the last call is (n, n)
             progress(i + 1, len(layout.images))
     protocol = {
         "label": LABEL_HF,
