@@ -4,6 +4,7 @@ loading and clip_benchmark's formula), and GenEval layout -> results.jsonl throu
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -284,6 +285,26 @@ def test_score_images_goes_on_after_an_unreadable_image_and_falls_back_to_the_pr
     assert {"label", "rules", "options", "note"} <= set(run.protocol) and "not the official" in run.protocol["note"]
     alone = score_images(images, _OneDog(), _Red())  # no prompt list: only the folder with its own metadata
     assert [r["tag"] for r in alone.rows] == ["counting"] and alone.protocol["metadata"] == "per folder"
+    # what write_outputs makes of it, in a folder that does not exist yet
+    from tokbench.geneval.scoring import write_outputs
+
+    out = write_outputs(run, tmp_path / "new" / "out")
+    with open(out / "summary.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table == [["label", "task", "score", "correct", "total", "detector"],
+                     ["geneval_hf", "single_object", "1.0", "1", "1", "backend: one dog"],
+                     ["geneval_hf", "counting", "0.0", "0", "1", "backend: one dog"],
+                     ["geneval_hf", "overall", "0.5", "", "2", "backend: one dog"]]  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == 2 and summary["skipped_not_a_task"] == 0 and summary["versions"]["torch"]
+    assert summary["scores"] == {"geneval_hf_overall": 0.5, "geneval_hf_single_object": 1.0, "geneval_hf_counting": 0.0}
+    report = (out / "report.md").read_text()
+    assert "| single_object | 1.0000 | 1 / 1 |" in report and "- note: GenEval-style: not the official" in report
+    assert "- metadata: prompts.jsonl (for folders without metadata.jsonl)" in report and "## Skipped (2)" in report
+    from tokbench.geneval.scoring import GenevalRun
+
+    write_outputs(GenevalRun("geneval_hf", [], run.skipped, run.protocol), out)  # no image could be scored
+    assert "No image was scored." in (out / "report.md").read_text()
 
 
 def test_official_metadata_takes_a_prompt_list_and_refuses_per_image_metadata(tmp_path):
