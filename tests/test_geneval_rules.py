@@ -110,6 +110,9 @@ def test_relative_position_worked_example_of_the_fixture_readme():
     assert relative_position([141, 100, 241, 200], b) == {"right of"}  # dx = 21 / 41
     assert relative_position([100, 141, 200, 241], b) == {"below"}  # y grows downwards
     assert relative_position([100, 100, 200, 200], b) == set()
+    assert relative_position([141, 100, 241, 200, 0.9], b + [0.8]) == {"right of"}  # mmdet rows: score fifth
+    # an offset inside the margin (1 < 0.1 * 200) is no offset, however small the norm it is divided by
+    assert relative_position([101, 100, 201, 200], b) == set()
 
 
 def test_float32_threshold_and_cap_before_nms():
