@@ -132,6 +132,35 @@ def test_float32_threshold_and_cap_before_nms():
     assert len(keep_instances(many, 0.3, nms)) < 16  # near-duplicates removed after the cap
 
 
+def test_nms_switch_and_bound_and_the_position_rule_over_every_object():
+    """max_overlap=1 keeps identical boxes (NMS off); an IoU exactly at max_overlap is dropped (>=); a
+    position clause with count 2 fails when its second object is misplaced (every object is checked, the
+    first miss ends the clause); position_threshold reaches the rule. (Mutation testing found each
+    unchecked.)"""
+    from tokbench.geneval.rules import evaluate
+
+    box = np.array([0, 0, 9, 9], dtype=np.float32)
+    twins = [Instance(box, 0.9), Instance(box, 0.8)]
+    assert len(keep_instances(twins, 0.3, RuleOptions())) == 2  # the default: NMS off
+    assert len(keep_instances(twins, 0.3, RuleOptions(max_overlap=0.99))) == 1
+    half = [Instance(box, 0.9), Instance(np.array([0, 0, 9, 19]), 0.8)]  # inclusive areas 100 and 200: IoU 0.5
+    assert compute_iou(half[0].box, half[1].box) == np.float32(0.5)
+    assert len(keep_instances(half, 0.3, RuleOptions(max_overlap=0.5))) == 1
+    assert len(keep_instances(half, 0.3, RuleOptions(max_overlap=0.51))) == 2
+    meta = {"tag": "position", "include": [{"class": "cat", "count": 1},
+                                           {"class": "dog", "count": 2, "position": ["left of", 0]}]}  # fmt: skip
+    cat = [Instance(np.array([100, 0, 120, 20]), 0.9)]
+    both_left = {"cat": cat, "dog": [Instance(np.array([0, 0, 20, 20]), 0.9), Instance(np.array([30, 0, 50, 20]), 0.8)]}
+    assert evaluate(both_left, meta) == (True, "")
+    second_right = {"cat": cat, "dog": [both_left["dog"][0], Instance(np.array([200, 0, 220, 20]), 0.8)]}
+    correct, reason = evaluate(second_right, meta)
+    assert not correct and reason == "expected dog left of target, found right of target"
+    # a dog 30 px left of the cat: left of with the default margin (0.1 x 40 each side), not with 0.45 x 40
+    near = {"cat": cat, "dog": [Instance(np.array([70, 0, 90, 20]), 0.9), Instance(np.array([60, 0, 80, 20]), 0.8)]}
+    assert evaluate(near, meta)[0]
+    assert not evaluate(near, meta, options=RuleOptions(position_threshold=0.45))[0]
+
+
 def test_bad_inputs_are_clear_errors_not_tracebacks(fixture, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image_id": "00000/00000", "detections": {"dog": [{"box": [1, 2], "score": 0.5}]}}\n')
