@@ -315,6 +315,9 @@ def test_official_metadata_takes_a_prompt_list_and_refuses_per_image_metadata(tm
     prompts.write_text(json.dumps(line) + "\n" + json.dumps({**line, "prompt": "a dog"}) + "\n")
     meta = official_metadata(prompts, download=False)
     assert [m["prompt"] for m in meta.prompts] == ["a photo of a dog", "a dog"] and meta.source == str(prompts)
+    # blank lines (a trailing newline, an empty line between two) are skipped, never the end of the file
+    prompts.write_text(json.dumps(line) + "\n\n  \n" + json.dumps({**line, "prompt": "a dog"}) + "\n\n")
+    assert [m["prompt"] for m in official_metadata(prompts, download=False).prompts] == ["a photo of a dog", "a dog"]
     per_image = tmp_path / "per_image.jsonl"
     per_image.write_text(json.dumps({**line, "image_id": "00000/00000"}) + "\n")
     with pytest.raises(TokbenchError, match="holds per-image metadata, not GenEval's prompt list"):
