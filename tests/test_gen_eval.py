@@ -115,6 +115,7 @@ def test_generate_then_gen_eval_full_path(generated, tiny_clip):
         e = torch.nn.functional.normalize(img[[i for i, row in enumerate(rows) if row["id"] == p["id"]]], dim=-1)
         sims = (e @ e.T).numpy()
         assert p["diversity"] == pytest.approx(np.mean([1 - sims[i, j] for i in range(3) for j in range(i + 1, 3)]), abs=1e-4)
+    assert s["diversity"] == pytest.approx(np.mean([p["diversity"] for p in per_prompt]))  # the mean over prompts
     assert set(s[f"{tm_key}_by_category"]) == {"single_object", "counting", "text", "scene"}
     _check_retokenisation(generated, rows, s)
     report = (out / "gen_eval" / "report.md").read_text()
