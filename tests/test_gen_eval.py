@@ -121,6 +121,14 @@ def test_generate_then_gen_eval_full_path(generated, tiny_clip):
     report = (out / "gen_eval" / "report.md").read_text()
     assert "Per category" in report and tm_key in report and "Hessel" in report
     assert (out / "gen_eval" / "grid.png").is_file() and (out / "gen_eval" / "per_prompt.csv").is_file()
+    # the report is rebuilt, the same, from the files gen-eval wrote
+    from tokbench.generation.report import rebuild_report
+
+    written = {name: (out / "gen_eval" / name).read_bytes() for name in ("report.md", "index.html", "summary.csv")}
+    for name in written:
+        (out / "gen_eval" / name).unlink()
+    rebuild_report(out / "gen_eval")
+    assert {name: (out / "gen_eval" / name).read_bytes() for name in written} == written
 
 
 def _check_retokenisation(generated, rows, summary):
