@@ -252,6 +252,9 @@ def test_fid_against_reference_folder_equals_scipy(tmp_path, generated):
     again = run_gen_eval(generated / "out", out=tmp_path / "e2", clip=[], ref_stats=tmp_path / "e" / "ref_stats_custom.npz",
                          fid_extractor=extractor, retokenize=False, device="cpu", progress=False)  # fmt: skip
     assert again["summary"]["fid"] == pytest.approx(r["summary"]["fid"])
+    # the saved statistics are the reference's own (not only consistent with themselves): reusable elsewhere
+    saved = np.load(tmp_path / "e" / "ref_stats_custom.npz")
+    assert np.allclose(saved["mu"], mu2, atol=1e-9) and np.allclose(saved["sigma"], s2, atol=1e-9) and saved["n"] == 20
 
 
 def test_bootstrap_interval_resamples_prompts():
