@@ -105,6 +105,24 @@ def test_original_layout_loads_into_the_same_model(tmp_path, gen):
     assert torch.equal(a, J.sample_image_tokens(orig, [ids], J.row_generators(orig.device, [5])))
 
 
+def test_generate_command_exits_1_when_the_decode_check_fails(tmp_path, ckpt, prompts_file, capsys, monkeypatch):
+    """`tokbench generate` in this process: exit 0 with the summary line when tokbench's VQ decode agrees with
+    the model's, exit 1 with the warning when it does not (a tolerance below any difference stands in for a
+    checkpoint read wrongly). (Mutation testing: the exit status was only seen through a subprocess.)"""
+    from tokbench.cli import main
+    from tokbench.generation import generate as G
+
+    args = ["generate", "--model", str(ckpt), "--prompts", str(prompts_file), "--per-prompt", "1", "--limit", "2",
+            "--batch-size", "2", "--dtype", "float32", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    out = capsys.readouterr().out
+    assert f"2 prompts x 1 images in {tmp_path / 'ok'} (complete); decode check max |diff| " in out
+    assert "over 2 images" in out and "gen-eval --images" in out
+    monkeypatch.setitem(G.DECODE_TOLERANCE, "float32", -1.0)
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 1
+    assert "WARNING: decode check failed" in capsys.readouterr().err
+
+
 def test_sharded_original_checkpoint_loads_every_shard(tmp_path, gen):
     """DeepSeek's 7B releases are sharded (`pytorch_model.bin.index.json` + shards): every shard is read.
     (Mutation testing: no test had a sharded checkpoint.)"""
