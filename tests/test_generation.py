@@ -123,6 +123,19 @@ def test_generate_command_exits_1_when_the_decode_check_fails(tmp_path, ckpt, pr
     assert "WARNING: decode check failed" in capsys.readouterr().err
 
 
+def test_generate_passes_temperature_and_cfg_weight_to_the_sampler(tmp_path, ckpt, gen, prompts_file):
+    """Non-default sampling options reach every image and the manifest (mutation testing: the default
+    temperature was the only one generated)."""
+    m = run_generate(str(ckpt), tmp_path / "run", prompts=str(prompts_file), per_prompt=1, seed=2, batch_size=2,
+                     dtype="float32", device="cpu", progress=False, temperature=0.5, cfg_weight=2.0, limit=2)  # fmt: skip
+    assert m["sampling"]["temperature"] == 0.5 and m["sampling"]["cfg_weight"] == 2.0
+    for i in range(2):
+        codes = torch.from_numpy(np.load(tmp_path / "run" / f"{i:05d}" / "codes.npy")).long()
+        alone = J.sample_image_tokens(gen, [gen.prompt_ids(PROMPTS[i])], J.row_generators(gen.device, [J.sample_seed(2, i, 0)]),
+                                      cfg_weight=2.0, temperature=0.5)  # fmt: skip
+        assert torch.equal(alone[0], codes[0])
+
+
 def test_sharded_original_checkpoint_loads_every_shard(tmp_path, gen):
     """DeepSeek's 7B releases are sharded (`pytorch_model.bin.index.json` + shards): every shard is read.
     (Mutation testing: no test had a sharded checkpoint.)"""
