@@ -46,8 +46,7 @@ def quote(value: Any, limit: int = 160) -> str:
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 4, 8, 8, 8, 8
     r.maxstring = r.maxother = r.maxlong = limit
-    text = r.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return _cut(r.repr(value), limit)
 
 
 # Metric modules without networks: building one is instant, so its option values are checked by building it.
